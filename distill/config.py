@@ -1,0 +1,171 @@
+"""Typed, frozen, checked configs.
+
+Configs enter the program from YAML files and the command line; they are
+checked where they enter, so a typo or a wrong type fails loudly with the file
+and key named (nanoGPT's configurator lets typos through; this does not).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+STRATEGIES = ("lsg", "cfg", "none", "short")
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the source (file) and the key."""
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_type_ok(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_type_ok(v, a) for v, a in zip(value, args))
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(annotation) is tuple and isinstance(value, list):
+        return tuple(value)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for a in typing.get_args(annotation):
+            if a is not type(None) and _type_ok(value, a):
+                return _coerce(value, a)
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], source: str = "<config>", prefix: str = ""):
+    """Build a frozen dataclass from a mapping; unknown keys and wrong types raise
+    :class:`ConfigError` naming ``source`` and the dotted key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"known keys: {', '.join(sorted(fields))}")
+    values = {}
+    for key, value in data.items():
+        annotation = hints[key]
+        if not _type_ok(value, annotation):
+            expected = getattr(annotation, "__name__", str(annotation))
+            raise ConfigError(
+                f"{source}: {prefix}{key} must be {expected}, got {value!r} ({type(value).__name__})")
+        values[key] = _coerce(value, annotation)
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def config_hash(config: Any) -> str:
+    """Stable short hash of a dataclass config (its JSON with sorted keys)."""
+    blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """One distillation trial, fully resolved. Names follow the paper's symbols.
+
+    Guidance: ``strategy`` maps κ to (kappa1, kappa2 = kappa3, kappa4) as in
+    DESIGN.md §2 (see :func:`distill.guidance.guidance_scales`).
+    """
+
+    teacher: str = "embedded:default"  # "embedded:<size>" or a path to an SD-layout directory
+    strategy: str = "lsg"
+    kappa: float = 2.0
+    alpha: float = 1.0  # SiD-LSG uses 1; SiD on EDM used 1.2
+    t_init: int = 625
+    t_min: int = 20
+    t_max: int = 979
+    batch_size: int = 16  # global batch per iteration (images)
+    micro_batch_size: int = 16  # gradient accumulation splits the batch into these
+    lr_generator: float = 1e-4
+    lr_fake_score: float = 1e-4
+    adam_beta1: float = 0.0
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    iterations: int = 200
+    ema_halflife_kimg: float = 0.5
+    ema_rampup_ratio: float | None = 0.5
+    prompt_dropout: float = 0.1
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 0
+    prompts: str = "embedded:train"  # "embedded:train" or a text file, one prompt per line
+    log_every: int = 10  # iterations between report() calls of losses and images/s
+    checkpoint_every: int = 50  # iterations between checkpoints (0: only at the end)
+    eval_every: int = 0  # iterations between evaluations (0: only at the end)
+    eval_num_images: int = 2000
+    fault_inject_at_iteration: int | None = None  # test-only: raise once at this iteration
+
+    def __post_init__(self):
+        def bad(key: str, why: str):
+            raise ConfigError(f"{key} = {getattr(self, key)!r}: {why}")
+
+        if self.strategy not in STRATEGIES:
+            bad("strategy", f"unknown strategy; choose one of {', '.join(STRATEGIES)}")
+        if not self.kappa > 0:
+            bad("kappa", "the guidance scale must be > 0")
+        if not 1 <= self.t_init <= 999:
+            bad("t_init", "must be in 1..999")
+        if not 0 <= self.t_min < self.t_max <= 999:
+            bad("t_max", f"need 0 <= t_min ({self.t_min}) < t_max <= 999")
+        for key in ("batch_size", "micro_batch_size", "iterations", "log_every",
+                    "eval_num_images"):
+            if getattr(self, key) < 1:
+                bad(key, "must be >= 1")
+        if self.batch_size % self.micro_batch_size:
+            bad("batch_size", f"must be divisible by micro_batch_size ({self.micro_batch_size})")
+        for key in ("lr_generator", "lr_fake_score", "ema_halflife_kimg", "adam_eps"):
+            if not getattr(self, key) > 0:
+                bad(key, "must be > 0")
+        if not 0 <= self.prompt_dropout < 1:
+            bad("prompt_dropout", "must be in [0, 1)")
+        if self.checkpoint_every < 0 or self.eval_every < 0:
+            bad("checkpoint_every" if self.checkpoint_every < 0 else "eval_every", "must be >= 0")
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; missing file or bad YAML -> ConfigError naming the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data

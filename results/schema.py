@@ -1,0 +1,43 @@
+"""The MLflow layout: what the orchestrator writes and ``results`` reads.
+
+One place for these names so writer and reader cannot drift apart.
+
+- One experiment per plan, named ``EXPERIMENT_PREFIX + plan name`` (e.g. ``ablate/lsg``).
+- One parent run per invocation of ``ablate run``: tag ``ROLE = "parent"``, tag ``PLAN``.
+- One child run per trial (tag ``mlflow.parentRunId`` = parent run id, ``ROLE = "trial"``),
+  with every resolved config field as a param (``strategy``, ``kappa``, ``kappa1``..``kappa4``,
+  ``seed``, ...), tags ``TRIAL_ID``, ``GIT_COMMIT``, ``TEACHER_ID``, ``TEACHER_HASH``,
+  ``PROMPT_SET_HASH``, ``EVAL_PROTOCOL``, and the outcome tag ``STATUS`` (one of ``STATUSES``).
+- A teacher-baseline child run (``ROLE = "teacher"``) carries the same final metrics for the
+  teacher's multi-step samples, with params ``sampler``, ``sampler_steps``, ``kappa``.
+- Final metrics are logged at the last step under the keys below; curves (losses, images/s)
+  and evaluation metrics at intermediate points use the same keys with their step.
+- Artifacts: ``config.json`` and ``samples/grid_<step>.png`` / ``samples/grid_final.png``.
+"""
+
+EXPERIMENT_PREFIX = "ablate/"
+
+ROLE = "ablate.role"
+PLAN = "ablate.plan"
+TRIAL_ID = "ablate.trial_id"
+STATUS = "ablate.status"
+GIT_COMMIT = "ablate.git_commit"
+TEACHER_ID = "ablate.teacher_id"
+TEACHER_HASH = "ablate.teacher_hash"
+PROMPT_SET_HASH = "ablate.prompt_set_hash"
+EVAL_PROTOCOL = "ablate.eval_protocol"  # e.g. "embedded-16px-clip" or "coco2014-30k-256"
+
+STATUSES = ("finished", "diverged", "failed")
+
+# Metric keys. FID's key carries its sample count (see evaluation.fid_key), so a
+# 1-image FID can never be confused with fid2k/fid30k.
+CLIP_SCORE = "clip_score"  # raw mean cosine, not x100
+ADHERENCE = "all_acc"  # every attribute right (embedded world)
+COLOUR_ACC = "colour_acc"
+SHAPE_ACC = "shape_acc"
+LOSS_FAKE_SCORE = "loss_fake_score"
+LOSS_GENERATOR = "loss_generator"
+IMAGES_PER_SECOND = "images_per_second"
+
+GRID_FINAL = "samples/grid_final.png"
+CONFIG_ARTIFACT = "config.json"
