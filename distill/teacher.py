@@ -279,7 +279,8 @@ def _lr_at(step: int, config: TeacherConfig) -> float:
     return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress)))
 
 
-def train_embedded(config: TeacherConfig, out_dir: Path, progress: bool = True) -> dict:
+def train_embedded(config: TeacherConfig, out_dir: Path, progress: bool = True,
+                   dtype: torch.dtype = torch.float32) -> dict:
     """Train the embedded teacher as a conditional DDPM and save it in SD layout.
 
     Deterministic on CPU for a given config: data, noise, timesteps and prompt
@@ -337,7 +338,7 @@ def train_embedded(config: TeacherConfig, out_dir: Path, progress: bool = True) 
              "unet_parameters": sum(p.numel() for p in unet.parameters()),
              "text_encoder_parameters": sum(p.numel() for p in text_encoder.parameters()),
              "torch": torch.__version__, "threads": torch.get_num_threads()}
-    save_embedded(config, tokenizer, text_encoder, unet, scheduler, out_dir, stats)
+    save_embedded(config, tokenizer, text_encoder, unet, scheduler, out_dir, stats, dtype)
     return stats
 
 
@@ -407,3 +408,14 @@ def ensure_teacher(size: str = "default", progress: bool = True) -> Path:
             shutil.rmtree(target)
     train_embedded(config, target, progress=progress)
     return target
+
+
+def rebuild_shipped(progress: bool = True) -> Path:
+    """Retrain the default teacher from scratch and overwrite the shipped copy.
+
+    Stored in fp16 so teacher and metric models fit the repository's 8 MB budget;
+    it is loaded back as fp32.
+    """
+    train_embedded(teacher_config("default"), SHIPPED_TEACHER_DIR, progress=progress,
+                   dtype=torch.float16)
+    return SHIPPED_TEACHER_DIR

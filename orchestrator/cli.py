@@ -1,0 +1,77 @@
+"""``ablate``: the one console script. Subcommands live beside the code they run.
+
+Each package that owns a subcommand exposes ``register(subparsers)`` in its
+``cli`` module; registering must stay cheap (no torch/ray imports) so that
+``ablate --help`` answers at once. Handlers return an exit code. Expected
+failures (bad config, missing files) raise a ``UserError``-like exception with a
+message naming the file and the fix; they print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (module, why it is separate): the order is the order in --help.
+_COMMAND_MODULES = (
+    "distill.cli",  # teacher, distill
+    "evaluation.cli",  # eval, metric-models
+    "orchestrator.run_cli",  # run, mlflow-ui
+    "results.cli",  # tables
+)
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from distill.config import ConfigError
+    from distill.paths import OutputFolderError
+    from distill.teacher import TeacherError
+
+    errors = [ConfigError, OutputFolderError, TeacherError, FileNotFoundError]
+    for module_name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            continue
+        errors.extend(getattr(module, "EXPECTED_ERRORS", ()))
+    return tuple(errors)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ablate",
+        description=(
+            "Ablation orchestrator for SiD-LSG (one-step distillation of text-to-image "
+            "diffusion with long and short guidance). Output goes under $ABLATE_HOME "
+            "(default: ./runs)."),
+        epilog="Run `ablate COMMAND --help` for each command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except _expected_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
