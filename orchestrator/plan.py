@@ -1,0 +1,324 @@
+"""Ablation plans: data files -> frozen, checked plan -> trials (a pure expansion).
+
+A plan names what varies over a base :class:`~distill.config.DistillConfig`;
+see ``ablations/README.md`` for the format. Everything is checked here, where
+the file enters, so a bad plan fails with the file and the dotted key named
+before Ray or MLflow start. :func:`expand` is pure: the same plan and size
+always give the same trials, ids and order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill.config import ConfigError, DistillConfig, config_hash, from_dict, load_yaml
+
+SIZES = ("smoke", "default")
+# Keys the plan sets through its own sections, so an axis or base override of
+# them would be silently shadowed; they are rejected where they appear.
+_PLAN_OWNED = {"seed": "seeds", "eval_every": "evaluation.eval_every",
+               "eval_num_images": "evaluation.eval_num_images"}
+
+
+def _size_presets() -> dict[str, dict[str, Any]]:
+    """The core's per-size DistillConfig overrides (distill.config.SIZE_PRESETS)."""
+    from distill import config as distill_config
+
+    return getattr(distill_config, "SIZE_PRESETS", {size: {} for size in SIZES})
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial holds: CPU threads (torch.set_num_threads) and GPUs (fractions allowed)."""
+
+    cpu: int = 1
+    gpu: float = 0.0
+
+    def __post_init__(self):
+        if self.cpu < 1:
+            raise ConfigError(f"cpu = {self.cpu}: a trial needs at least 1 CPU thread")
+        if self.gpu < 0 or (self.gpu > 1 and not float(self.gpu).is_integer()):
+            raise ConfigError(
+                f"gpu = {self.gpu}: use a fraction in [0, 1] or a whole number of GPUs")
+
+
+@dataclass(frozen=True)
+class TeacherBaseline:
+    """The teacher's own multi-step samples, evaluated once as the reference row."""
+
+    steps: int = 25
+    guidance_scale: float = 2.0
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ConfigError(f"steps = {self.steps}: must be >= 1")
+        if not self.guidance_scale > 0:
+            raise ConfigError(f"guidance_scale = {self.guidance_scale}: must be > 0")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    eval_every: int = 0  # iterations between evaluations; 0: only at the end
+    eval_num_images: int = 2000
+    teacher_baseline: TeacherBaseline | None = TeacherBaseline()  # None: "off"
+
+    def __post_init__(self):
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every = {self.eval_every}: must be >= 0")
+        if self.eval_num_images < 1:
+            raise ConfigError(f"eval_num_images = {self.eval_num_images}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked plan file. ``axes`` and ``zip_groups`` hold (key, values) pairs in file order."""
+
+    name: str
+    description: str
+    source: str  # the file it came from, for messages
+    base: tuple[tuple[str, Any], ...]
+    axes: tuple[tuple[str, tuple[Any, ...]], ...]
+    zip_groups: tuple[tuple[tuple[str, tuple[Any, ...]], ...], ...]
+    seeds: tuple[int, ...]
+    resources: Resources
+    evaluation: Evaluation
+    sizes: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+    max_failures: int = 1
+
+    @property
+    def name_keys(self) -> tuple[str, ...]:
+        """The keys a trial name shows: the two ablation dimensions (strategy, kappa)
+        always, so names read the same across plans, then other varied keys, then seed."""
+        varied = [k for k, _ in self.axes] + [k for group in self.zip_groups for k, _ in group]
+        return ("strategy", "kappa", *(k for k in varied if k not in ("strategy", "kappa")), "seed")
+
+    def size_overrides(self, size: str) -> dict[str, Any]:
+        return dict(dict(self.sizes).get(size, ()))
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One fully resolved trial. ``trial_id`` is a stable hash of ``config``."""
+
+    config: DistillConfig
+    trial_id: str
+    name: str  # e.g. "strategy=lsg,kappa=2,seed=0"
+    varied: tuple[tuple[str, Any], ...]  # the values that make this trial differ from its siblings
+
+
+_TOP_KEYS = {"name", "description", "base", "axes", "zip", "seeds", "resources", "evaluation",
+             "sizes", "max_failures"}
+
+
+def _fail(source: str, key: str, why: str) -> None:
+    raise ConfigError(f"{source}: {key}: {why}")
+
+
+def _check_values(source: str, key: str, values: Any) -> tuple[Any, ...]:
+    """An axis: a non-empty list of distinct values, each valid for its DistillConfig field."""
+    if not isinstance(values, list):
+        _fail(source, key, f"must be a list of values, got {values!r}")
+    if not values:
+        _fail(source, key, "is empty; an axis needs at least one value")
+    seen: list[Any] = []
+    for value in values:
+        # `in` compares with ==, so 2 and 2.0 (the same κ once stored as float) collide.
+        if value in seen:
+            _fail(source, key, f"duplicate value {value!r}; each value may appear once")
+        seen.append(value)
+    return tuple(values)
+
+
+def _check_field(source: str, key: str, field: str) -> None:
+    fields = {f.name for f in dataclasses.fields(DistillConfig)}
+    if field in _PLAN_OWNED:
+        _fail(source, key, f"set {field} through {_PLAN_OWNED[field]}, not here")
+    if field not in fields:
+        _fail(source, key, f"unknown DistillConfig field {field!r}; known: {', '.join(sorted(fields))}")
+
+
+def _check_mapping(source: str, key: str, value: Any) -> dict:
+    if not isinstance(value, dict):
+        _fail(source, key, f"must be a mapping, got {value!r}")
+    return value
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and check a plan file; every size it can run at is expanded once as a check.
+
+    Raises :class:`ConfigError` naming the file and the dotted key.
+    """
+    source = str(path)
+    data = load_yaml(path)
+    return plan_from_dict(data, source)
+
+
+def plan_from_dict(data: dict, source: str = "<plan>") -> Plan:
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        _fail(source, ", ".join(unknown), f"unknown key; known keys: {', '.join(sorted(_TOP_KEYS))}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
+        _fail(source, "name", f"must be a non-empty name of letters, digits, - and _; got {name!r}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        _fail(source, "description", "must be a string")
+
+    base = _check_mapping(source, "base", data.get("base", {}))
+    for key in base:
+        _check_field(source, f"base.{key}", key)
+
+    axes = []
+    for key, values in _check_mapping(source, "axes", data.get("axes", {})).items():
+        _check_field(source, f"axes.{key}", key)
+        axes.append((key, _check_values(source, f"axes.{key}", values)))
+
+    zip_groups = []
+    raw_zip = data.get("zip", [])
+    if not isinstance(raw_zip, list):
+        _fail(source, "zip", "must be a list of groups (mappings of key -> equal-length lists)")
+    for i, group in enumerate(raw_zip):
+        group = _check_mapping(source, f"zip[{i}]", group)
+        if not group:
+            _fail(source, f"zip[{i}]", "is empty")
+        entries = []
+        for key, values in group.items():
+            _check_field(source, f"zip[{i}].{key}", key)
+            entries.append((key, _check_values(source, f"zip[{i}].{key}", values)))
+        lengths = {k: len(v) for k, v in entries}
+        if len(set(lengths.values())) > 1:
+            _fail(source, f"zip[{i}]", f"zipped lists must have equal lengths, got {lengths}")
+        zip_groups.append(tuple(entries))
+    all_keys = [k for k, _ in axes] + [k for g in zip_groups for k, _ in g]
+    repeated = sorted({k for k in all_keys if all_keys.count(k) > 1})
+    if repeated:
+        _fail(source, repeated[0], "varies in more than one axis or zip group")
+
+    seeds = data.get("seeds", [0])
+    seeds = _check_values(source, "seeds", seeds)
+    for seed in seeds:
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            _fail(source, "seeds", f"seeds must be integers >= 0, got {seed!r}")
+
+    resources = from_dict(Resources, _check_mapping(source, "resources", data.get("resources", {})),
+                          source, "resources.")
+    eval_data = dict(_check_mapping(source, "evaluation", data.get("evaluation", {})))
+    baseline = eval_data.pop("teacher_baseline", {})
+    # YAML reads a bare `off` as False.
+    if baseline in (False, "off", None):
+        baseline = None
+    else:
+        baseline = from_dict(TeacherBaseline,
+                             _check_mapping(source, "evaluation.teacher_baseline", baseline),
+                             source, "evaluation.teacher_baseline.")
+    evaluation = from_dict(Evaluation, eval_data, source, "evaluation.")
+    evaluation = dataclasses.replace(evaluation, teacher_baseline=baseline)
+
+    sizes = []
+    for size, overrides in _check_mapping(source, "sizes", data.get("sizes", {})).items():
+        if size not in SIZES:
+            _fail(source, f"sizes.{size}", f"unknown size; choose among {', '.join(SIZES)}")
+        overrides = _check_mapping(source, f"sizes.{size}", overrides or {})
+        for key in overrides:
+            if key not in ("eval_every", "eval_num_images"):
+                _check_field(source, f"sizes.{size}.{key}", key)
+        sizes.append((size, tuple(overrides.items())))
+
+    max_failures = data.get("max_failures", 1)
+    if not isinstance(max_failures, int) or isinstance(max_failures, bool) or max_failures < 0:
+        _fail(source, "max_failures", f"must be an integer >= 0, got {max_failures!r}")
+
+    plan = Plan(name=name, description=description, source=source, base=tuple(base.items()),
+                axes=tuple(axes), zip_groups=tuple(zip_groups), seeds=seeds, resources=resources,
+                evaluation=evaluation, sizes=tuple(sizes), max_failures=max_failures)
+    _check_every_value(plan)
+    return plan
+
+
+def _check_every_value(plan: Plan) -> None:
+    """Build a config for the base and for each single axis value at every size, so an
+    error names the value's own key (``axes.kappa``) rather than a combination."""
+    for size in SIZES:
+        base = _resolve_base(plan, size)
+        _build(plan, base, f"base or sizes.{size}", size)
+        for key, values in plan.axes:
+            for value in values:
+                _build(plan, {**base, key: value}, f"axes.{key}", size)
+        for i, group in enumerate(plan.zip_groups):
+            for j in range(len(group[0][1])):
+                _build(plan, {**base, **{k: vs[j] for k, vs in group}}, f"zip[{i}]", size)
+        expand(plan, size)
+
+
+def _resolve_base(plan: Plan, size: str) -> dict[str, Any]:
+    """Defaults < base < evaluation < size preset < the plan's size overrides."""
+    resolved = dict(plan.base)
+    resolved["eval_every"] = plan.evaluation.eval_every
+    resolved["eval_num_images"] = plan.evaluation.eval_num_images
+    resolved.update(_size_presets().get(size, {}))
+    resolved.update(plan.size_overrides(size))
+    return resolved
+
+
+def _build(plan: Plan, values: dict[str, Any], where: str, size: str) -> DistillConfig:
+    try:
+        return from_dict(DistillConfig, values, plan.source)
+    except ConfigError as exc:
+        # from_dict names the field; say which part of the plan supplied it.
+        message = str(exc).removeprefix(f"{plan.source}: ")
+        raise ConfigError(f"{plan.source}: {where} (size {size}): {message}") from None
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def expand(plan: Plan, size: str = "default") -> list[Trial]:
+    """All trials of a plan at a size: product of axes x zip groups x seeds, in file order.
+
+    Pure: no files, no globals beyond the core's size presets. A trial's id is a
+    hash of its resolved config, so it is stable across runs and machines and
+    changes exactly when something that affects the result changes.
+    """
+    if size not in SIZES:
+        raise ConfigError(f"{plan.source}: unknown size {size!r}; choose among {', '.join(SIZES)}")
+    base = _resolve_base(plan, size)
+    # Each dimension is a list of (where, {key: value}) choices.
+    dimensions: list[list[tuple[str, dict[str, Any]]]] = []
+    for key, values in plan.axes:
+        dimensions.append([(f"axes.{key}", {key: v}) for v in values])
+    for i, group in enumerate(plan.zip_groups):
+        n = len(group[0][1])
+        dimensions.append([(f"zip[{i}]", {k: vs[j] for k, vs in group}) for j in range(n)])
+    dimensions.append([("seeds", {"seed": s}) for s in plan.seeds])
+
+    trials = []
+    for combination in itertools.product(*dimensions):
+        values = dict(base)
+        varied: dict[str, Any] = {}
+        for _, choice in combination:
+            values.update(choice)
+            varied.update(choice)
+        where = " x ".join(w for w, _ in combination)
+        config = _build(plan, values, where, size)
+        varied = {k: getattr(config, k) for k in varied}
+        name = ",".join(f"{k}={_label(getattr(config, k))}" for k in plan.name_keys)
+        trials.append(Trial(config=config, trial_id=config_hash(config), name=name,
+                            varied=tuple(varied.items())))
+    ids = [t.trial_id for t in trials]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{plan.source}: axes: two trials resolve to the same config; "
+                          "an axis value is overridden by a size preset or duplicates another")
+    return trials
+
+
+def trial_set_hash(trials: list[Trial]) -> str:
+    """Identity of a set of trials: an invocation with the same set may resume the last one."""
+    return hashlib.sha256(",".join(sorted(t.trial_id for t in trials)).encode()).hexdigest()[:12]
