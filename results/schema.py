@@ -41,3 +41,17 @@ IMAGES_PER_SECOND = "images_per_second"
 
 GRID_FINAL = "samples/grid_final.png"
 CONFIG_ARTIFACT = "config.json"
+
+# Where the store lives unless MLFLOW_TRACKING_URI says otherwise: one SQLite file in the
+# output folder, so writer (orchestrator) and reader (results, `ablate mlflow-ui`) agree.
+TRACKING_DB = "mlflow.db"
+# Artifacts go beside it (not MLflow's default ./mlruns, which depends on the working dir).
+ARTIFACT_DIR = "mlartifacts"
+
+
+def default_tracking_uri() -> str:
+    import os
+
+    from distill.paths import output_root
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{output_root() / TRACKING_DB}"
