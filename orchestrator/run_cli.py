@@ -1,0 +1,75 @@
+"""Subcommands of the orchestrator: ``ablate run PLAN`` and ``ablate mlflow-ui``.
+
+Registering stays cheap (no ray/torch/mlflow imports) so ``ablate --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+PROFILES = ("embedded",)  # mirrors orchestrator.runner.PROFILES; SD profiles come later
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run an ablation plan (ablations/*.yaml) with Ray Tune, logging to MLflow",
+        description=(
+            "Expand a plan file into trials, run the unfinished ones with Ray Tune and log "
+            "each as an MLflow child run under one parent run per invocation. Re-running the "
+            "same command continues an interrupted plan: finished trials are skipped, "
+            "unfinished ones resume from their checkpoints, and the interrupted parent and "
+            "child runs are reused. A bad plan exits 2 naming the file and key before Ray "
+            "starts."),
+        epilog=(
+            "Environment: RAY_ADDRESS connects to an existing Ray cluster (default: a local "
+            "Ray without dashboard). MLFLOW_TRACKING_URI selects the tracking store (default: "
+            "SQLite in $ABLATE_HOME/mlflow.db; on a cluster use a tracking server every "
+            "worker can reach). ABLATE_STORAGE (or --storage) is where trial workdirs and "
+            "checkpoints live; on a cluster it must be a folder every node shares."),
+    )
+    p.add_argument("plan", help="plan file, e.g. ablations/lsg.yaml (format: ablations/README.md)")
+    p.add_argument("--size", default="default", choices=["smoke", "default"],
+                   help="'default': the embedded world at full size; 'smoke': the same plan "
+                        "scaled down to a 1-2 minute run")
+    p.add_argument("--profile", default="embedded", choices=PROFILES,
+                   help="which world: 'embedded' (CPU, ships with the repository)")
+    p.add_argument("--storage", default=None,
+                   help="root folder for trial workdirs, checkpoints and Ray Tune files "
+                        "(default: $ABLATE_STORAGE, else the output folder $ABLATE_HOME); "
+                        "give a shared folder when trials run on several machines")
+    p.set_defaults(handler=_run)
+
+    ui = sub.add_parser(
+        "mlflow-ui",
+        help="open the MLflow dashboard on this machine's results (127.0.0.1)",
+        description=("Serve the MLflow dashboard for the tracking store `ablate run` writes "
+                     "(MLFLOW_TRACKING_URI, else $ABLATE_HOME/mlflow.db), bound to 127.0.0.1."),
+    )
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    ui.set_defaults(handler=_mlflow_ui)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from orchestrator.runner import run_plan
+
+    return run_plan(args.plan, size=args.size, profile=args.profile,
+                    storage=args.storage).exit_code
+
+
+def _mlflow_ui(args: argparse.Namespace) -> int:
+    from distill.paths import output_root
+    from orchestrator import tracking
+    from results import schema
+
+    uri = tracking.tracking_uri()
+    command = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(args.port),
+               "--backend-store-uri", uri]
+    if uri.startswith("sqlite:"):
+        command += ["--default-artifact-root", (output_root() / schema.ARTIFACT_DIR).as_uri()]
+    print(f"MLflow dashboard: http://127.0.0.1:{args.port}  (store: {uri}); Ctrl-C stops it",
+          flush=True)
+    # Replace this process: Ctrl-C then goes straight to the server.
+    os.execv(command[0], command)

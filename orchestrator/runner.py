@@ -1,0 +1,364 @@
+"""The driver of ``ablate run``: plan -> trials -> Ray Tune -> MLflow -> report.
+
+Order matters: everything that can be wrong with a plan, the machine or the
+tracking store is checked before Ray starts, so a bad plan costs a second, not
+a Ray start-up. Resume needs no Tune state: a finished trial has ``result.json``
+in its stable workdir, an unfinished one has the core's checkpoint there, and
+the MLflow runs are found again by their tags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from distill.config import ConfigError
+from distill.paths import output_root
+from orchestrator import tracking
+from orchestrator.plan import Plan, Trial, expand, load_plan, trial_set_hash
+from orchestrator.run_cli import PROFILES
+from orchestrator.trainable import embedded_suite, read_result, run_trial
+from results import schema
+
+# Unix socket paths are limited to 107 bytes and Ray nests its sockets ~60 bytes deep
+# under the temp dir, so a longer output folder gets its Ray files under /tmp instead.
+MAX_RAY_TEMP_DIR_CHARS = 45
+
+
+class TrialsFailed(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    exit_code: int
+    parent_run_id: str | None
+    trial_status: dict[str, str]  # trial id -> finished / diverged / failed / killed
+    report_markdown: str
+
+
+def storage_root(storage: str | None) -> Path:
+    """Where trial workdirs and Tune's files go: --storage, $ABLATE_STORAGE or the output folder."""
+    chosen = storage or os.environ.get("ABLATE_STORAGE")
+    root = Path(chosen).expanduser().resolve() if chosen else output_root()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def trial_workdir(storage: Path, plan: Plan, trial: Trial) -> Path:
+    return storage / "trials" / plan.name / trial.trial_id
+
+
+def ray_temp_dir() -> Path:
+    preferred = output_root() / "ray"
+    if len(str(preferred)) <= MAX_RAY_TEMP_DIR_CHARS:
+        return preferred
+    digest = hashlib.sha256(str(output_root()).encode()).hexdigest()[:8]
+    return Path("/tmp") / f"ablate-ray-{digest}"
+
+
+def _check_local_resources(plan: Plan) -> None:
+    """A trial that asks for more than the machine has would wait forever in Ray's queue."""
+    cpus = os.cpu_count() or 1
+    if plan.resources.cpu > cpus:
+        raise ConfigError(f"{plan.source}: resources.cpu: {plan.resources.cpu} exceeds the "
+                          f"{cpus} CPUs of this machine; lower it or set RAY_ADDRESS to a cluster")
+    if plan.resources.gpu > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if plan.resources.gpu > gpus:
+            raise ConfigError(f"{plan.source}: resources.gpu: {plan.resources.gpu} exceeds the "
+                              f"{gpus} GPUs of this machine; set gpu: 0 or use a GPU machine")
+
+
+def _check_cluster_resources(plan: Plan) -> None:
+    import ray
+
+    available = ray.cluster_resources()
+    for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
+        wanted = getattr(plan.resources, key)
+        if wanted > available.get(ray_key, 0):
+            raise ConfigError(
+                f"{plan.source}: resources.{key}: {wanted} exceeds the Ray cluster's "
+                f"{available.get(ray_key, 0):g} {ray_key}s (RAY_ADDRESS="
+                f"{os.environ.get('RAY_ADDRESS', 'local')})")
+
+
+def _start_ray() -> bool:
+    """Connect to RAY_ADDRESS or start a local Ray; False if this process already had one."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Trials write to MLflow and our status line; Ray's per-worker log forwarding would
+    # interleave every worker's stderr with it.
+    kwargs = {"log_to_driver": False, "logging_level": logging.WARNING,
+              "configure_logging": True}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+    else:
+        temp_dir = ray_temp_dir()
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        ray.init(include_dashboard=False, _temp_dir=str(temp_dir), **kwargs)
+    return True
+
+
+def trial_params(trial: Trial, size: str, profile: str) -> dict:
+    from distill.guidance import guidance_scales
+
+    scales = guidance_scales(trial.config.strategy, trial.config.kappa)
+    return {**dataclasses.asdict(trial.config), **dataclasses.asdict(scales), "size": size,
+            "profile": profile}
+
+
+class _Interrupted(BaseException):
+    """SIGTERM turned into an exception, so finally blocks end the runs KILLED."""
+
+
+def _raise_interrupted(signum, frame):
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embedded",
+             storage: str | None = None, out: TextIO = sys.stdout) -> RunOutcome:
+    """Run every unfinished trial of a plan; return the exit code and where results are."""
+    if profile not in PROFILES:
+        raise ConfigError(f"--profile {profile}: unknown profile; choose one of "
+                          f"{', '.join(PROFILES)}")
+    plan = load_plan(plan_path)
+    trials = expand(plan, size)
+    uri = tracking.tracking_uri()
+    tracking.check_reachable(uri)
+    if not os.environ.get("RAY_ADDRESS"):
+        _check_local_resources(plan)
+    storage_dir = storage_root(storage)
+
+    from distill import world
+    from distill.loop import load_config_teacher, load_prompts
+
+    # Loaded (and for embedded sizes trained) once here, not by each trial at once.
+    teachers = {spec: load_config_teacher(spec) for spec in sorted({t.config.teacher
+                                                                     for t in trials})}
+    prompt_hashes = {spec: world.prompt_set_hash(load_prompts(spec))
+                     for spec in {t.config.prompts for t in trials}}
+    mlflow_client = tracking.client(uri)
+    exp_id = tracking.experiment_id(mlflow_client, plan.name)
+    trial_set = trial_set_hash(trials)
+    done = {t.trial_id: read_result(trial_workdir(storage_dir, plan, t)) for t in trials}
+    pending = [t for t in trials if done[t.trial_id] is None]
+    latest = tracking.latest_parent(mlflow_client, exp_id, trial_set)
+    if not pending and latest is not None and latest.info.status == "FINISHED":
+        print(f"all {len(trials)} trials of {plan.name} ({size}) already finished; "
+              f"delete {storage_dir / 'trials' / plan.name} to rerun them", file=out)
+        return _finish_report(plan, trials, latest.info.run_id, uri, done, 0, out)
+    reopen = latest if latest is not None and latest.info.status != "FINISHED" else None
+    parent_id = tracking.open_parent(mlflow_client, exp_id, plan_name=plan.name,
+                                     trial_set=trial_set, size=size, profile=profile,
+                                     reopen=reopen)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupted)}
+    started_ray = False
+    child_ids: dict[str, str] = {}
+    parent_status = "KILLED"
+    try:
+        existing = tracking.children(mlflow_client, exp_id, parent_id)
+        suites = {}
+        for t in trials:
+            key = t.config.eval_num_images
+            if key not in suites:
+                # Built once here so reference statistics are cached before trials share them.
+                suites[key] = embedded_suite(key)
+        commit = tracking.git_commit()
+        for t in trials:
+            teacher = teachers[t.config.teacher]
+            tags = {schema.ROLE: "trial", schema.PLAN: plan.name, schema.TRIAL_ID: t.trial_id,
+                    schema.GIT_COMMIT: commit, schema.TEACHER_ID: teacher.teacher_id,
+                    schema.TEACHER_HASH: teacher.teacher_hash,
+                    schema.PROMPT_SET_HASH: prompt_hashes[t.config.prompts],
+                    schema.EVAL_PROTOCOL: suites[t.config.eval_num_images].protocol}
+            if t.trial_id in existing:
+                child_ids[t.trial_id] = existing[t.trial_id].info.run_id
+            else:
+                child_ids[t.trial_id] = tracking.create_child(
+                    mlflow_client, exp_id, parent_id, run_name=t.name, tags=tags,
+                    params=trial_params(t, size, profile))
+                tracking.RunLogger(uri, child_ids[t.trial_id]).log_dict(
+                    {"trial_id": t.trial_id, "name": t.name, "config": dataclasses.asdict(t.config)},
+                    schema.CONFIG_ARTIFACT)
+            record = done[t.trial_id]
+            if record is not None:
+                _close_finished_child(mlflow_client, uri, child_ids[t.trial_id], record, existing,
+                                      t.trial_id)
+        if plan.evaluation.teacher_baseline is not None:
+            _teacher_baseline_run(mlflow_client, uri, exp_id, parent_id, plan, trials,
+                                  teachers, suites, existing, out)
+        failed: dict[str, str] = {}
+        if pending:
+            started_ray = _start_ray()
+            if os.environ.get("RAY_ADDRESS"):
+                _check_cluster_resources(plan)
+            failed = _tune(plan, pending, storage_dir, uri, child_ids, out)
+        for trial_id, error in failed.items():
+            tracking.finish(mlflow_client, child_ids[trial_id], "FAILED", outcome="failed")
+            tracking.retry_locked(mlflow_client.set_tag, child_ids[trial_id], "ablate.error",
+                                  error[:5000])
+        parent_status = "FAILED" if failed else "FINISHED"
+        done = {t.trial_id: read_result(trial_workdir(storage_dir, plan, t)) for t in trials}
+        return _finish_report(plan, trials, parent_id, uri, done, 1 if failed else 0, out,
+                              failed=failed)
+    finally:
+        # Whatever happened (error, Ctrl-C, SIGTERM), no run of this invocation stays RUNNING.
+        for run_id in child_ids.values():
+            run = tracking.retry_locked(mlflow_client.get_run, run_id)
+            if run.info.status == "RUNNING":
+                tracking.finish(mlflow_client, run_id, "KILLED")
+        tracking.finish(mlflow_client, parent_id, parent_status)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _close_finished_child(mlflow_client, uri, run_id, record, existing, trial_id) -> None:
+    """A trial finished in an earlier invocation: make its child run FINISHED with its result.
+
+    Either the driver died after the trial wrote result.json but before its run was
+    closed (reopened run), or this is a new parent for a trial set that was finished
+    earlier (new run, filled from result.json so every parent has every trial).
+    """
+    run = existing.get(trial_id)
+    if run is not None and run.info.status == "FINISHED":
+        return
+    tracking.RunLogger(uri, run_id).log_metrics(record["final_metrics"], record["iterations"])
+    tracking.finish(mlflow_client, run_id, "FINISHED", outcome=record["status"])
+
+
+def _teacher_baseline_run(mlflow_client, uri, exp_id, parent_id, plan, trials, teachers,
+                          suites, existing, out) -> None:
+    """One teacher-baseline child per parent; the numbers are computed once and cached."""
+    import evaluation
+
+    if "teacher" in existing and existing["teacher"].info.status == "FINISHED":
+        return
+    baseline = plan.evaluation.teacher_baseline
+    teacher = teachers[trials[0].config.teacher]
+    suite = suites[trials[0].config.eval_num_images]
+    key = json.dumps([teacher.teacher_hash, suite.protocol, trials[0].config.eval_num_images,
+                      baseline.steps, baseline.guidance_scale, 0])
+    cache = output_root() / "cache" / "teacher-baseline" / (
+        hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
+    if cache.is_file():
+        metrics = json.loads(cache.read_text())
+    else:
+        print(f"teacher baseline: {baseline.steps} steps at guidance {baseline.guidance_scale:g}"
+              " (computed once, then cached)", file=out, flush=True)
+        metrics = evaluation.teacher_baseline(teacher, suite, num_steps=baseline.steps,
+                                              guidance_scale=baseline.guidance_scale, seed=0)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(metrics, sort_keys=True, default=str))
+        os.replace(tmp, cache)
+    if "teacher" in existing:
+        run_id = existing["teacher"].info.run_id
+    else:
+        run_id = tracking.create_child(
+            mlflow_client, exp_id, parent_id, run_name="teacher",
+            tags={schema.ROLE: "teacher", schema.PLAN: plan.name,
+                  schema.TEACHER_ID: teacher.teacher_id, schema.TEACHER_HASH: teacher.teacher_hash,
+                  schema.EVAL_PROTOCOL: suite.protocol},
+            params={"sampler": metrics.get("sampler", "teacher"), "sampler_steps": baseline.steps,
+                    "kappa": baseline.guidance_scale})
+    tracking.RunLogger(uri, run_id).log_metrics(metrics, 0)
+    tracking.finish(mlflow_client, run_id, "FINISHED", outcome="finished")
+
+
+def _tune(plan: Plan, pending: list[Trial], storage_dir: Path, uri: str,
+          child_ids: dict[str, str], out: TextIO) -> dict[str, str]:
+    """Run the pending trials with Ray Tune; return {trial id: error} for trials that failed."""
+    from ray import tune
+
+    from orchestrator.status import StatusLine
+
+    specs = [{"trial_id": t.trial_id, "name": t.name, "config": dataclasses.asdict(t.config),
+              "workdir": str(trial_workdir(storage_dir, plan, t)), "tracking_uri": uri,
+              "run_id": child_ids[t.trial_id], "cpu": plan.resources.cpu,
+              "ablate_home": str(output_root())} for t in pending]
+    resources = {"cpu": plan.resources.cpu, "gpu": plan.resources.gpu}
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, resources),
+        param_space={"spec": tune.grid_search(specs)},
+        tune_config=tune.TuneConfig(
+            num_samples=1, max_concurrent_trials=0,
+            trial_name_creator=lambda trial: trial.config["spec"]["name"],
+            trial_dirname_creator=lambda trial: trial.config["spec"]["trial_id"]),
+        run_config=tune.RunConfig(
+            name=f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(storage_dir / "tune"),
+            failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+            callbacks=[StatusLine(out, {s["trial_id"]: s["config"]["iterations"] for s in specs})],
+            verbose=0, log_to_file=True),
+    )
+    grid = tuner.fit()
+    failed = {}
+    for result in grid:
+        if result.error is not None:
+            trial_id = result.config["spec"]["trial_id"]
+            failed[trial_id] = f"{type(result.error).__name__}: {result.error}"
+    return failed
+
+
+def _finish_report(plan: Plan, trials: list[Trial], parent_id: str, uri: str,
+                   done: dict[str, dict | None], exit_code: int, out: TextIO,
+                   failed: dict[str, str] | None = None) -> RunOutcome:
+    failed = failed or {}
+    status = {}
+    for t in trials:
+        record = done.get(t.trial_id)
+        status[t.trial_id] = ("failed" if t.trial_id in failed else
+                              record["status"] if record else "unfinished")
+    tables = output_root() / "tables" / plan.name
+    markdown = _report_markdown(plan, trials, done, status, tables, uri, parent_id)
+    for t in trials:
+        if t.trial_id in failed:
+            print(f"FAILED {t.name}: {failed[t.trial_id].splitlines()[0][:300]}", file=out)
+        elif status[t.trial_id] == "diverged":
+            print(f"DIVERGED {t.name}: its losses became non-finite; see its MLflow run",
+                  file=out)
+    print(file=out)
+    print(markdown, file=out)
+    print(file=out)
+    print(f"MLflow: {uri}  (parent run {parent_id}; dashboard: `make mlflow-ui`)", file=out)
+    print(f"Tables: {tables}", file=out)
+    return RunOutcome(exit_code, parent_id, status, markdown)
+
+
+def _report_markdown(plan, trials, done, status, tables, uri, parent_id) -> str:
+    """The results package's report if it has landed; else a minimal final-metrics table."""
+    try:
+        from results import write_report
+    except ImportError:
+        write_report = None
+    if write_report is not None:
+        return write_report(plan, tables, tracking_uri=uri, parent_run_id=parent_id).markdown
+    keys = sorted({k for r in done.values() if r for k, v in r["final_metrics"].items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    lines = ["| trial | status | " + " | ".join(keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for t in trials:
+        metrics = (done.get(t.trial_id) or {}).get("final_metrics", {})
+        cells = [f"{metrics[k]:.4g}" if k in metrics else "" for k in keys]
+        lines.append(f"| {t.name} | {status[t.trial_id]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

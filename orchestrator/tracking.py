@@ -1,0 +1,215 @@
+"""MLflow runs for plans and trials, with the names of :mod:`results.schema`.
+
+The driver creates (or, after an interrupted invocation, reopens) the parent run
+and one child run per trial before any trial starts; each trial process then
+writes its own metrics and artifacts into its child run, so nothing is lost if
+the driver dies. Several trial processes share one SQLite file, which answers
+"database is locked" to concurrent writers: every call goes through
+:func:`retry_locked`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from distill.config import ConfigError
+from distill.paths import REPO_ROOT, output_root
+from results import schema
+
+T = TypeVar("T")
+
+TRIAL_SET = "ablate.trial_set"  # hash of the invocation's trial ids: which parent a rerun reopens
+SIZE = "ablate.size"
+PROFILE = "ablate.profile"
+PARENT_RUN_ID = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+
+# A trial process may wait this long in total for a locked SQLite file before it gives up.
+LOCK_RETRY_SECONDS = 120.0
+
+
+def tracking_uri() -> str:
+    return schema.default_tracking_uri()
+
+
+def artifact_root() -> str:
+    """Where a new experiment keeps artifacts when the store is the local SQLite file."""
+    return (output_root() / schema.ARTIFACT_DIR).as_uri()
+
+
+def _is_locked(exc: BaseException) -> bool:
+    return "database is locked" in str(exc) or "database table is locked" in str(exc)
+
+
+def retry_locked(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call ``fn``, retrying with jittered back-off while SQLite says it is locked."""
+    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # MLflow wraps SQLAlchemy's OperationalError in several ways
+            if not _is_locked(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 2.0)
+
+
+def client(uri: str | None = None):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri or tracking_uri())
+
+
+def check_reachable(uri: str) -> None:
+    """Fail before any trial starts if the tracking store cannot be used.
+
+    An HTTP server that is down would otherwise be retried for minutes by MLflow.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        retry_locked(client(uri).search_experiments, max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure means unusable; its text is kept
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI={uri}: the MLflow tracking store is unreachable "
+            f"({first_line}); start the server, fix the URI, or unset MLFLOW_TRACKING_URI "
+            "to use the SQLite store in the output folder") from None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=10, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+                               check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if out.returncode:
+        return "unknown"
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def experiment_id(mlflow_client, plan_name: str) -> str:
+    name = schema.EXPERIMENT_PREFIX + plan_name
+    experiment = retry_locked(mlflow_client.get_experiment_by_name, name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            retry_locked(mlflow_client.restore_experiment, experiment.experiment_id)
+        return experiment.experiment_id
+    location = artifact_root() if mlflow_client.tracking_uri.startswith("sqlite:") else None
+    try:
+        return retry_locked(mlflow_client.create_experiment, name, artifact_location=location)
+    except Exception:
+        # Another driver created it between our lookup and create.
+        experiment = retry_locked(mlflow_client.get_experiment_by_name, name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _search(mlflow_client, exp_id: str, filter_string: str):
+    return retry_locked(mlflow_client.search_runs, [exp_id], filter_string=filter_string,
+                        order_by=["attributes.start_time DESC"], max_results=1000)
+
+
+def latest_parent(mlflow_client, exp_id: str, trial_set: str):
+    """The newest parent run of the same trial set, or None."""
+    runs = _search(mlflow_client, exp_id,
+                   f"tags.`{schema.ROLE}` = 'parent' and tags.`{TRIAL_SET}` = '{trial_set}'")
+    return runs[0] if runs else None
+
+
+def open_parent(mlflow_client, exp_id: str, *, plan_name: str, trial_set: str, size: str,
+                profile: str, reopen) -> str:
+    """Reopen ``reopen`` (an unfinished parent of the same trial set) or start a new parent."""
+    if reopen is not None:
+        retry_locked(mlflow_client.update_run, reopen.info.run_id, status="RUNNING")
+        return reopen.info.run_id
+    tags = {schema.ROLE: "parent", schema.PLAN: plan_name, TRIAL_SET: trial_set, SIZE: size,
+            PROFILE: profile, schema.GIT_COMMIT: git_commit()}
+    run = retry_locked(mlflow_client.create_run, exp_id, tags=tags,
+                       run_name=f"{plan_name}-{size}")
+    return run.info.run_id
+
+
+def children(mlflow_client, exp_id: str, parent_run_id: str) -> dict[str, Any]:
+    """Child runs of a parent keyed by trial id (role trial) or by 'teacher' (role teacher)."""
+    found = {}
+    for run in _search(mlflow_client, exp_id, f"tags.`{PARENT_RUN_ID}` = '{parent_run_id}'"):
+        role = run.data.tags.get(schema.ROLE)
+        key = run.data.tags.get(schema.TRIAL_ID) if role == "trial" else role
+        # Newest first: a duplicate (which resume never creates) would not shadow the newest.
+        found.setdefault(key, run)
+    return found
+
+
+def create_child(mlflow_client, exp_id: str, parent_run_id: str, *, run_name: str,
+                 tags: dict[str, str], params: dict[str, Any]) -> str:
+    all_tags = {PARENT_RUN_ID: parent_run_id, **tags}
+    run = retry_locked(mlflow_client.create_run, exp_id, tags=all_tags, run_name=run_name)
+    log_params(mlflow_client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(mlflow_client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v))
+             for k, v in sorted(params.items())]
+    # MLflow takes at most 100 params per batch.
+    for i in range(0, len(items), 100):
+        retry_locked(mlflow_client.log_batch, run_id, params=items[i:i + 100])
+
+
+def finish(mlflow_client, run_id: str, status: str, outcome: str | None = None) -> None:
+    """End a run FINISHED / FAILED / KILLED, recording the outcome tag (finished, diverged, ...)."""
+    if outcome is not None:
+        retry_locked(mlflow_client.set_tag, run_id, schema.STATUS, outcome)
+    retry_locked(mlflow_client.set_terminated, run_id, status=status)
+
+
+class RunLogger:
+    """Metrics and artifacts of one run from one process: numeric values only, batched,
+    and each (key, step) written once, so a trial retried from a checkpoint does not
+    log the overlap between its checkpoint and its crash twice."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.client = client(uri)
+        self.run_id = run_id
+        self._last_step: dict[str, int] = {}
+        run = retry_locked(self.client.get_run, run_id)
+        for key in run.data.metrics:
+            history = retry_locked(self.client.get_metric_history, run_id, key)
+            self._last_step[key] = max(m.step for m in history)
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        """Log the numbers in ``metrics`` at ``step``, skipping (key, step) pairs already logged."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = []
+        for key, value in sorted(metrics.items()):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if step <= self._last_step.get(key, -1):
+                continue
+            batch.append(Metric(key, float(value), now, step))
+            self._last_step[key] = max(step, self._last_step.get(key, -1))
+        for i in range(0, len(batch), 1000):
+            retry_locked(self.client.log_batch, self.run_id, metrics=batch[i:i + 1000])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        retry_locked(self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: dict, name: str) -> None:
+        retry_locked(self.client.log_dict, self.run_id, data, name)

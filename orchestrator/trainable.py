@@ -1,0 +1,104 @@
+"""What one Ray Tune trial runs: the core's ``distill`` with MLflow and Tune wired in.
+
+The trial gets everything through its spec (a JSON-able dict built by the
+driver): the resolved config, its stable workdir, the MLflow run to write to.
+Nothing is read from the driver's environment, so the same trial runs on a
+laptop or on a remote Ray worker that shares the storage folder.
+
+Resume is the core's job: ``distill`` continues from ``workdir/checkpoint/``,
+so Tune's retry after a crash (``FailureConfig.max_failures``) and a rerun after
+the driver was killed both continue where the last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULT_FILE = "result.json"
+# Image grids show this many prompts from the evaluation set (one row of the paper's figures).
+GRID_PROMPTS = 16
+
+
+def read_result(workdir: Path) -> dict | None:
+    """The finished trial's record, or None if it has not finished."""
+    path = Path(workdir) / RESULT_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_result(workdir: Path, record: dict) -> None:
+    """Write result.json atomically: a reader sees the old file or the complete new one."""
+    workdir = Path(workdir)
+    fd, tmp = tempfile.mkstemp(prefix=".result-", suffix=".json", dir=workdir)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, workdir / RESULT_FILE)
+
+
+def embedded_suite(num_images: int):
+    """The evaluation suite of the embedded world (held-out captions + reference images)."""
+    import evaluation
+
+    return evaluation.embedded_suite(num_images, seed=0)
+
+
+def run_trial(tune_config: dict[str, Any]) -> None:
+    """Ray Tune function trainable; ``tune_config["spec"]`` is built by the driver."""
+    spec = tune_config["spec"]
+    # The core caches teachers and metric models under the output folder; point it at the
+    # driver's, which a worker started before this plan (shared Ray session) may not have.
+    os.environ["ABLATE_HOME"] = spec["ablate_home"]
+    import torch
+    from ray import tune
+
+    import evaluation
+    from distill.config import DistillConfig, from_dict
+    from distill.loop import distill
+    from orchestrator import tracking
+    from results import schema
+
+    torch.set_num_threads(spec["cpu"])
+    config = from_dict(DistillConfig, spec["config"], source=f"trial {spec['name']}")
+    workdir = Path(spec["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    logger = tracking.RunLogger(spec["tracking_uri"], spec["run_id"])
+    tracking.retry_locked(logger.client.update_run, spec["run_id"], status="RUNNING")
+    suite = embedded_suite(config.eval_num_images)
+    grid_captions = suite.captions[:GRID_PROMPTS]
+
+    def report(metrics: dict[str, float], iteration: int) -> None:
+        logger.log_metrics(metrics, iteration)
+        tune.report({**metrics, "iteration": iteration})
+
+    def evaluate(sample_fn, iteration: int) -> dict:
+        """Metrics at an evaluation point (the core reports them) plus a sample grid."""
+        metrics = suite.evaluate_sample_fn(sample_fn, seed=0)
+        final = iteration >= config.iterations
+        name = schema.GRID_FINAL if final else f"samples/grid_{iteration}.png"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(name).name
+            images = sample_fn([c.text for c in grid_captions], 0)
+            evaluation.sample_grid(images, grid_captions, path)
+            logger.log_artifact(path, str(Path(name).parent))
+        return metrics
+
+    result = distill(config, workdir, report=report, evaluate=evaluate, on_checkpoint=None)
+    logger.log_metrics(result.final_metrics, result.iterations)
+    write_result(workdir, {
+        "trial_id": spec["trial_id"], "name": spec["name"], "run_id": spec["run_id"],
+        "status": result.status, "iterations": result.iterations,
+        "final_metrics": dict(result.final_metrics),
+        "config": dataclasses.asdict(config)})
+    tracking.finish(logger.client, spec["run_id"], "FINISHED", outcome=result.status)
+    tune.report({**{k: v for k, v in result.final_metrics.items()
+                    if isinstance(v, (int, float))},
+                 "iteration": result.iterations, "done_status": result.status})
