@@ -139,10 +139,10 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
                           f"{', '.join(PROFILES)}")
     plan = load_plan(plan_path)
     trials = expand(plan, size)
-    uri = tracking.tracking_uri()
-    tracking.check_reachable(uri)
     if not os.environ.get("RAY_ADDRESS"):
         _check_local_resources(plan)
+    uri = tracking.tracking_uri()
+    tracking.check_reachable(uri)
     storage_dir = storage_root(storage)
 
     from distill import world

@@ -73,6 +73,10 @@ def check_reachable(uri: str) -> None:
 
     An HTTP server that is down would otherwise be retried for minutes by MLflow.
     """
+    import logging
+
+    # "Creating initial MLflow database tables..." is noise on every fresh output folder.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:

@@ -1,0 +1,206 @@
+"""Plans: checked loading, pure expansion, and bad plans rejected (exit 2) before Ray starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from distill.config import ConfigError, DistillConfig, config_hash
+from orchestrator import cli
+from orchestrator.plan import expand, load_plan, plan_from_dict, trial_set_hash
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str, name: str = "plan.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+MINIMAL = """\
+    name: t
+    base: {kappa: 1.5}
+    axes:
+      strategy: [lsg, cfg]
+    seeds: [0, 1]
+    sizes:
+      smoke: {teacher: "embedded:smoke", iterations: 4}
+"""
+
+
+def test_shipped_plans_expand_to_the_issue_counts():
+    lsg = load_plan(REPO / "ablations/lsg.yaml")
+    kappa = load_plan(REPO / "ablations/kappa.yaml")
+    for size in ("smoke", "default"):
+        trials = expand(lsg, size)
+        assert [t.config.strategy for t in trials] == ["lsg", "cfg", "none"]
+        assert len({t.config.kappa for t in trials}) == 1
+        trials = expand(kappa, size)
+        assert [t.config.kappa for t in trials] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+        assert {t.config.strategy for t in trials} == {"lsg"}
+    assert [t.name for t in expand(kappa, "smoke")][:2] == [
+        "strategy=lsg,kappa=0.5,seed=0", "strategy=lsg,kappa=1,seed=0"]
+    assert expand(lsg, "smoke")[0].config.teacher == "embedded:smoke"
+
+
+def test_kappa_plan_is_one_line_away_from_crossing_with_strategy(tmp_path):
+    text = (REPO / "ablations/kappa.yaml").read_text()
+    line = "  # strategy: [lsg, cfg, none]"
+    assert line in text.splitlines()
+    crossed = write(tmp_path, text.replace(line, line.replace("# ", "")), "kappa.yaml")
+    trials = expand(load_plan(crossed), "default")
+    assert len(trials) == 6 * 3
+    assert len({t.trial_id for t in trials}) == 18
+
+
+def test_expand_counts_product_zip_and_seeds(tmp_path):
+    plan = load_plan(write(tmp_path, """\
+        name: z
+        axes:
+          strategy: [lsg, none]
+        zip:
+          - {kappa: [1.0, 2.0, 3.0], lr_generator: [1.0e-4, 2.0e-4, 3.0e-4]}
+        seeds: [0, 1]
+    """))
+    trials = expand(plan, "default")
+    assert len(trials) == 2 * 3 * 2  # product of axes x zip group x seeds, not 2*3*3*2
+    # File order: first axis slowest, seeds fastest.
+    assert [(t.config.strategy, t.config.kappa, t.config.seed) for t in trials[:3]] == [
+        ("lsg", 1.0, 0), ("lsg", 1.0, 1), ("lsg", 2.0, 0)]
+    # Zipped values move together.
+    assert {(t.config.kappa, t.config.lr_generator) for t in trials} == {
+        (1.0, 1e-4), (2.0, 2e-4), (3.0, 3e-4)}
+    assert trials[0].name == "strategy=lsg,kappa=1,lr_generator=0.0001,seed=0"
+
+
+def test_trial_ids_are_stable_hashes_of_the_resolved_config(tmp_path):
+    plan = load_plan(write(tmp_path, MINIMAL))
+    first, again = expand(plan, "smoke"), expand(load_plan(write(tmp_path, MINIMAL)), "smoke")
+    assert [t.trial_id for t in first] == [t.trial_id for t in again]
+    for t in first:
+        assert t.trial_id == config_hash(t.config)
+    # Key order in the file does not matter; a value that changes the result does.
+    reordered = write(tmp_path, MINIMAL.replace("base: {kappa: 1.5}", "base: {kappa: 1.5}\n"
+                                                "    description: x"), "r.yaml")
+    assert [t.trial_id for t in expand(load_plan(reordered), "smoke")] == [
+        t.trial_id for t in first]
+    changed = write(tmp_path, MINIMAL.replace("kappa: 1.5", "kappa: 1.25"), "c.yaml")
+    assert not {t.trial_id for t in expand(load_plan(changed), "smoke")} & {
+        t.trial_id for t in first}
+    # Sizes resolve to different configs, hence ids.
+    assert not {t.trial_id for t in expand(plan, "default")} & {t.trial_id for t in first}
+    assert trial_set_hash(first) == trial_set_hash(list(reversed(first)))
+
+
+def test_resolution_order_base_then_size_then_axes(tmp_path):
+    plan = load_plan(write(tmp_path, """\
+        name: order
+        base: {iterations: 100, kappa: 1.5, lr_generator: 1.0e-3}
+        axes: {lr_generator: [2.0e-3]}
+        evaluation: {eval_every: 50, eval_num_images: 500}
+        sizes:
+          smoke: {iterations: 6, eval_num_images: 8}
+    """))
+    smoke, = expand(plan, "smoke")
+    default, = expand(plan, "default")
+    assert (smoke.config.iterations, smoke.config.eval_num_images) == (6, 8)
+    assert (default.config.iterations, default.config.eval_num_images) == (100, 500)
+    assert smoke.config.lr_generator == default.config.lr_generator == 2e-3
+    assert smoke.config.eval_every == 50 and smoke.config.kappa == 1.5
+    assert dataclasses.replace(default.config, iterations=6, eval_num_images=8) == smoke.config
+
+
+def test_plan_sections_are_typed_and_frozen(tmp_path):
+    plan = load_plan(write(tmp_path, """\
+        name: r
+        resources: {cpu: 2, gpu: 0.25}
+        evaluation: {teacher_baseline: off}
+        max_failures: 3
+    """))
+    assert plan.resources.cpu == 2 and plan.resources.gpu == 0.25
+    assert plan.evaluation.teacher_baseline is None and plan.max_failures == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.resources.cpu = 4  # type: ignore[misc]
+    trial, = expand(plan, "default")
+    assert trial.config == DistillConfig()
+    assert trial.name == "strategy=lsg,kappa=2,seed=0"
+
+
+BAD_PLANS = [
+    # (what, plan text or None for a missing file, key the message must name)
+    ("unknown top-level key", "name: b\naxis: {kappa: [1.0]}\n", "axis"),
+    ("unknown base key", "name: b\nbase: {kapa: 2.0}\n", "base.kapa"),
+    ("unknown axis key", "name: b\naxes: {guidance: [1.0]}\n", "axes.guidance"),
+    ("wrong type in base", "name: b\nbase: {iterations: many}\n", "iterations"),
+    ("wrong type in axis", "name: b\naxes: {kappa: [1.0, two]}\n", "axes.kappa"),
+    ("empty axis", "name: b\naxes: {kappa: []}\n", "axes.kappa"),
+    ("axis not a list", "name: b\naxes: {kappa: 2.0}\n", "axes.kappa"),
+    ("duplicate axis values", "name: b\naxes: {kappa: [1.0, 2, 2.0]}\n", "axes.kappa"),
+    ("kappa <= 0", "name: b\naxes: {kappa: [1.0, 0.0]}\n", "axes.kappa"),
+    ("negative kappa in base", "name: b\nbase: {kappa: -1.0}\n", "kappa"),
+    ("unknown strategy", "name: b\naxes: {strategy: [lsg, teacher_only]}\n", "axes.strategy"),
+    ("zip lengths differ", "name: b\nzip: [{kappa: [1.0, 2.0], seed_x: [1]}]\n", "zip[0]"),
+    ("zip lengths differ (known keys)",
+     "name: b\nzip: [{kappa: [1.0, 2.0], lr_generator: [0.1]}]\n", "zip[0]"),
+    ("seed as an axis", "name: b\naxes: {seed: [0, 1]}\n", "axes.seed"),
+    ("negative seed", "name: b\nseeds: [0, -1]\n", "seeds"),
+    ("duplicate seeds", "name: b\nseeds: [0, 0]\n", "seeds"),
+    ("fractional multi-GPU", "name: b\nresources: {gpu: 1.5}\n", "gpu"),
+    ("zero CPUs", "name: b\nresources: {cpu: 0}\n", "cpu"),
+    ("unknown resources key", "name: b\nresources: {memory: 4}\n", "resources.memory"),
+    ("unknown size", "name: b\nsizes: {huge: {}}\n", "sizes.huge"),
+    ("bad size override", "name: b\nsizes: {smoke: {batch_size: 0}}\n", "batch_size"),
+    ("bad teacher baseline", "name: b\nevaluation: {teacher_baseline: {steps: 0}}\n",
+     "steps"),
+    ("bad eval key", "name: b\nevaluation: {eval_images: 5}\n", "evaluation.eval_images"),
+    ("missing name", "axes: {kappa: [1.0]}\n", "name"),
+    ("bad YAML", "name: b\naxes: {kappa: [1.0\n", "YAML"),
+    ("not a mapping", "- a\n- b\n", "mapping"),
+    ("missing file", None, "file not found"),
+    ("resources exceeding the machine", "name: b\nresources: {cpu: 4096}\n", "resources.cpu"),
+]
+
+
+@pytest.mark.parametrize("what,text,key", BAD_PLANS, ids=[b[0] for b in BAD_PLANS])
+def test_bad_plan_exits_2_naming_file_and_key(what, text, key, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    path = tmp_path / "bad.yaml"
+    if text is not None:
+        path.write_text(text)
+    code = cli.main(["run", str(path), "--size", "smoke"])
+    err = capsys.readouterr().err
+    assert code == 2, what
+    assert str(path) in err and key in err, err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    # Nothing ran: no Ray session, no trial folder.
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    assert not (tmp_path / "home" / "trials").exists()
+
+
+def test_unreachable_tracking_uri_exits_2_before_any_trial(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: refused
+    code = cli.main(["run", str(REPO / "ablations/lsg.yaml"), "--size", "smoke"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "MLFLOW_TRACKING_URI=http://127.0.0.1:9" in err and "unreachable" in err
+    assert not (tmp_path / "home" / "trials").exists()
+
+
+def test_unknown_profile_exits_2_naming_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", str(REPO / "ablations/lsg.yaml"), "--profile", "sd15"])
+    assert exit_info.value.code == 2
+    assert "embedded" in capsys.readouterr().err
+
+
+def test_plan_from_dict_reports_its_source():
+    with pytest.raises(ConfigError, match=r"^my-source: axes.kappa: is empty"):
+        plan_from_dict({"name": "x", "axes": {"kappa": []}}, "my-source")
