@@ -1,0 +1,101 @@
+"""``ablate tables``: write each plan's tables and figures and print the Markdown."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class TablesError(RuntimeError):
+    """No store, no such plan or parent run, no finished runs: one line, exit 2.
+
+    results.ResultsError is re-raised as this, so that importing this module (which
+    the dispatcher does for every command) need not import pandas and MLflow."""
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (TablesError,)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tables",
+        help="write comparison tables (LaTeX, Markdown, CSV) and plots from MLflow",
+        description=(
+            "Read a plan's runs from MLflow (the latest parent run, or --parent-run), "
+            "aggregate over seeds (mean, 95%% t-interval; diverged/failed runs counted, "
+            "never averaged) and write table.tex (booktabs), table.md, table.csv and "
+            "PNG/PDF figures under $ABLATE_HOME/tables/<plan>/; they are also logged to the "
+            "parent run under report/. Prints the Markdown tables."),
+    )
+    p.add_argument("--plan", default="all",
+                   help="plan name (lsg, kappa, or any plan with runs), or 'all' for every "
+                        "plan in the store (default: all)")
+    p.add_argument("--parent-run", metavar="ID",
+                   help="report this parent run instead of the plan's latest one (its plan "
+                        "is read from the run, so --plan may be left out)")
+    p.add_argument("--out", metavar="DIR", type=Path,
+                   help="folder to write <plan>/ into (default: $ABLATE_HOME/tables)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI or "
+                        "sqlite:///$ABLATE_HOME/mlflow.db)")
+    p.set_defaults(handler=_tables)
+
+
+def _tables(args: argparse.Namespace) -> int:
+    from distill.paths import output_root
+    from results.load import ResultsError, list_plans, resolve_tracking_uri
+    from results.report import write_report
+
+    try:
+        uri = resolve_tracking_uri(args.tracking_uri)
+        if args.parent_run:
+            plan = _plan_of(args.parent_run, uri, args.plan)
+            plans = [plan]
+        elif args.plan == "all":
+            plans = list_plans(uri)
+            if not plans:
+                raise TablesError(f"no plan has runs in the MLflow store {uri}; run one first "
+                                  "(`make ablation-lsg` or `make sweep-kappa`)")
+        else:
+            plans = [args.plan]
+        base = args.out or output_root() / "tables"
+        written, skipped = 0, []
+        for plan in plans:
+            try:
+                report = write_report(plan, base / plan, uri, args.parent_run)
+            except ResultsError as exc:
+                if len(plans) == 1:
+                    raise
+                skipped.append(f"{plan}: {exc}")
+                continue
+            print(report.markdown_text)
+            print(f"wrote {report.out_dir} (logged to parent run {report.parent_run_id} "
+                  "under report/)", file=sys.stderr)
+            written += 1
+    except ResultsError as exc:
+        raise TablesError(str(exc)) from None
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if not written:
+        raise TablesError("no plan has finished runs to report: " + "; ".join(skipped))
+    return 0
+
+
+def _plan_of(parent_run_id: str, uri: str, plan_arg: str) -> str:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from results import schema
+
+    try:
+        run = MlflowClient(tracking_uri=uri).get_run(parent_run_id)
+    except MlflowException:
+        raise TablesError(f"no run {parent_run_id!r} in the MLflow store {uri}") from None
+    plan = run.data.tags.get(schema.PLAN)
+    if not plan:
+        raise TablesError(f"run {parent_run_id} has no {schema.PLAN} tag: not a parent run "
+                          "written by `ablate run`")
+    if plan_arg not in ("all", plan):
+        raise TablesError(f"run {parent_run_id} belongs to plan {plan!r}, not {plan_arg!r}")
+    return plan

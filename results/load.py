@@ -1,0 +1,164 @@
+"""Read a plan's runs from MLflow into one tidy pandas frame.
+
+The layout read here is the contract in :mod:`results.schema`: one experiment per
+plan, one parent run per invocation, one child run per trial plus a teacher-baseline
+child. The frame has one row per child run and plain column names:
+
+- ``run_id``, ``run_name``, ``role`` (``trial`` or ``teacher``), ``status`` (an
+  outcome from ``schema.STATUSES`` or ``incomplete`` when the run never recorded
+  one, e.g. it is still running or its worker was killed), ``trial_id``;
+- one column per param, with numbers parsed back into numbers (MLflow stores
+  params as strings; ``"2.0"`` must sort and group as the number 2);
+- one column per metric (its latest value, which is the final one: the
+  orchestrator logs final metrics at the last step).
+
+``df.attrs`` carries ``plan``, ``parent_run_id``, ``tracking_uri``, ``param_columns``
+and ``metric_columns`` so later steps know which column is which.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from urllib.parse import unquote
+
+import pandas as pd
+
+from results import schema
+
+
+class ResultsError(RuntimeError):
+    """Nothing (usable) to report: no store, no parent run, no finished runs, mixed keys."""
+
+
+INCOMPLETE = "incomplete"
+
+
+def resolve_tracking_uri(tracking_uri: str | None) -> str:
+    """The given URI or the project default; a SQLite store that does not exist is an
+    error here, because MLflow would silently create an empty one and report nothing."""
+    uri = tracking_uri or schema.default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        # sqlite:///rel/path or sqlite:////abs/path (SQLAlchemy's form); drop any ?query.
+        path = Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
+        if not path.is_file():
+            raise ResultsError(
+                f"no MLflow store at {path} (tracking URI {uri}); run a plan first "
+                "(`make ablation-lsg` or `ablate run ablations/lsg.yaml`), or point "
+                "MLFLOW_TRACKING_URI / --tracking-uri at the store that holds the runs")
+    return uri
+
+
+def _client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _search_all(client, experiment_ids: list[str], filter_string: str, order_by=None):
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string,
+                                  max_results=1000, order_by=order_by, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def list_plans(tracking_uri: str | None = None) -> list[str]:
+    """Plans that have an experiment in the store (``ablate/<plan>``), sorted by name."""
+    client = _client(resolve_tracking_uri(tracking_uri))
+    names = [e.name for e in client.search_experiments()]
+    return sorted(n[len(schema.EXPERIMENT_PREFIX):] for n in names
+                  if n.startswith(schema.EXPERIMENT_PREFIX))
+
+
+def find_parent_run(plan: str, tracking_uri: str | None = None,
+                    parent_run_id: str | None = None):
+    """The named parent run (checked to be a parent run of ``plan``) or the latest one."""
+    uri = resolve_tracking_uri(tracking_uri)
+    client = _client(uri)
+    if parent_run_id:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = client.get_run(parent_run_id)
+        except MlflowException:
+            raise ResultsError(f"no run {parent_run_id!r} in the MLflow store {uri}; "
+                               "copy the parent run id from the MLflow UI") from None
+        tags = run.data.tags
+        if tags.get(schema.ROLE) != "parent":
+            raise ResultsError(
+                f"run {parent_run_id} is not a parent run (its {schema.ROLE} tag is "
+                f"{tags.get(schema.ROLE)!r}); pass the id of the plan's parent run")
+        if tags.get(schema.PLAN) != plan:
+            raise ResultsError(f"run {parent_run_id} belongs to plan {tags.get(schema.PLAN)!r}, "
+                               f"not {plan!r}; drop --plan or pass a matching one")
+        return run
+    experiment = client.get_experiment_by_name(schema.EXPERIMENT_PREFIX + plan)
+    if experiment is None:
+        known = ", ".join(list_plans(uri)) or "none"
+        raise ResultsError(f"no runs of plan {plan!r} in {uri} (no experiment "
+                           f"{schema.EXPERIMENT_PREFIX}{plan}; plans with runs: {known})")
+    parents = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{schema.ROLE}` = 'parent'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        raise ResultsError(f"plan {plan!r} has no parent run in {uri}; run the plan first")
+    return parents[0]
+
+
+def _parse_param(value: str):
+    """MLflow params are strings; give numbers back as numbers (ints stay ints)."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        return {"None": None, "True": True, "False": False}.get(value, value)
+    return number if math.isfinite(number) else value
+
+
+def _status(run) -> str:
+    status = run.data.tags.get(schema.STATUS)
+    return status if status in schema.STATUSES else INCOMPLETE
+
+
+def load_runs(plan: str, tracking_uri: str | None = None,
+              parent_run_id: str | None = None) -> pd.DataFrame:
+    """Child runs (trials and teacher baseline) of the latest parent run of ``plan``, or
+    of the named parent run, as one row per run (see the module docstring)."""
+    uri = resolve_tracking_uri(tracking_uri)
+    parent = find_parent_run(plan, uri, parent_run_id)
+    client = _client(uri)
+    children = _search_all(
+        client, [parent.info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        order_by=["attributes.start_time ASC"])
+    rows, param_names, metric_names = [], set(), set()
+    for run in children:
+        role = run.data.tags.get(schema.ROLE)
+        if role not in ("trial", "teacher"):
+            continue
+        row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "role": role,
+               "status": _status(run), "trial_id": run.data.tags.get(schema.TRIAL_ID)}
+        params = {k: _parse_param(v) for k, v in run.data.params.items()}
+        row.update(params)
+        row.update(run.data.metrics)
+        param_names.update(params)
+        metric_names.update(run.data.metrics)
+        rows.append(row)
+    clash = param_names & metric_names
+    if clash:
+        raise ResultsError(f"parent run {parent.info.run_id}: {sorted(clash)} logged both as "
+                           "param and metric; the schema keeps their names apart")
+    fixed = ["run_id", "run_name", "role", "status", "trial_id"]
+    params = sorted(param_names - set(fixed))
+    metrics = sorted(metric_names - set(fixed))
+    df = pd.DataFrame(rows, columns=fixed + params + metrics)
+    df.attrs.update(plan=plan, parent_run_id=parent.info.run_id, tracking_uri=uri,
+                    param_columns=params, metric_columns=metrics)
+    return df

@@ -1,0 +1,81 @@
+"""One report per plan: tables (LaTeX, Markdown, CSV), figures (PNG, PDF), logged back
+to the plan's parent MLflow run under ``report/``."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from results import schema
+from results.load import load_runs
+from results.plots import kappa_figure, sample_grid_figure, save_figure, tradeoff_figure
+from results.tables import build_table, to_latex, to_markdown
+
+REPORT_ARTIFACT_DIR = "report"
+# Every file a report may write; all are removed first so a figure that no longer
+# applies (κ stopped varying, say) cannot linger from an older report.
+_FILES = ("table.tex", "table.md", "table.csv", "runs.csv",
+          *(f"{stem}.{ext}" for stem in ("metrics_vs_kappa", "fid_clip_tradeoff", "samples")
+            for ext in ("png", "pdf")))
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    out_dir: Path
+    latex: Path  # the booktabs table float
+    markdown: Path
+    csv: Path  # the aggregated numbers behind the table (unrounded, with p-values)
+    runs_csv: Path  # one row per run, as read from MLflow
+    figures: tuple[Path, ...]  # PNG and PDF of each figure that applies
+    markdown_text: str
+    parent_run_id: str
+
+
+def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
+                 parent_run_id: str | None = None) -> ReportPaths:
+    """Write the plan's tables and figures to ``out_dir`` and log them to its parent run.
+
+    Raises :class:`results.ResultsError` (before writing anything) when the plan has no
+    finished trials or its runs mix FID keys.
+    """
+    runs = load_runs(plan, tracking_uri, parent_run_id)
+    table = build_table(plan, runs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in _FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+    latex, markdown = out_dir / "table.tex", out_dir / "table.md"
+    csv, runs_csv = out_dir / "table.csv", out_dir / "runs.csv"
+    latex.write_text(to_latex(table))
+    table.csv.to_csv(csv, index=False)
+    runs.to_csv(runs_csv, index=False)
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=runs.attrs["tracking_uri"])
+    parent = runs.attrs["parent_run_id"]
+    figures: list[Path] = []
+    with tempfile.TemporaryDirectory(prefix="ablate-grids-") as tmp:
+        def fetch(run_id: str) -> Path | None:
+            names = {f.path for f in client.list_artifacts(run_id, "samples")}
+            if schema.GRID_FINAL not in names:
+                return None
+            return Path(client.download_artifacts(run_id, schema.GRID_FINAL,
+                                                  str(Path(tmp) / run_id)))
+
+        for stem, build in (("metrics_vs_kappa", kappa_figure),
+                            ("fid_clip_tradeoff", tradeoff_figure),
+                            ("samples", lambda r: sample_grid_figure(r, fetch))):
+            fig = build(runs)
+            if fig is not None:
+                figures += save_figure(fig, out_dir / stem)
+
+    text = to_markdown(table)
+    if figures:
+        text += "\nFigures: " + ", ".join(p.name for p in figures if p.suffix == ".png") + "\n"
+    markdown.write_text(text)
+    for path in (latex, markdown, csv, runs_csv, *figures):
+        client.log_artifact(parent, str(path), REPORT_ARTIFACT_DIR)
+    return ReportPaths(out_dir, latex, markdown, csv, runs_csv, tuple(figures), text, parent)

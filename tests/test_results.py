@@ -1,0 +1,354 @@
+"""results: reading runs from a real SQLite MLflow store, aggregation, the CLI.
+
+The store is built by hand with the MLflow client, exactly as results/schema.py says
+the orchestrator writes it; expected numbers below are computed by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from results import schema
+
+# Student t quantiles t_{0.975, df}, from tables (not from scipy, which the code uses).
+T975_DF1 = 12.706204736174696
+T975_DF2 = 4.302652729749464
+
+# plan lsg, latest parent: (strategy, seed) -> (status, fid2k, clip_score, all_acc)
+LSG_TRIALS = {
+    ("lsg", 0): ("finished", 10.0, 0.30, 0.8),
+    ("lsg", 1): ("finished", 12.0, 0.31, 0.9),
+    ("lsg", 2): ("finished", 14.0, 0.32, 1.0),
+    ("cfg", 0): ("finished", 20.0, 0.28, 0.5),
+    ("cfg", 1): ("finished", 21.0, 0.28, 0.6),
+    ("cfg", 2): ("finished", 22.0, 0.28, 0.7),
+    ("none", 0): ("finished", 30.0, 0.25, 0.2),
+    ("none", 1): ("finished", 34.0, 0.27, 0.4),
+    ("none", 2): ("diverged", 500.0, 0.10, 0.0),  # must never reach a mean
+}
+KAPPAS = (1.0, 2.0, 3.0)
+
+
+def _kappa_trial(strategy: str, kappa: float, seed: int):
+    """plan kappa: FID grows with κ, CLIP too (the paper's trend); lsg κ=3 seed 1 diverged."""
+    if (strategy, kappa, seed) == ("lsg", 3.0, 1):
+        return "diverged", math.nan, math.nan, math.nan
+    offset = 0.0 if strategy == "lsg" else 5.0
+    return ("finished", 10.0 + 4.0 * kappa + offset + seed, 0.25 + 0.02 * kappa + 0.001 * seed,
+            0.5 + 0.1 * kappa - 0.1 * (strategy == "cfg"))
+
+
+def _grid_png(path: Path, colour: tuple[int, int, int]) -> Path:
+    image = np.zeros((32, 16, 3), np.uint8)
+    image[:] = colour
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
+
+
+def _log_run(client, experiment_id, parent_id, role, name, params, status, metrics,
+             tmp: Path, grid_colour=None, extra_tags=None):
+    from mlflow.entities import Metric, Param, RunTag
+
+    tags = {"mlflow.parentRunId": parent_id, schema.ROLE: role, **(extra_tags or {})}
+    if status is not None:
+        tags[schema.STATUS] = status
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    run_id = run.info.run_id
+    metric_list = []
+    for key, value in metrics.items():
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        # An intermediate evaluation first (step 50, a worse value), then the final one:
+        # the table must show the value of the last step.
+        metric_list.append(Metric(key, value * 3 + 1, 0, 50))
+        metric_list.append(Metric(key, value, 0, 100))
+    client.log_batch(run_id, metrics=metric_list,
+                     params=[Param(k, str(v)) for k, v in params.items()],
+                     tags=[RunTag(schema.TRIAL_ID, name)])
+    if grid_colour is not None:
+        client.log_artifact(run_id, str(_grid_png(tmp / run_id / "grid_final.png", grid_colour)),
+                            "samples")
+    if status is not None:
+        client.set_terminated(run_id, "FINISHED" if status == "finished" else "FAILED")
+    return run_id
+
+
+def build_store(root: Path) -> dict:
+    """A real SQLite MLflow store with plans lsg (an older and a latest parent run),
+    kappa (strategy x κ x 2 seeds), broken (no finished trial) and mixed (two FID keys)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    tmp = root / "staging"
+    ids = {"uri": uri}
+
+    def experiment(plan):
+        return client.create_experiment(schema.EXPERIMENT_PREFIX + plan,
+                                        artifact_location=str(root / "artifacts" / plan))
+
+    def parent(experiment_id, plan):
+        run = client.create_run(experiment_id, run_name=f"{plan}-parent",
+                                tags={schema.ROLE: "parent", schema.PLAN: plan})
+        client.set_terminated(run.info.run_id)
+        return run.info.run_id
+
+    def trial_params(strategy, kappa, seed):
+        # DESIGN.md §2: lsg guides all four, cfg the teacher only (κ4), none nothing.
+        k1, k2, k3, k4 = {"lsg": (kappa,) * 4, "cfg": (1.0, 1.0, 1.0, kappa),
+                          "none": (1.0,) * 4}[strategy]
+        return {"strategy": strategy, "kappa": kappa, "kappa1": k1, "kappa2": k2,
+                "kappa3": k3, "kappa4": k4, "seed": seed, "iterations": 200,
+                "teacher": "embedded:smoke"}
+
+    colours = {"lsg": (200, 30, 30), "cfg": (30, 200, 30), "none": (30, 30, 200)}
+    lsg = experiment("lsg")
+    old = parent(lsg, "lsg")
+    ids["lsg_old_parent"] = old
+    _log_run(client, lsg, old, "trial", "old-lsg", trial_params("lsg", 2.0, 0), "finished",
+             {"fid2k": 99.0, "clip_score": 0.1, "all_acc": 0.1}, tmp)
+    ids["lsg_parent"] = latest = parent(lsg, "lsg")
+    for (strategy, seed), (status, fid, clip, acc) in LSG_TRIALS.items():
+        _log_run(client, lsg, latest, "trial", f"strategy={strategy},seed={seed}",
+                 trial_params(strategy, 2.0, seed), status,
+                 {"fid2k": fid, "clip_score": clip, "all_acc": acc, "loss_generator": 0.5},
+                 tmp, grid_colour=colours[strategy])
+    _log_run(client, lsg, latest, "teacher", "teacher", {"sampler": "ddim", "sampler_steps": 25,
+                                                         "kappa": 2.0},
+             "finished", {"fid2k": 5.0, "clip_score": 0.33, "all_acc": 0.95}, tmp,
+             grid_colour=(128, 128, 128))
+
+    kappa = experiment("kappa")
+    ids["kappa_parent"] = kp = parent(kappa, "kappa")
+    for strategy in ("lsg", "cfg"):
+        for k in KAPPAS:
+            for seed in (0, 1):
+                status, fid, clip, acc = _kappa_trial(strategy, k, seed)
+                _log_run(client, kappa, kp, "trial", f"{strategy},{k},{seed}",
+                         trial_params(strategy, k, seed), status,
+                         {"fid2k": fid, "clip_score": clip, "all_acc": acc}, tmp,
+                         grid_colour=colours[strategy])
+    _log_run(client, kappa, kp, "teacher", "teacher",
+             {"sampler": "ddim", "sampler_steps": 25, "kappa": 2.0}, "finished",
+             {"fid2k": 6.0, "clip_score": 0.31, "all_acc": 0.9}, tmp)
+
+    broken = experiment("broken")
+    ids["broken_parent"] = bp = parent(broken, "broken")
+    _log_run(client, broken, bp, "trial", "a", trial_params("lsg", 2.0, 0), "diverged",
+             {"fid2k": math.nan}, tmp)
+    _log_run(client, broken, bp, "trial", "b", trial_params("cfg", 2.0, 0), "failed", {}, tmp)
+    _log_run(client, broken, bp, "trial", "c", trial_params("none", 2.0, 0), None, {}, tmp)
+
+    mixed = experiment("mixed")
+    mp = parent(mixed, "mixed")
+    _log_run(client, mixed, mp, "trial", "a", trial_params("lsg", 2.0, 0), "finished",
+             {"fid2k": 10.0}, tmp)
+    _log_run(client, mixed, mp, "trial", "b", trial_params("cfg", 2.0, 0), "finished",
+             {"fid30k": 9.0}, tmp)
+    return ids
+
+
+_SHARED: dict = {}
+
+
+def shared_store(tmp_path_factory) -> dict:
+    """One store per test session (building it costs ~10 s on 2 cores): test_latex and
+    test_plots import this. Tests only add report artifacts to it, never change runs."""
+    if not _SHARED:
+        _SHARED.update(build_store(tmp_path_factory.mktemp("mlflow")))
+    return _SHARED
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return shared_store(tmp_path_factory)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_load_runs_reads_latest_parent_with_typed_params_and_final_metrics(store):
+    from results import load_runs
+
+    df = load_runs("lsg", store["uri"])
+    assert df.attrs["parent_run_id"] == store["lsg_parent"]
+    assert sorted(df["role"].value_counts().items()) == [("teacher", 1), ("trial", 9)]
+    trials = df[df["role"] == "trial"]
+    # Params come back as numbers, metrics as their last-step value (not step 50's).
+    assert trials["kappa"].tolist() == [2.0] * 9
+    assert trials["seed"].tolist() == [0, 1, 2] * 3
+    row = trials[(trials["strategy"] == "cfg") & (trials["seed"] == 1)].iloc[0]
+    assert row["fid2k"] == 21.0 and row["clip_score"] == 0.28 and row["status"] == "finished"
+    assert (trials["status"] == "diverged").sum() == 1
+    assert 99.0 not in df["fid2k"].tolist()  # the older parent's trial is not mixed in
+
+
+def test_load_runs_named_parent_and_wrong_ids(store):
+    from results import ResultsError, load_runs
+
+    old = load_runs("lsg", store["uri"], parent_run_id=store["lsg_old_parent"])
+    assert old["fid2k"].tolist() == [99.0]
+    with pytest.raises(ResultsError, match="belongs to plan 'kappa', not 'lsg'"):
+        load_runs("lsg", store["uri"], parent_run_id=store["kappa_parent"])
+    child = load_runs("lsg", store["uri"])["run_id"].iloc[0]
+    with pytest.raises(ResultsError, match="is not a parent run"):
+        load_runs("lsg", store["uri"], parent_run_id=child)
+    with pytest.raises(ResultsError, match=r"no runs of plan 'nope'.*broken, kappa, lsg, mixed"):
+        load_runs("nope", store["uri"])
+
+
+def test_missing_store_is_a_clear_error_not_an_empty_new_store(tmp_path):
+    from results import ResultsError, load_runs
+
+    db = tmp_path / "absent.db"
+    with pytest.raises(ResultsError, match="no MLflow store at .*absent.db"):
+        load_runs("lsg", f"sqlite:///{db}")
+    assert not db.exists()
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def test_aggregate_means_cis_and_outcome_counts_match_hand_computation(store):
+    from results import aggregate, load_runs
+
+    df = load_runs("lsg", store["uri"])
+    agg = aggregate(df[df["role"] == "trial"], ["strategy"]).set_index("strategy")
+
+    lsg = agg.loc["lsg"]  # fid 10, 12, 14: mean 12, sample std 2
+    assert lsg["fid2k_mean"] == pytest.approx(12.0)
+    assert lsg["fid2k_std"] == pytest.approx(2.0)
+    assert lsg["fid2k_n"] == 3
+    assert lsg["fid2k_ci95"] == pytest.approx(T975_DF2 * 2.0 / math.sqrt(3))
+    assert lsg["all_acc_mean"] == pytest.approx(0.9)
+    assert lsg["all_acc_ci95"] == pytest.approx(T975_DF2 * 0.1 / math.sqrt(3))
+
+    cfg = agg.loc["cfg"]  # clip 0.28 x3: no spread, interval of width 0
+    assert cfg["clip_score_std"] == pytest.approx(0.0, abs=1e-12)
+    assert cfg["clip_score_ci95"] == pytest.approx(0.0, abs=1e-12)
+
+    # none: 30 and 34 finished, the diverged run's 500 is left out (not averaged in).
+    none = agg.loc["none"]
+    assert (none["n_runs"], none["n_finished"], none["n_diverged"], none["n_failed"]) == (3, 2, 1, 0)
+    assert none["fid2k_mean"] == pytest.approx(32.0)
+    assert none["fid2k_std"] == pytest.approx(math.sqrt(8.0))
+    assert none["fid2k_ci95"] == pytest.approx(T975_DF1 * math.sqrt(8.0) / math.sqrt(2))
+    assert none["clip_score_mean"] == pytest.approx(0.26)
+
+
+def test_aggregate_keeps_teacher_apart_and_single_seed_has_no_interval(store):
+    from results import aggregate, load_runs
+
+    df = load_runs("lsg", store["uri"])
+    agg = aggregate(df, ["strategy"])
+    assert agg.attrs["group_keys"] == ["role", "strategy"]
+    teacher = agg[agg["role"] == "teacher"].iloc[0]
+    assert teacher["fid2k_mean"] == 5.0 and teacher["fid2k_n"] == 1
+    assert math.isnan(teacher["fid2k_std"]) and math.isnan(teacher["fid2k_ci95"])
+    with pytest.raises(Exception, match=r"cannot group by \['alpha'\]"):
+        aggregate(df, ["alpha"])
+
+
+def test_mixed_fid_keys_are_refused(store):
+    from results import ResultsError, aggregate, load_runs
+
+    df = load_runs("mixed", store["uri"])
+    with pytest.raises(ResultsError, match=r"different FID keys \{'fid2k': 1, 'fid30k': 1\}"):
+        aggregate(df, ["strategy"])
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def test_lsg_table_rows_deltas_and_diverged_shown(store):
+    from results.load import load_runs
+    from results.tables import build_table, to_markdown
+
+    table = build_table("lsg", load_runs("lsg", store["uri"]))
+    md = to_markdown(table)
+    rows = {r.label[0].text.split(":")[0]: r for b in table.blocks for r in b.rows}
+    assert list(rows) == ["lsg", "cfg", "none", "Teacher (ddim, 25 steps, κ = 2)"]
+    assert table.headers == ["FID (2k) ↓", "Δ FID", "CLIP ↑", "Δ CLIP", "Adherence (%) ↑",
+                             "Δ Adherence", "Seeds"]
+    lsg, cfg, none = rows["lsg"].cells, rows["cfg"].cells, rows["none"].cells
+    assert lsg[0].text == f"12.00 ± {T975_DF2 * 2 / math.sqrt(3):.2f}" and lsg[0].bold
+    assert lsg[1].text == "+0.00" and not lsg[1].mark
+    # cfg vs lsg: Δ FID = 21 - 12 = +9; Welch t = 9 / sqrt(4/3 + 1/3) = 6.97, df = 2.94
+    # -> p = 0.0065 < 0.05, so the mark is set.
+    assert cfg[1].text == "+9.00" and cfg[1].mark
+    assert "+9.00†" in md
+    # none vs lsg: Δ = 32 - 12 = +20 over 2 vs 3 seeds; Δ adherence = 30 - 90 = -60 (points).
+    assert none[1].text == "+20.00"
+    assert none[5].text == "-60.0"
+    assert none[-1].text == "finished 2/3, diverged 1/3"
+    assert "diverged 1/3" in md
+    # Best CLIP is lsg's 0.310 (the teacher's 0.330 is a reference, not a contender).
+    assert rows["lsg"].cells[2].bold and not rows["Teacher (ddim, 25 steps, κ = 2)"].cells[2].bold
+    csv = table.csv.set_index("strategy")
+    assert csv.loc["cfg", "fid2k_welch_p_vs_lsg"] == pytest.approx(0.0065, abs=5e-4)
+    assert csv.loc["none", "n_diverged"] == 1
+
+
+def test_kappa_table_blocks_per_strategy_and_generic_fallback(store):
+    from results.load import load_runs
+    from results.tables import build_table
+
+    runs = load_runs("kappa", store["uri"])
+    table = build_table("kappa", runs)
+    assert table.label_headers == ["κ"]
+    titles = [b.title for b in table.blocks]
+    assert titles == ["lsg: LSG kept (paper)", "cfg: LSG removed, teacher guidance only",
+                      "Reference"]
+    lsg_rows = table.blocks[0].rows
+    assert [r.label[0].text for r in lsg_rows] == ["1", "2", "3"]
+    # lsg κ=1: fid 14, 15 -> mean 14.5, std 0.7071, ci = 12.706 * 0.5 = 6.35
+    assert lsg_rows[0].cells[0].text == "14.50 ± 6.35" and lsg_rows[0].cells[0].bold
+    assert lsg_rows[2].cells[0].text == "22.00" and lsg_rows[2].cells[-1].text == (
+        "finished 1/2, diverged 1/2")
+    # The same runs under another plan name: grouped by what varies (strategy, κ).
+    generic = build_table("custom", runs)
+    assert generic.label_headers == ["Strategy", "κ"]
+    assert len(generic.blocks[0].rows) == 6
+
+
+# --------------------------------------------------------------------------- report + CLI
+
+
+def test_cli_writes_every_output_logs_to_parent_and_prints_markdown(store, tmp_path, monkeypatch,
+                                                                     capsys):
+    from mlflow import MlflowClient
+
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    assert main(["tables", "--plan", "lsg"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("**Table (tab:ablate-lsg).**") and "| none: SiD alone |" in out.out
+    folder = tmp_path / "tables" / "lsg"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["fid_clip_tradeoff.pdf", "fid_clip_tradeoff.png", "runs.csv",
+                     "samples.pdf", "samples.png", "table.csv", "table.md", "table.tex"]
+    logged = {f.path for f in MlflowClient(store["uri"]).list_artifacts(store["lsg_parent"],
+                                                                        "report")}
+    assert logged == {f"report/{n}" for n in names}
+
+
+def test_cli_no_finished_runs_exits_2_with_one_line(store, tmp_path, monkeypatch, capsys):
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path))
+    assert main(["tables", "--plan", "broken", "--tracking-uri", store["uri"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "plan 'broken'" in err and "no finished trials (diverged 1, failed 1, incomplete 1)" in err
+    assert not (tmp_path / "tables" / "broken").exists()
+    assert main(["tables", "--plan", "lsg", "--tracking-uri",
+                 f"sqlite:///{tmp_path / 'none.db'}"]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err
