@@ -1,0 +1,345 @@
+"""The SiD-LSG training loop (DESIGN.md §2): one ψ update then one G update per iteration.
+
+:class:`SiD` holds the three networks and does one iteration; :func:`distill`
+is the run: it loads teacher and prompts, resumes from a checkpoint, and keeps
+every side effect (reporting, checkpoints, evaluation) in one maintenance
+block at the end of an iteration. The outside world hears from the loop only
+through ``report(metrics, step)``, ``evaluate(sample_fn, step)`` and
+``on_checkpoint(path, step)``.
+
+All randomness of training (prompt choice, prompt dropout, z, t, ε) comes from
+one ``torch.Generator`` that is checkpointed, so a resumed run continues
+bit-identically on CPU; evaluation uses its own seeded generator and never
+disturbs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from distill import checkpoint, world
+from distill.config import ConfigError, DistillConfig
+from distill.generator import generate
+from distill.guidance import NoiseSchedule, add_noise, denoise, guidance_scales, predict_eps
+from distill.losses import fake_score_loss, sid_generator_loss
+
+SampleFn = Callable[[list[str], int], torch.Tensor]
+Report = Callable[[dict[str, float], int], None]
+
+# Prompts per network call when sampling for evaluation: bounds memory for 2000+ images.
+EVAL_CHUNK = 256
+FAULT_MARKER = ".fault-injected"
+# Config keys that may change between a checkpoint and its resumption: they set how
+# long the run is and how often it is watched, not what one iteration computes.
+RESUMABLE_CHANGES = frozenset({"iterations", "log_every", "checkpoint_every", "eval_every",
+                               "eval_num_images", "fault_inject_at_iteration"})
+LOSS_KEYS = ("loss_fake_score", "loss_generator")
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    status: str  # "finished" | "diverged"
+    iterations: int  # completed iterations
+    final_metrics: dict[str, float]
+    checkpoint_dir: Path
+
+
+def _no_report(metrics: dict[str, float], step: int) -> None:
+    del metrics, step
+
+
+class SiD:
+    """Teacher φ (frozen), fake score ψ and generator G (copies of φ), G's EMA, and Adam
+    for ψ and G. :meth:`iteration` is one ψ step then one G step."""
+
+    def __init__(self, teacher_unet: torch.nn.Module, schedule: NoiseSchedule,
+                 sample_shape: tuple[int, ...], uncond: torch.Tensor, config: DistillConfig):
+        self.config = config
+        self.scales = guidance_scales(config.strategy, config.kappa)
+        self.schedule = schedule
+        self.sample_shape = tuple(sample_shape)
+        self.uncond = uncond  # (1, L, D): the empty prompt, encoded once per run
+        self.teacher = teacher_unet.requires_grad_(False)
+        self.fake_score = copy.deepcopy(teacher_unet).requires_grad_(True).train()
+        self.generator = copy.deepcopy(teacher_unet).requires_grad_(True).train()
+        self.generator_ema = copy.deepcopy(teacher_unet).requires_grad_(False).eval()
+        betas = (config.adam_beta1, config.adam_beta2)
+        self.opt_fake_score = torch.optim.Adam(self.fake_score.parameters(), lr=config.lr_fake_score,
+                                               betas=betas, eps=config.adam_eps)
+        self.opt_generator = torch.optim.Adam(self.generator.parameters(), lr=config.lr_generator,
+                                              betas=betas, eps=config.adam_eps)
+        self.device = uncond.device
+
+    def autocast(self):
+        if self.config.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _draw(self, cond: torch.Tensor, rng: torch.Generator):
+        """Per micro-batch randomness, in a fixed order: dropout mask, z, t, ε."""
+        b = cond.shape[0]
+        if self.scales.uses_prompt_dropout:
+            drop = torch.rand(b, generator=rng, device=self.device) < self.config.prompt_dropout
+            cond = torch.where(drop.view(-1, 1, 1), self.uncond, cond)
+        z = torch.randn((b, *self.sample_shape), generator=rng, device=self.device)
+        t = torch.randint(self.config.t_min, self.config.t_max + 1, (b,), generator=rng,
+                          device=self.device)
+        noise = torch.randn((b, *self.sample_shape), generator=rng, device=self.device)
+        return cond, z, t, noise
+
+    def iteration(self, cond: torch.Tensor, rng: torch.Generator) -> dict[str, float] | None:
+        """One ψ step then one G step on a batch of prompt embeddings (B, L, D).
+
+        Returns the two losses, or None when one is NaN/inf (nothing is stepped then).
+        """
+        cfg, scales = self.config, self.scales
+        chunks = cond.split(cfg.micro_batch_size)
+        t_init = cfg.t_init
+
+        # Fake score: denoising score matching on G's samples, guided by κ1.
+        self.opt_fake_score.zero_grad(set_to_none=True)
+        loss_fake = torch.zeros((), device=self.device)
+        for chunk in chunks:
+            emb, z, t, noise = self._draw(chunk, rng)
+            share = chunk.shape[0] / cfg.batch_size
+            with self.autocast():
+                with torch.no_grad():
+                    x_g = generate(self.generator, z, emb, t_init, self.schedule)
+                x_t = add_noise(x_g.float(), noise, t, self.schedule)
+                eps = predict_eps(self.fake_score, x_t, t, emb, self.uncond, scales.kappa1)
+            loss = fake_score_loss(eps, noise) * share
+            loss.backward()
+            loss_fake += loss.detach()
+        if not torch.isfinite(loss_fake):
+            return None
+        self.opt_fake_score.step()
+
+        # Generator: gradients reach x_g through x_t and directly; φ and ψ are not updated,
+        # so ψ's weights are frozen here to skip computing their (unused) gradients.
+        self.opt_generator.zero_grad(set_to_none=True)
+        self.fake_score.requires_grad_(False)
+        loss_gen = torch.zeros((), device=self.device)
+        try:
+            for chunk in chunks:
+                emb, z, t, noise = self._draw(chunk, rng)
+                share = chunk.shape[0] / cfg.batch_size
+                with self.autocast():
+                    x_g = generate(self.generator, z, emb, t_init, self.schedule).float()
+                    x_t = add_noise(x_g, noise, t, self.schedule)
+                    y_real = denoise(self.teacher, x_t, t, emb, self.uncond, scales.kappa4,
+                                     self.schedule)
+                    y_fake = denoise(self.fake_score, x_t, t, emb, self.uncond, scales.kappa2,
+                                     self.schedule)
+                loss = sid_generator_loss(y_real, y_fake, x_g, cfg.alpha) * share
+                loss.backward()
+                loss_gen += loss.detach()
+        finally:
+            self.fake_score.requires_grad_(True)
+        if not torch.isfinite(loss_gen):
+            return None
+        self.opt_generator.step()
+        return {"loss_fake_score": float(loss_fake), "loss_generator": float(loss_gen)}
+
+    @torch.no_grad()
+    def update_ema(self, images_seen: int) -> None:
+        """EDM's EMA: half-life in images, ramped in as a fraction of images seen so far."""
+        cfg = self.config
+        halflife_images = cfg.ema_halflife_kimg * 1000
+        if cfg.ema_rampup_ratio is not None:
+            halflife_images = min(halflife_images, images_seen * cfg.ema_rampup_ratio)
+        beta = 0.5 ** (cfg.batch_size / max(halflife_images, 1e-8))
+        ema = list(self.generator_ema.parameters())
+        torch._foreach_lerp_(ema, list(self.generator.parameters()), 1.0 - beta)
+
+    def state_tensors(self, rng: torch.Generator) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for prefix, module in (("generator", self.generator), ("generator_ema", self.generator_ema),
+                               ("fake_score", self.fake_score)):
+            tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+        tensors.update(checkpoint.flatten_optimizer("opt_generator", self.opt_generator))
+        tensors.update(checkpoint.flatten_optimizer("opt_fake_score", self.opt_fake_score))
+        tensors["rng"] = rng.get_state()
+        return tensors
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], rng: torch.Generator) -> None:
+        for prefix, module in (("generator", self.generator), ("generator_ema", self.generator_ema),
+                               ("fake_score", self.fake_score)):
+            module.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items()
+                                    if k.startswith(prefix + ".")})
+        checkpoint.unflatten_optimizer("opt_generator", tensors, self.opt_generator)
+        checkpoint.unflatten_optimizer("opt_fake_score", tensors, self.opt_fake_score)
+        rng.set_state(tensors["rng"])
+
+    def sample_fn(self, encode: Callable[[list[str]], torch.Tensor],
+                  decode: Callable[[torch.Tensor], torch.Tensor]) -> SampleFn:
+        """(prompts, seed) -> images in [-1, 1] on CPU from the EMA generator in one step."""
+
+        @torch.no_grad()
+        def sample(prompts: list[str], seed: int) -> torch.Tensor:
+            noise = torch.randn((len(prompts), *self.sample_shape),
+                                generator=torch.Generator().manual_seed(seed))
+            images = []
+            for start in range(0, len(prompts), EVAL_CHUNK):
+                chunk = list(prompts[start:start + EVAL_CHUNK])
+                z = noise[start:start + len(chunk)].to(self.device)
+                with self.autocast():
+                    x = generate(self.generator_ema, z, encode(chunk), self.config.t_init,
+                                 self.schedule)
+                    pixels = decode(x)
+                images.append(pixels.float().clamp(-1, 1).cpu())
+            return torch.cat(images)
+
+        return sample
+
+
+def load_config_teacher(spec: str, progress: bool = False):
+    """``embedded:<size>`` -> the embedded teacher of that size; otherwise a directory."""
+    from distill import teacher as teacher_mod
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("embedded:"):
+        size = spec.removeprefix("embedded:")
+        if size not in teacher_mod.TEACHER_SIZES:
+            raise ConfigError(f"teacher = {spec!r}: unknown embedded size; choose one of "
+                              + ", ".join(f"embedded:{s}" for s in teacher_mod.TEACHER_SIZES))
+        return teacher_mod.load_teacher(teacher_mod.ensure_teacher(size, progress=progress), device)
+    return teacher_mod.load_teacher(spec, device)
+
+
+def load_prompts(spec: str) -> list[str]:
+    """``embedded:train`` -> the world's training captions; otherwise a text file, one per line."""
+    if spec == "embedded:train":
+        return [c.text for c in world.train_captions()]
+    if spec.startswith("embedded:"):
+        raise ConfigError(f"prompts = {spec!r}: the only embedded prompt set is 'embedded:train'")
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"prompts = {spec!r}: file {path} not found; give a text file with one "
+                          "prompt per line, or 'embedded:train'")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError(f"prompts = {spec!r}: {path} holds no prompts (one per line expected)")
+    return prompts
+
+
+def _resume(directory: Path, sid: SiD, rng: torch.Generator, config: DistillConfig,
+            teacher_hash: str) -> dict:
+    tensors, meta = checkpoint.load(directory)
+    saved = meta.get("config", {})
+    current = dataclasses.asdict(config)
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if changed:
+        raise checkpoint.CheckpointError(
+            f"{directory}: the checkpoint was written with a different config ("
+            + ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            + "); use a new workdir or delete this checkpoint")
+    if meta.get("teacher_hash") != teacher_hash:
+        raise checkpoint.CheckpointError(
+            f"{directory}: the checkpoint was distilled from teacher {meta.get('teacher_hash')}, "
+            f"not {teacher_hash}; use a new workdir or delete this checkpoint")
+    sid.load_state_tensors(tensors, rng)
+    return meta
+
+
+def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list[str] | None = None,
+            report: Report = _no_report,
+            evaluate: Callable[[SampleFn, int], dict[str, float]] | None = None,
+            on_checkpoint: Callable[[Path, int], None] | None = None,
+            progress: bool = False) -> DistillResult:
+    """Run (or resume) one distillation trial in ``workdir``; see the module docstring."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if teacher is None:
+        teacher = load_config_teacher(config.teacher, progress=progress)
+    if prompts is None:
+        prompts = load_prompts(config.prompts)
+    if not prompts:
+        raise ConfigError("distill: the prompt list is empty")
+    device = next(teacher.unet.parameters()).device
+    schedule = NoiseSchedule(teacher.alphas_cumprod, device)
+    uncond = teacher.encode_prompts([""])
+    sid = SiD(teacher.unet, schedule, teacher.sample_shape, uncond, config)
+    rng = torch.Generator(device=device).manual_seed(config.seed)
+    sample_fn = sid.sample_fn(teacher.encode_prompts, teacher.decode)
+
+    checkpoint_dir = workdir / "checkpoint"
+    step = 0
+    # Loss sums since the last report travel with the checkpoint, so a resumed run
+    # reports exactly what an uninterrupted one would.
+    sums = {k: 0.0 for k in LOSS_KEYS}
+    count = 0
+    last_losses: dict[str, float] = {}
+    if checkpoint.exists(checkpoint_dir):
+        meta = _resume(checkpoint_dir, sid, rng, config, teacher.teacher_hash)
+        step, sums, count = meta["step"], meta["loss_sums"], meta["loss_count"]
+        last_losses = meta["last_losses"]
+
+    def save_checkpoint() -> None:
+        checkpoint.save(checkpoint_dir, step, sid.state_tensors(rng), {
+            "config": dataclasses.asdict(config), "teacher_id": teacher.teacher_id,
+            "teacher_hash": teacher.teacher_hash, "prompt_set_hash": world.prompt_set_hash(prompts),
+            "loss_sums": sums, "loss_count": count, "last_losses": last_losses})
+        if on_checkpoint is not None:
+            on_checkpoint(checkpoint_dir, step)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.iterations, initial=step, desc=f"distill {config.strategy}",
+               unit="it", disable=not progress)
+    eval_metrics: dict[str, float] = {}
+    train_seconds, train_images = 0.0, 0
+    try:
+        while step < config.iterations:
+            if step == config.fault_inject_at_iteration and not (workdir / FAULT_MARKER).exists():
+                (workdir / FAULT_MARKER).touch()
+                raise RuntimeError(f"injected fault at iteration {step} (fault_inject_at_iteration)")
+            started = time.perf_counter()
+            # Each prompt is encoded once per batch, for both updates and all micro-batches.
+            picks = torch.randint(len(prompts), (config.batch_size,), generator=rng, device=device)
+            cond = teacher.encode_prompts([prompts[i] for i in picks.tolist()])
+            losses = sid.iteration(cond, rng)
+            if losses is None:
+                report({"diverged": 1.0}, step + 1)
+                bar.close()
+                return DistillResult("diverged", step, {"diverged": 1.0}, checkpoint_dir)
+            sid.update_ema((step + 1) * config.batch_size)
+            step += 1
+            train_seconds += time.perf_counter() - started
+            train_images += config.batch_size
+            for k in LOSS_KEYS:
+                sums[k] += losses[k]
+            count += 1
+            bar.update(1)
+
+            # Maintenance: every side effect of the loop happens here.
+            last = step == config.iterations
+            if step % config.log_every == 0 or last:
+                last_losses = {k: sums[k] / count for k in LOSS_KEYS}
+                metrics = {**last_losses, "images_per_second": train_images / train_seconds}
+                report(metrics, step)
+                bar.set_postfix({"ψ": f"{last_losses['loss_fake_score']:.4g}",
+                                 "G": f"{last_losses['loss_generator']:.4g}",
+                                 "img/s": f"{metrics['images_per_second']:.1f}"})
+                sums, count = {k: 0.0 for k in LOSS_KEYS}, 0
+                train_seconds, train_images = 0.0, 0
+            if last or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                save_checkpoint()
+            if evaluate is not None and config.eval_every and step % config.eval_every == 0 \
+                    and not last:
+                eval_metrics = evaluate(sample_fn, step)
+                report(eval_metrics, step)
+    finally:
+        bar.close()
+    if evaluate is not None:
+        eval_metrics = evaluate(sample_fn, step)
+        report(eval_metrics, step)
+    return DistillResult("finished", step, {**eval_metrics, **last_losses}, checkpoint_dir)
