@@ -1,0 +1,132 @@
+"""Faults: concurrent SQLite writers, a driver SIGKILLed mid-plan, stale runs.
+
+The crash-once-and-retry and diverging-trial cases run inside the end-to-end plan of
+tests/test_orchestrator.py, which shares their Ray start-up and trial compute.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import tracking
+from results import schema
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+WRITER = textwrap.dedent("""\
+    import pathlib, sys, time
+    from orchestrator import tracking
+    uri, run_id, barrier, steps = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3]), int(sys.argv[4])
+    logger = tracking.RunLogger(uri, run_id)
+    (barrier / run_id).touch()
+    while not (barrier / "go").exists():  # all four writers hit the file at the same moment
+        time.sleep(0.005)
+    for step in range(1, steps + 1):
+        # One call per step, as a trial reports: the worst case for lock contention.
+        logger.log_metrics({"loss_generator": step * 0.5, "loss_fake_score": -step,
+                            "images_per_second": 1.0 / step}, step)
+""")
+
+
+@pytest.fixture(scope="module")
+def store_home(tmp_path_factory) -> Path:
+    """One SQLite store for this module: creating one costs seconds of schema migrations."""
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture
+def uri(store_home, monkeypatch) -> str:
+    monkeypatch.setenv("ABLATE_HOME", str(store_home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking.tracking_uri()
+    assert uri == f"sqlite:///{store_home / schema.TRACKING_DB}"
+    return uri
+
+
+def test_four_concurrent_writers_lose_no_metric(uri, tmp_path):
+    client = tracking.client(uri)
+    exp = tracking.experiment_id(client, "concurrency")
+    parent = tracking.open_parent(client, exp, plan_name="concurrency", trial_set="x",
+                                  size="smoke", profile="embedded", reopen=None)
+    runs = [tracking.create_child(client, exp, parent, run_name=f"w{i}",
+                                  tags={schema.ROLE: "trial", schema.TRIAL_ID: f"t{i}"},
+                                  params={"writer": i}) for i in range(4)]
+    steps = 40
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([PYTHON, "-c", WRITER, uri, run, str(tmp_path), str(steps)],
+                              env=env, stderr=subprocess.PIPE, text=True) for run in runs]
+    deadline = time.monotonic() + 240
+    while not all((tmp_path / run).exists() for run in runs):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+            [p.communicate()[1] for p in procs if p.poll() is not None]
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    for run in runs:
+        history = client.get_metric_history(run, "loss_generator")
+        assert sorted(m.step for m in history) == list(range(1, steps + 1))
+        assert sum(m.value for m in history) == 0.5 * steps * (steps + 1) / 2
+        for key in ("loss_fake_score", "images_per_second"):
+            assert len(client.get_metric_history(run, key)) == steps
+
+
+def test_retry_locked_retries_only_lock_errors():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert tracking.retry_locked(flaky) == "ok" and len(calls) == 3
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("no such table: runs")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="no such table"):
+        tracking.retry_locked(broken)
+    assert len(calls) == 1
+
+
+def test_run_logger_writes_each_step_once_across_restarts(uri):
+    """A trial retried from a checkpoint at step 4 after reaching step 6 re-reports 5..6."""
+    client = tracking.client(uri)
+    exp = tracking.experiment_id(client, "restart")
+    run = client.create_run(exp).info.run_id
+    first = tracking.RunLogger(uri, run)
+    for step in range(1, 7):
+        first.log_metrics({"loss_generator": float(step)}, step)
+    retried = tracking.RunLogger(uri, run)  # a new process: knows only what MLflow holds
+    for step in range(5, 9):
+        retried.log_metrics({"loss_generator": float(step), "clip_score": 0.25}, step)
+    history = client.get_metric_history(run, "loss_generator")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, 9))
+    assert [m.step for m in client.get_metric_history(run, "clip_score")] == [5, 6, 7, 8]
+
+
+def test_stale_running_parent_is_reopened_not_duplicated(uri):
+    """A driver killed with SIGKILL leaves its parent RUNNING; the rerun reuses it."""
+    client = tracking.client(uri)
+    exp = tracking.experiment_id(client, "stale")
+    kwargs = {"plan_name": "stale", "trial_set": "abc", "size": "smoke", "profile": "embedded"}
+    first = tracking.open_parent(client, exp, reopen=None, **kwargs)
+    latest = tracking.latest_parent(client, exp, "abc")
+    assert latest.info.run_id == first and latest.info.status == "RUNNING"
+    tracking.finish(client, first, "KILLED")
+    again = tracking.open_parent(client, exp, reopen=tracking.latest_parent(client, exp, "abc"),
+                                 **kwargs)
+    assert again == first and client.get_run(first).info.status == "RUNNING"
+    assert tracking.latest_parent(client, exp, "other") is None
