@@ -155,6 +155,17 @@ class DistillConfig:
             bad("checkpoint_every" if self.checkpoint_every < 0 else "eval_every", "must be >= 0")
 
 
+# Per-size overrides of DistillConfig that the orchestrator (and `ablate distill --size`)
+# apply on top of a config: the same code at a smaller scale, never a forked test path.
+SIZE_PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds: the smoke teacher (trained in seconds), two checkpoints, a tiny evaluation.
+    "smoke": {"teacher": "embedded:smoke", "iterations": 4, "batch_size": 4,
+              "micro_batch_size": 2, "log_every": 1, "checkpoint_every": 2,
+              "eval_num_images": 16},
+    "default": {},
+}
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; missing file or bad YAML -> ConfigError naming the file."""
     import yaml

@@ -224,7 +224,7 @@ TEACHER_SIZES: dict[str, TeacherConfig] = {
 
 def teacher_config(size: str) -> TeacherConfig:
     if size not in TEACHER_SIZES:
-        raise ValueError(f"unknown teacher size {size!r}; choose one of {sorted(TEACHER_SIZES)}")
+        raise TeacherError(f"unknown teacher size {size!r}; choose one of {sorted(TEACHER_SIZES)}")
     return TEACHER_SIZES[size]
 
 
@@ -280,11 +280,14 @@ def _lr_at(step: int, config: TeacherConfig) -> float:
 
 
 def train_embedded(config: TeacherConfig, out_dir: Path, progress: bool = True,
-                   dtype: torch.dtype = torch.float32) -> dict:
+                   dtype: torch.dtype = torch.float32, device: str = "cpu") -> dict:
     """Train the embedded teacher as a conditional DDPM and save it in SD layout.
 
     Deterministic on CPU for a given config: data, noise, timesteps and prompt
-    dropout all come from generators seeded by ``config.seed``. Writes into a
+    dropout all come from CPU generators seeded by ``config.seed`` (also when the
+    network runs on ``device``, so the data stream is the same everywhere; the
+    arithmetic on another device differs in rounding, so weights match only
+    device for device). Writes into a
     temporary sibling and renames, so an interrupted run never leaves a
     half-written teacher that looks finished.
     """
@@ -292,10 +295,11 @@ def train_embedded(config: TeacherConfig, out_dir: Path, progress: bool = True,
 
     torch.manual_seed(config.seed)
     tokenizer, text_encoder, unet, scheduler = build_embedded(config)
+    unet.to(device), text_encoder.to(device)
     ema = [p.detach().clone() for p in list(unet.parameters()) + list(text_encoder.parameters())]
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
-    alphas = scheduler.alphas_cumprod.to(torch.float32)
+    alphas = scheduler.alphas_cumprod.to(torch.float32).to(device)
     captions = world.all_captions()
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -306,13 +310,13 @@ def train_embedded(config: TeacherConfig, out_dir: Path, progress: bool = True,
         idx = rng.integers(0, len(captions), size=config.batch_size)
         batch_captions = [captions[i] for i in idx]
         seeds = rng.integers(0, 2**31, size=config.batch_size).tolist()
-        x0 = world.render_batch(batch_captions, seeds, config.resolution)
+        x0 = world.render_batch(batch_captions, seeds, config.resolution).to(device)
         drop = rng.random(config.batch_size) < config.prompt_dropout
         prompts = ["" if d else c.text for c, d in zip(batch_captions, drop)]
         ids = tokenizer(prompts, padding="max_length", max_length=config.max_prompt_tokens,
-                        truncation=True, return_tensors="pt").input_ids
-        t = torch.randint(0, 1000, (config.batch_size,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
+                        truncation=True, return_tensors="pt").input_ids.to(device)
+        t = torch.randint(0, 1000, (config.batch_size,), generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(x_t, t, text_encoder(ids)[0]).sample
@@ -333,11 +337,14 @@ def train_embedded(config: TeacherConfig, out_dir: Path, progress: bool = True,
     with torch.no_grad():
         for e, p in zip(ema, params):
             p.copy_(e)
+    unet.cpu(), text_encoder.cpu()
     stats = {"train_seconds": round(seconds, 1), "train_steps": config.train_steps,
+             "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
              "final_loss_ema": round(float(loss_avg), 5),
              "unet_parameters": sum(p.numel() for p in unet.parameters()),
              "text_encoder_parameters": sum(p.numel() for p in text_encoder.parameters()),
-             "torch": torch.__version__, "threads": torch.get_num_threads()}
+             "torch": torch.__version__, "threads": torch.get_num_threads(),
+             "ema_decay_final": config.ema_decay}
     save_embedded(config, tokenizer, text_encoder, unet, scheduler, out_dir, stats, dtype)
     return stats
 

@@ -6,8 +6,15 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-from distill.guidance import (GuidanceScales, NoiseSchedule, add_noise, guidance_scales,
-                              guided_eps, predict_eps, x0_from_eps)
+from distill.guidance import (
+    GuidanceScales,
+    NoiseSchedule,
+    add_noise,
+    guidance_scales,
+    guided_eps,
+    predict_eps,
+    x0_from_eps,
+)
 
 
 def _sd_scheduler():
