@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -75,7 +76,11 @@ def welch_p_value(a: np.ndarray, b: np.ndarray) -> float:
     both have no spread (the test is undefined there, so no significance is claimed)."""
     if len(a) < 2 or len(b) < 2 or (np.var(a) == 0 and np.var(b) == 0):
         return math.nan
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    with warnings.catch_warnings():
+        # A metric that does not move across seeds on one side (CLIP to 3 decimals, say)
+        # is a legitimate input; scipy's "nearly identical data" warning is noise here.
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str] | None = None) -> pd.DataFrame:

@@ -210,6 +210,10 @@ def sample_grid_figure(runs: pd.DataFrame,
     layout = sample_panels(runs)
     images = [[(title, _load(fetch, run, Image), why) for title, run, why in row]
               for row in layout]
+    # The teacher's panel is an extra, not a trial: without its grid it is left out.
+    if layout and layout[-1] and layout[-1][0][1] is not None \
+            and layout[-1][0][1]["role"] == "teacher" and images[-1][0][1] is None:
+        images.pop()
     if not any(img is not None for row in images for _, img, _ in row):
         return None
     n_rows, n_cols = len(images), max(len(row) for row in images)

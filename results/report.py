@@ -3,6 +3,8 @@ to the plan's parent MLflow run under ``report/``."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,21 @@ _FILES = ("table.tex", "table.md", "table.csv", "runs.csv",
             for ext in ("png", "pdf")))
 
 
+@contextlib.contextmanager
+def _quiet_downloads():
+    """No per-file MLflow download progress bars in `ablate tables`' output."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = old
+
+
 @dataclass(frozen=True)
 class ReportPaths:
     out_dir: Path
@@ -30,6 +47,16 @@ class ReportPaths:
     figures: tuple[Path, ...]  # PNG and PDF of each figure that applies
     markdown_text: str
     parent_run_id: str
+
+
+def fetch_grid(client, run_id: str, dst_dir: Path) -> Path | None:
+    """Download a run's ``samples/grid_final.png`` into ``dst_dir``; None if it has none."""
+    names = {f.path for f in client.list_artifacts(run_id, "samples")}
+    if schema.GRID_FINAL not in names:
+        return None
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    with _quiet_downloads():
+        return Path(client.download_artifacts(run_id, schema.GRID_FINAL, str(dst_dir)))
 
 
 def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
@@ -59,11 +86,7 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
     figures: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="ablate-grids-") as tmp:
         def fetch(run_id: str) -> Path | None:
-            names = {f.path for f in client.list_artifacts(run_id, "samples")}
-            if schema.GRID_FINAL not in names:
-                return None
-            return Path(client.download_artifacts(run_id, schema.GRID_FINAL,
-                                                  str(Path(tmp) / run_id)))
+            return fetch_grid(client, run_id, Path(tmp) / run_id)
 
         for stem, build in (("metrics_vs_kappa", kappa_figure),
                             ("fid_clip_tradeoff", tradeoff_figure),

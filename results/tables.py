@@ -14,6 +14,7 @@ split the table into blocks, so rows are never averaged across them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -82,18 +83,22 @@ class Cell:
     bold: bool = False
     mark: bool = False  # significance mark
     numeric: bool = False
+    ci: str = ""  # half-width of the 95% interval, printed after the value
 
     def markdown(self) -> str:
         text = self.text.replace("|", "\\|")
         text = f"**{text}**" if self.bold and text else text
-        return text + (SIGNIFICANCE_MARK if self.mark else "")
+        text += SIGNIFICANCE_MARK if self.mark else ""
+        return f"{text} ± {self.ci}" if self.ci else text
 
     def latex(self) -> str:
         text = latex_escape(self.text)
         if self.numeric:
             text = text.replace("-", "$-$").replace("+", "$+$")
         text = f"\\textbf{{{text}}}" if self.bold and text else text
-        return text + ("$^{\\dagger}$" if self.mark else "")
+        text += "$^{\\dagger}$" if self.mark else ""
+        # The interval in a smaller size keeps the wide LSG table near the text width.
+        return f"{text}{{\\scriptsize\\,$\\pm$\\,{self.ci}}}" if self.ci else text
 
 
 EMPTY = Cell("—")
@@ -121,6 +126,7 @@ class Table:
     headers: list[str]
     blocks: list[Block]
     csv: pd.DataFrame  # the numbers behind the table, unrounded
+    label_width: str | None = None  # LaTeX width of wrapping label columns (None: no wrap)
 
 
 # --------------------------------------------------------------------------- escaping
@@ -207,14 +213,12 @@ def teacher_label(row: pd.Series) -> str:
 
 
 def runs_text(row: pd.Series) -> str:
-    """'3' when every seed finished; otherwise every outcome spelled out with its count."""
+    """'3' when every seed finished; otherwise the runs that did not, e.g. 'diverged 1/3'
+    (the rest finished)."""
     total = int(row["n_runs"])
-    if row["n_finished"] == total:
-        return str(total)
     parts = [f"{outcome} {int(row[f'n_{outcome}'])}/{total}"
-             for outcome in ("finished", "diverged", "failed", "incomplete")
-             if row[f"n_{outcome}"]]
-    return ", ".join(parts)
+             for outcome in ("diverged", "failed", "incomplete") if row[f"n_{outcome}"]]
+    return ", ".join(parts) or str(total)
 
 
 # --------------------------------------------------------------------------- building
@@ -225,10 +229,7 @@ def _metric_cell(agg_row: pd.Series, metric: str) -> Cell:
     mean, ci = agg_row[f"{metric}_mean"], agg_row[f"{metric}_ci95"]
     if not math.isfinite(mean):
         return EMPTY
-    text = fmt.number(mean)
-    if math.isfinite(ci):
-        text += f" ± {fmt.number(ci)}"
-    return Cell(text, numeric=True)
+    return Cell(fmt.number(mean), numeric=True, ci=fmt.number(ci) if math.isfinite(ci) else "")
 
 
 def _delta_cell(delta: float, p_value: float, metric: str) -> Cell:
@@ -252,7 +253,7 @@ def _bold_best(block: Block, column: int, metric: str) -> None:
     for row, text in shown:
         if float(text) == best:
             old = row.cells[column]
-            row.cells[column] = Cell(old.text, True, old.mark, old.numeric)
+            row.cells[column] = dataclasses.replace(old, bold=True)
 
 
 def _select(runs: pd.DataFrame, keys: list[str], values) -> pd.DataFrame:
@@ -280,7 +281,9 @@ def _make_row(spec: _Spec, label: list[Cell], agg_row: pd.Series, runs: pd.DataF
         for stat in ("mean", "std", "n", "ci95"):
             csv[f"{metric}_{stat}"] = agg_row[f"{metric}_{stat}"]
         delta = p_value = math.nan
-        if reference is not None and len(reference):
+        # The reference row itself gets no Δ (a "+0.00" would read like a measurement).
+        if (reference is not None and len(reference)
+                and set(runs["run_id"]) != set(reference["run_id"])):
             ref = finished_values(reference, metric)
             mine = finished_values(runs, metric)
             if len(ref) and len(mine):
@@ -384,8 +387,9 @@ def build_table(plan: str, runs: pd.DataFrame) -> Table:
     else:
         label_headers = [PARAM_HEADERS.get(k, k) for k in row_keys] or ["Configuration"]
     caption = _caption(plan, kind, parent, trials, shown, spec.with_delta, block_keys)
+    # The LSG rows' labels are long descriptions: wrap them rather than widen the table.
     return Table(caption, f"tab:ablate-{plan}", label_headers, headers, blocks,
-                 pd.DataFrame(csv_rows))
+                 pd.DataFrame(csv_rows), "3.2cm" if kind == "lsg" else None)
 
 
 def _caption(plan: str, kind: str, parent: str, trials: pd.DataFrame, shown: list[str],
@@ -417,7 +421,8 @@ def _caption(plan: str, kind: str, parent: str, trials: pd.DataFrame, shown: lis
     seeds = trials.get("seed")
     n_seeds = seeds.nunique() if seeds is not None else 1
     if n_seeds > 1:
-        parts.append("Mean ± half-width of the 95% t-interval over seeds (Seeds: runs per row).")
+        parts.append("Mean ± half-width of the 95% t-interval over seeds (Seeds: runs per "
+                     "row); a row with one finished seed has no interval.")
     else:
         parts.append("One seed per row: no intervals.")
     if with_delta:
@@ -433,15 +438,40 @@ def _caption(plan: str, kind: str, parent: str, trials: pd.DataFrame, shown: lis
 
 
 def to_latex(table: Table) -> str:
-    """A booktabs ``table`` float (needs ``\\usepackage{booktabs}``)."""
+    """A booktabs ``table`` float; needs ``\\usepackage{booktabs}`` and ``{graphicx}``.
+
+    A Δ column sits under its metric in a two-level header. The tabular is scaled down
+    to the text width only if it is wider (never up), so it fits any paper format.
+    """
     n_label = len(table.label_headers)
-    spec = "l" * n_label + "r" * (len(table.headers) - 1) + "l"
+    label_spec = f"p{{{table.label_width}}}" if table.label_width else "l"
+    spec = label_spec * n_label + "r" * (len(table.headers) - 1) + "l"
     width = n_label + len(table.headers)
-    lines = ["\\begin{table}[t]", "\\centering", "\\small",
+    groups: list[list[str]] = []  # [metric header] or [metric header, its Δ header]
+    for header in table.headers[:-1]:
+        if header.startswith("Δ") and groups:
+            groups[-1].append(header)
+        else:
+            groups.append([header])
+    if any(len(g) > 1 for g in groups):
+        top, rules, sub, column = [""] * n_label, [], list(table.label_headers), n_label + 1
+        for group in groups:
+            if len(group) > 1:
+                top.append(f"\\multicolumn{{{len(group)}}}{{c}}{{{latex_escape(group[0])}}}")
+                rules.append(f"\\cmidrule(lr){{{column}-{column + len(group) - 1}}}")
+                sub += ["mean", "Δ vs lsg"]
+            else:
+                top.append(latex_escape(group[0]))
+                sub.append("")
+            column += len(group)
+        header_lines = [" & ".join(top + [""]) + " \\\\", "".join(rules),
+                        " & ".join(latex_escape(h) for h in sub + [table.headers[-1]]) + " \\\\"]
+    else:
+        header_lines = [" & ".join(latex_escape(h)
+                                   for h in table.label_headers + table.headers) + " \\\\"]
+    lines = ["\\begin{table}[t]", "\\centering", "\\small", "\\setlength{\\tabcolsep}{4pt}",
              f"\\caption{{{latex_escape(table.caption)}}}", f"\\label{{{table.label}}}",
-             f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
-             " & ".join(latex_escape(h) for h in table.label_headers + table.headers) + " \\\\",
-             "\\midrule"]
+             f"\\sbox0{{\\begin{{tabular}}{{{spec}}}", "\\toprule", *header_lines, "\\midrule"]
     for index, block in enumerate(table.blocks):
         if index:
             lines.append("\\midrule")
@@ -449,8 +479,14 @@ def to_latex(table: Table) -> str:
             lines.append(f"\\multicolumn{{{width}}}{{l}}{{\\emph{{{latex_escape(block.title)}}}}}"
                          " \\\\")
         for row in block.rows:
-            lines.append(" & ".join(c.latex() for c in row.label + row.cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+            # Wrapped labels read better ragged; \raggedright redefines \\, hence
+            # \tabularnewline to end the row.
+            ragged = "\\raggedright " if table.label_width else ""
+            label = [ragged + c.latex() for c in row.label]
+            lines.append(" & ".join(label + [c.latex() for c in row.cells]) + " \\tabularnewline")
+    lines += ["\\bottomrule", "\\end{tabular}}",
+              "\\ifdim\\wd0>\\linewidth\\resizebox{\\linewidth}{!}{\\box0}\\else\\box0\\fi",
+              "\\end{table}"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,135 @@
+"""Figures: the right number of series with the right points and CI bars, saved as
+PNG and PDF files that parse (Agg and matplotlib's PDF backend, no pyplot)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from matplotlib.container import ErrorbarContainer
+from PIL import Image
+from test_results import T975_DF1, shared_store
+
+from results.load import load_runs
+from results.plots import (
+    kappa_figure,
+    sample_grid_figure,
+    sample_panels,
+    save_figure,
+    tradeoff_figure,
+)
+from results.report import fetch_grid
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return shared_store(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def kappa_runs(store):
+    return load_runs("kappa", store["uri"])
+
+
+def _errorbars(ax) -> list[ErrorbarContainer]:
+    return [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+
+def _check_files(paths, size_at_least=(200, 200)):
+    png, pdf = paths
+    with Image.open(png) as image:
+        image.verify()  # a truncated or corrupt PNG raises here
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size >= size_at_least
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+    assert b"/Type /Page" in data
+
+
+def test_metrics_vs_kappa_one_series_per_strategy_with_ci_bars(kappa_runs, tmp_path):
+    fig = kappa_figure(kappa_runs)
+    axes = fig.axes
+    assert [ax.get_ylabel() for ax in axes] == ["FID (2k) ↓", "CLIP ↑", "Adherence (%) ↑"]
+    for ax in axes:
+        bars = _errorbars(ax)
+        assert len(bars) == 2  # lsg and cfg
+        # Teacher baseline: one dashed horizontal reference line per axis.
+        dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert len(dashed) == 1
+    fid_ax = axes[0]
+    lsg, cfg = _errorbars(fid_ax)
+    assert lsg.get_label() == "lsg (diverged 1/6)" and cfg.get_label() == "cfg"
+    x, y = lsg.lines[0].get_data()
+    # lsg FID: κ=1 -> 14, 15; κ=2 -> 18, 19; κ=3 -> 22 (seed 1 diverged).
+    assert list(x) == [1.0, 2.0, 3.0]
+    assert list(y) == pytest.approx([14.5, 18.5, 22.0])
+    # The error bar at κ=1 spans mean ± t_{0.975,1} * 0.7071 / sqrt(2) = ± 6.353.
+    segments = lsg.lines[2][0].get_segments()
+    assert segments[0][:, 1] == pytest.approx([14.5 - T975_DF1 * 0.5, 14.5 + T975_DF1 * 0.5])
+    # One finished seed at κ=3: no interval, so a zero-length bar.
+    assert segments[2][0, 1] == segments[2][1, 1] == pytest.approx(22.0)
+    _check_files(save_figure(fig, tmp_path / "kappa"))
+
+
+def test_tradeoff_curve_per_strategy_and_teacher_point(kappa_runs, tmp_path):
+    fig = tradeoff_figure(kappa_runs)
+    (ax,) = fig.axes
+    bars = _errorbars(ax)
+    assert [b.get_label() for b in bars] == ["lsg (diverged 1/6)", "cfg",
+                                             "Teacher (ddim, 25 steps, κ = 2)"]
+    x, y = bars[1].lines[0].get_data()  # cfg, sorted by κ: CLIP up, FID up
+    assert list(x) == pytest.approx([0.2705, 0.2905, 0.3105])
+    assert list(y) == pytest.approx([19.5, 23.5, 27.5])
+    tx, ty = bars[2].lines[0].get_data()
+    assert (list(tx), list(ty)) == ([0.31], [6.0])
+    assert sorted(t.get_text() for t in ax.texts) == ["κ=1", "κ=1", "κ=2", "κ=2", "κ=3", "κ=3"]
+    _check_files(save_figure(fig, tmp_path / "tradeoff"))
+
+
+def test_kappa_figure_absent_when_kappa_fixed(store):
+    lsg_runs = load_runs("lsg", store["uri"])
+    assert kappa_figure(lsg_runs) is None
+    bars = _errorbars(tradeoff_figure(lsg_runs).axes[0])
+    assert len(bars) == 4  # lsg, cfg, none as single points, plus the teacher
+
+
+def test_sample_grid_layout_and_images(store, kappa_runs, tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store["uri"])
+
+    def fetch(run_id):
+        return fetch_grid(client, run_id, tmp_path / run_id)
+
+    layout = sample_panels(kappa_runs)
+    # strategies x κ; the lsg κ=3 panel shows the finished seed 0 (seed 1 diverged).
+    assert [[title for title, _, _ in row] for row in layout] == [
+        ["lsg, κ=1", "lsg, κ=2", "lsg, κ=3"], ["cfg, κ=1", "cfg, κ=2", "cfg, κ=3"],
+        ["Teacher (ddim, 25 steps, κ = 2)"]]
+    assert layout[0][2][1]["seed"] == 0
+    fig = sample_grid_figure(kappa_runs, fetch)
+    images = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    # The kappa teacher logged no grid: its panel is left out; 6 trial images remain.
+    assert len(images) == 6 and len(fig.axes) == 6
+    assert np.asarray(images[0])[0, 0].tolist() == [200, 30, 30]  # lsg's red grid
+    assert np.asarray(images[3])[0, 0].tolist() == [30, 200, 30]  # cfg's green grid
+
+    lsg_runs = load_runs("lsg", store["uri"])
+    lsg_layout = sample_panels(lsg_runs)
+    assert [[t for t, _, _ in row] for row in lsg_layout] == [
+        ["lsg", "cfg", "none"], ["Teacher (ddim, 25 steps, κ = 2)"]]
+    lsg_fig = sample_grid_figure(lsg_runs, fetch)
+    assert sum(1 for ax in lsg_fig.axes if ax.images) == 4  # the teacher logged a grid here
+    _check_files(save_figure(lsg_fig, tmp_path / "samples"))
+
+
+def test_sample_grid_panel_explains_a_group_without_finished_runs(kappa_runs):
+    runs = kappa_runs.copy()
+    dead = (runs["strategy"] == "cfg") & (runs["kappa"] == 2.0)
+    runs.loc[dead, "status"] = "failed"
+    fig = sample_grid_figure(runs, lambda run_id: None)
+    assert fig is None  # no image anywhere: no figure rather than a page of notes
+    layout = sample_panels(runs)
+    assert layout[1][1] == ("cfg, κ=2", None, "failed 2/2")
+    assert not math.isnan(kappa_figure(runs).axes[0].containers[1].lines[0].get_data()[1][0])
