@@ -119,8 +119,8 @@ def _fail(source: str, key: str, why: str) -> None:
     raise ConfigError(f"{source}: {key}: {why}")
 
 
-def _check_values(source: str, key: str, values: Any) -> tuple[Any, ...]:
-    """An axis: a non-empty list of distinct values, each valid for its DistillConfig field."""
+def _check_values(source: str, key: str, values: Any, distinct: bool = True) -> tuple[Any, ...]:
+    """An axis: a non-empty list of (by default distinct) values."""
     if not isinstance(values, list):
         _fail(source, key, f"must be a list of values, got {values!r}")
     if not values:
@@ -128,7 +128,7 @@ def _check_values(source: str, key: str, values: Any) -> tuple[Any, ...]:
     seen: list[Any] = []
     for value in values:
         # `in` compares with ==, so 2 and 2.0 (the same κ once stored as float) collide.
-        if value in seen:
+        if distinct and value in seen:
             _fail(source, key, f"duplicate value {value!r}; each value may appear once")
         seen.append(value)
     return tuple(values)
@@ -189,10 +189,15 @@ def plan_from_dict(data: dict, source: str = "<plan>") -> Plan:
         entries = []
         for key, values in group.items():
             _check_field(source, f"zip[{i}].{key}", key)
-            entries.append((key, _check_values(source, f"zip[{i}].{key}", values)))
+            # A zipped key may repeat a value; the zipped tuples must be distinct.
+            entries.append((key, _check_values(source, f"zip[{i}].{key}", values, False)))
         lengths = {k: len(v) for k, v in entries}
         if len(set(lengths.values())) > 1:
             _fail(source, f"zip[{i}]", f"zipped lists must have equal lengths, got {lengths}")
+        rows = list(zip(*(v for _, v in entries)))
+        repeated_rows = [r for j, r in enumerate(rows) if r in rows[:j]]
+        if repeated_rows:
+            _fail(source, f"zip[{i}]", f"duplicate zipped values {repeated_rows[0]!r}")
         zip_groups.append(tuple(entries))
     all_keys = [k for k, _ in axes] + [k for g in zip_groups for k, _ in g]
     repeated = sorted({k for k in all_keys if all_keys.count(k) > 1})

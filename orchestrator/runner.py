@@ -123,6 +123,19 @@ def trial_params(trial: Trial, size: str, profile: str) -> dict:
             "profile": profile}
 
 
+def _quiet_model_loading() -> None:
+    """Loading a teacher or CLIP prints per-file progress bars and advice (install
+    accelerate) that would bury the status lines; warnings and errors still show."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+
+
 class _Interrupted(BaseException):
     """SIGTERM turned into an exception, so finally blocks end the runs KILLED."""
 
@@ -139,6 +152,7 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
                           f"{', '.join(PROFILES)}")
     plan = load_plan(plan_path)
     trials = expand(plan, size)
+    _quiet_model_loading()
     if not os.environ.get("RAY_ADDRESS"):
         _check_local_resources(plan)
     uri = tracking.tracking_uri()
@@ -178,7 +192,7 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
             key = t.config.eval_num_images
             if key not in suites:
                 # Built once here so reference statistics are cached before trials share them.
-                suites[key] = embedded_suite(key)
+                suites[key] = embedded_suite(size, key)
         commit = tracking.git_commit()
         for t in trials:
             teacher = teachers[t.config.teacher]
@@ -208,7 +222,7 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
             started_ray = _start_ray()
             if os.environ.get("RAY_ADDRESS"):
                 _check_cluster_resources(plan)
-            failed = _tune(plan, pending, storage_dir, uri, child_ids, out)
+            failed = _tune(plan, size, pending, storage_dir, uri, child_ids, out)
         for trial_id, error in failed.items():
             tracking.finish(mlflow_client, child_ids[trial_id], "FAILED", outcome="failed")
             tracking.retry_locked(mlflow_client.set_tag, child_ids[trial_id], "ablate.error",
@@ -279,23 +293,31 @@ def _teacher_baseline_run(mlflow_client, uri, exp_id, parent_id, plan, trials, t
             tags={schema.ROLE: "teacher", schema.PLAN: plan.name,
                   schema.TEACHER_ID: teacher.teacher_id, schema.TEACHER_HASH: teacher.teacher_hash,
                   schema.EVAL_PROTOCOL: suite.protocol},
-            params={"sampler": metrics.get("sampler", "teacher"), "sampler_steps": baseline.steps,
+            params={"sampler": "ddim", "sampler_steps": baseline.steps,
                     "kappa": baseline.guidance_scale})
     tracking.RunLogger(uri, run_id).log_metrics(metrics, 0)
     tracking.finish(mlflow_client, run_id, "FINISHED", outcome="finished")
 
 
-def _tune(plan: Plan, pending: list[Trial], storage_dir: Path, uri: str,
+def _tune(plan: Plan, size: str, pending: list[Trial], storage_dir: Path, uri: str,
           child_ids: dict[str, str], out: TextIO) -> dict[str, str]:
     """Run the pending trials with Ray Tune; return {trial id: error} for trials that failed."""
+    import logging
+
+    # The classic output engine honours verbose=0; the newer one prints a result table
+    # per trial regardless, which StatusLine replaces.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
+
+    # Tune logs each crash with a full traceback; StatusLine prints its last line instead.
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
 
     from orchestrator.status import StatusLine
 
     specs = [{"trial_id": t.trial_id, "name": t.name, "config": dataclasses.asdict(t.config),
               "workdir": str(trial_workdir(storage_dir, plan, t)), "tracking_uri": uri,
               "run_id": child_ids[t.trial_id], "cpu": plan.resources.cpu,
-              "ablate_home": str(output_root())} for t in pending]
+              "ablate_home": str(output_root()), "size": size} for t in pending]
     resources = {"cpu": plan.resources.cpu, "gpu": plan.resources.gpu}
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
@@ -347,12 +369,14 @@ def _finish_report(plan: Plan, trials: list[Trial], parent_id: str, uri: str,
 
 def _report_markdown(plan, trials, done, status, tables, uri, parent_id) -> str:
     """The results package's report if it has landed; else a minimal final-metrics table."""
+    from results import ResultsError, write_report
+
     try:
-        from results import write_report
-    except ImportError:
-        write_report = None
-    if write_report is not None:
-        return write_report(plan, tables, tracking_uri=uri, parent_run_id=parent_id).markdown
+        return write_report(plan.name, tables, tracking_uri=uri,
+                            parent_run_id=parent_id).markdown_text
+    except ResultsError as exc:
+        # No finished trial (all failed or diverged): still show what happened.
+        print(f"no comparison table: {exc}", file=sys.stderr)
     keys = sorted({k for r in done.values() if r for k, v in r["final_metrics"].items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
     lines = ["| trial | status | " + " | ".join(keys) + " |",

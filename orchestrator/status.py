@@ -59,6 +59,7 @@ class StatusLine(Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._print(trial, "CRASHED", trial.last_result)
+        self._print_error(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         trial_id = trial.config["spec"]["trial_id"]
@@ -71,3 +72,10 @@ class StatusLine(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trial, "ERROR", trial.last_result)
+        self._print_error(trial)
+
+    def _print_error(self, trial) -> None:
+        """The exception's last line (the full trace stays in Tune's error file)."""
+        lines = [line for line in str(trial.get_error() or "").splitlines() if line.strip()]
+        if lines:
+            print(f"{'':10} {lines[-1].strip()[:300]}", file=self.out, flush=True)

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "result.json"
-# Image grids show this many prompts from the evaluation set (one row of the paper's figures).
-GRID_PROMPTS = 16
+# Image grids: this many evaluation prompts, one row each, with this many samples per row.
+GRID_PROMPTS = 8
+GRID_SAMPLES_PER_PROMPT = 4
 
 
 def read_result(workdir: Path) -> dict | None:
@@ -44,11 +45,17 @@ def write_result(workdir: Path, record: dict) -> None:
     os.replace(tmp, workdir / RESULT_FILE)
 
 
-def embedded_suite(num_images: int):
-    """The evaluation suite of the embedded world (held-out captions + reference images)."""
-    import evaluation
+def embedded_suite(size: str, num_images: int):
+    """The embedded world's evaluation suite (held-out captions, reference renders, CLIP).
 
-    return evaluation.embedded_suite(num_images, seed=0)
+    The smoke size scores with the smoke CLIP (trained in seconds, cached), so a smoke
+    run needs no shipped metric model; its numbers are for wiring, not for reading.
+    """
+    import evaluation
+    from evaluation.clip_model import ensure_clip
+
+    clip_dir = ensure_clip("smoke", progress=False) if size == "smoke" else None
+    return evaluation.embedded_suite(num_images, seed=0, clip_dir=clip_dir)
 
 
 def run_trial(tune_config: dict[str, Any]) -> None:
@@ -72,8 +79,8 @@ def run_trial(tune_config: dict[str, Any]) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     logger = tracking.RunLogger(spec["tracking_uri"], spec["run_id"])
     tracking.retry_locked(logger.client.update_run, spec["run_id"], status="RUNNING")
-    suite = embedded_suite(config.eval_num_images)
-    grid_captions = suite.captions[:GRID_PROMPTS]
+    suite = embedded_suite(spec["size"], config.eval_num_images)
+    grid_prompts = [c for c in suite.captions[:GRID_PROMPTS] for _ in range(GRID_SAMPLES_PER_PROMPT)]
 
     def report(metrics: dict[str, float], iteration: int) -> None:
         logger.log_metrics(metrics, iteration)
@@ -86,8 +93,8 @@ def run_trial(tune_config: dict[str, Any]) -> None:
         name = schema.GRID_FINAL if final else f"samples/grid_{iteration}.png"
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(name).name
-            images = sample_fn([c.text for c in grid_captions], 0)
-            evaluation.sample_grid(images, grid_captions, path)
+            evaluation.sample_grid(sample_fn(grid_prompts, 0), grid_prompts, path,
+                                   columns=GRID_SAMPLES_PER_PROMPT)
             logger.log_artifact(path, str(Path(name).parent))
         return metrics
 
