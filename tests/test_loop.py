@@ -1,0 +1,281 @@
+"""The SiD-LSG loop on the smoke teacher: network passes, resume, divergence, CLI."""
+
+import copy
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distill import checkpoint, loop
+from distill.config import SIZE_PRESETS, ConfigError, DistillConfig, from_dict
+from distill.guidance import NoiseSchedule
+from distill.loop import SiD, distill, load_prompts
+from distill.teacher import ensure_teacher, load_teacher
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = {"teacher": "embedded:smoke", "batch_size": 4, "micro_batch_size": 2, "iterations": 2,
+         "log_every": 1, "checkpoint_every": 2, "eval_num_images": 8}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny networks on a shared 2-core box: a second thread mostly waits (up to 50x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smoke_home(tmp_path_factory):
+    """An ABLATE_HOME holding the smoke teacher, trained once per session."""
+    home = tmp_path_factory.getbasetemp() / "smoke-home"
+    previous = os.environ.get("ABLATE_HOME")
+    os.environ["ABLATE_HOME"] = str(home)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ensure_teacher("smoke", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+        if previous is None:
+            del os.environ["ABLATE_HOME"]
+        else:
+            os.environ["ABLATE_HOME"] = previous
+    return home
+
+
+@pytest.fixture(scope="module")
+def teacher(smoke_home):
+    directory = next((smoke_home / "cache" / "teachers").glob("smoke-*"))
+    return load_teacher(directory)
+
+
+def _sid(teacher, **overrides):
+    config = DistillConfig(**{**SMOKE, **overrides})
+    return SiD(teacher.unet, NoiseSchedule(teacher.alphas_cumprod), teacher.sample_shape,
+               teacher.encode_prompts([""]), config)
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"kappa": 0.0}, "kappa"),
+    ({"kappa": -1.5}, "kappa"),
+    ({"strategy": "cfg-only"}, "strategy"),
+    ({"t_init": 0}, "t_init"),
+    ({"t_init": 1000}, "t_init"),
+    ({"batch_size": 16, "micro_batch_size": 5}, "batch_size"),
+])
+def test_bad_config_names_the_field(values, field):
+    with pytest.raises(ConfigError, match=f"^trial.yaml: {field} = "):
+        from_dict(DistillConfig, values, source="trial.yaml")
+
+
+def test_smoke_preset_is_a_valid_config_of_seconds():
+    config = DistillConfig(**SIZE_PRESETS["smoke"])
+    assert config.teacher == "embedded:smoke" and config.iterations <= 10
+    assert SIZE_PRESETS["default"] == {}
+
+
+# (network, batch, gradient enabled) per call for one iteration of batch b = 2:
+# ψ update = G (no grad) + ψ; G update = G + φ + ψ; guided calls run as one batch of 2b.
+CALLS = {
+    "lsg": [("G", 2, False), ("psi", 4, True), ("G", 2, True), ("phi", 4, True), ("psi", 4, True)],
+    "cfg": [("G", 2, False), ("psi", 2, True), ("G", 2, True), ("phi", 4, True), ("psi", 2, True)],
+    "none": [("G", 2, False), ("psi", 2, True), ("G", 2, True), ("phi", 2, True), ("psi", 2, True)],
+    "short": [("G", 2, False), ("psi", 4, True), ("G", 2, True), ("phi", 2, True),
+              ("psi", 2, True)],
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(CALLS))
+def test_network_passes_per_iteration_follow_the_strategy_table(teacher, strategy):
+    sid = _sid(teacher, strategy=strategy, batch_size=2, micro_batch_size=2)
+    calls = []
+    nets = {"G": sid.generator, "psi": sid.fake_score, "phi": sid.teacher}
+    hooks = [net.register_forward_pre_hook(
+        lambda m, args, name=name: calls.append((name, args[0].shape[0], torch.is_grad_enabled())))
+        for name, net in nets.items()]
+    psi_before = [p.detach().clone() for p in sid.fake_score.parameters()]
+    g_before = [p.detach().clone() for p in sid.generator.parameters()]
+    try:
+        losses = sid.iteration(teacher.encode_prompts(["a small red square on the left"] * 2),
+                               torch.Generator().manual_seed(0))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == CALLS[strategy]
+    assert set(losses) == {"loss_fake_score", "loss_generator"}
+    # Both trained networks moved; the teacher is frozen and collected no gradients.
+    assert any(not torch.equal(a, b) for a, b in zip(psi_before, sid.fake_score.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, sid.generator.parameters()))
+    assert all(p.grad is None and not p.requires_grad for p in sid.teacher.parameters())
+    # ψ's weights are not differentiated in the G update (only its input is).
+    assert all(p.requires_grad for p in sid.fake_score.parameters())
+
+
+def test_ema_half_life_with_rampup_hand_values(teacher):
+    sid = _sid(teacher, batch_size=16, micro_batch_size=16, ema_halflife_kimg=0.5,
+               ema_rampup_ratio=0.5)
+    with torch.no_grad():
+        for p in sid.generator.parameters():
+            p.fill_(1.0)
+        for p in sid.generator_ema.parameters():
+            p.fill_(0.0)
+    # 16 images seen, rampup 0.5: half-life min(500, 8) = 8 images; beta = 0.5^(16/8) = 0.25.
+    sid.update_ema(16)
+    assert all(torch.allclose(p, torch.full_like(p, 0.75)) for p in sid.generator_ema.parameters())
+    # 100 kimg seen: the 500-image half-life applies: beta = 0.5^(16/500).
+    sid.update_ema(100_000)
+    beta = 0.5 ** (16 / 500)
+    expected = beta * 0.75 + (1 - beta)
+    assert all(torch.allclose(p, torch.full_like(p, expected)) for p in sid.generator_ema.parameters())
+
+
+def test_sample_fn_is_deterministic_chunk_invariant_and_in_pixel_range(teacher, monkeypatch):
+    sid = _sid(teacher)
+    sample = sid.sample_fn(teacher.encode_prompts, teacher.decode)
+    prompts = ["a large red circle on the left", "a small blue cross on the right"] * 4
+    a = sample(prompts, 7)
+    assert a.shape == (8, 3, 16, 16) and a.device.type == "cpu"
+    assert a.min() >= -1 and a.max() <= 1
+    assert torch.equal(sample(prompts, 7), a)
+    # Chunking changes only the batch shape of each call (float rounding), never the noise.
+    monkeypatch.setattr(loop, "EVAL_CHUNK", 3)
+    assert torch.allclose(sample(prompts, 7), a, atol=1e-5)
+    assert not torch.equal(sample(prompts, 8), a)
+
+
+def test_reports_losses_and_evaluations_and_encodes_each_batch_once(teacher, tmp_path):
+    encoder_calls = []
+    hook = teacher.text_encoder.register_forward_pre_hook(
+        lambda m, args: encoder_calls.append(args[0].shape[0]))
+    reports = []
+    evaluated = []
+
+    def evaluate(sample_fn, step):
+        evaluated.append(step)
+        return {"pixel_mean": float(sample_fn(["a small red square on the left"], 0).mean())}
+
+    config = DistillConfig(**{**SMOKE, "iterations": 3, "log_every": 2, "eval_every": 2,
+                              "checkpoint_every": 0})
+    try:
+        result = distill(config, tmp_path, teacher=teacher, report=lambda m, s: reports.append((s, m)),
+                         evaluate=evaluate)
+    finally:
+        hook.remove()
+    # the empty prompt once per run, then one batch of 4 per iteration, then 1 per evaluation
+    assert encoder_calls == [1, 4, 4, 1, 4, 1]
+    assert [s for s, _ in reports] == [2, 2, 3, 3]
+    assert set(reports[0][1]) == {"loss_fake_score", "loss_generator", "images_per_second"}
+    assert reports[0][1]["images_per_second"] > 0
+    assert evaluated == [2, 3]
+    assert result.status == "finished" and result.iterations == 3
+    assert result.final_metrics == {**reports[3][1], **{k: reports[2][1][k] for k in
+                                                       ("loss_fake_score", "loss_generator")}}
+    assert checkpoint.exists(result.checkpoint_dir)  # always written at the end
+
+
+def _tensors(directory):
+    state = checkpoint.load(directory)[1]
+    return load_file(directory / state["tensors"])
+
+
+def test_resume_after_a_fault_is_bit_identical_to_an_uninterrupted_run(teacher, tmp_path):
+    config = DistillConfig(**{**SMOKE, "iterations": 4})
+    saved = {}
+    reports_a = []
+    result_a = distill(config, tmp_path / "a", teacher=teacher,
+                       report=lambda m, s: reports_a.append((s, m)),
+                       on_checkpoint=lambda path, step: saved.setdefault(step, _tensors(path)))
+    assert sorted(saved) == [2, 4]
+
+    faulty = dataclasses.replace(config, fault_inject_at_iteration=3)
+    with pytest.raises(RuntimeError, match="injected fault at iteration 3"):
+        distill(faulty, tmp_path / "b", teacher=teacher)
+    assert (tmp_path / "b" / loop.FAULT_MARKER).exists()
+    assert _tensors(tmp_path / "b" / "checkpoint").keys() == saved[2].keys()
+    reports_b = []
+    result_b = distill(faulty, tmp_path / "b", teacher=teacher,
+                       report=lambda m, s: reports_b.append((s, m)))
+    assert result_b.status == "finished" and result_b.iterations == 4
+    final_a, final_b = saved[4], _tensors(tmp_path / "b" / "checkpoint")
+    assert final_a.keys() == final_b.keys()
+    assert any(k.startswith("opt_fake_score.") for k in final_a) and "rng" in final_a
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    # Losses (not images/s) reported after the resume equal the uninterrupted run's.
+    strip = [(s, m["loss_fake_score"], m["loss_generator"]) for s, m in reports_a if s > 2]
+    assert [(s, m["loss_fake_score"], m["loss_generator"]) for s, m in reports_b] == strip
+    assert result_a.final_metrics == result_b.final_metrics
+
+    # A different seed gives different weights, so the equality above can fail.
+    other = distill(dataclasses.replace(config, seed=1, iterations=2), tmp_path / "c",
+                    teacher=teacher)
+    seed_1 = _tensors(other.checkpoint_dir)
+    assert not torch.equal(seed_1["generator_ema.conv_in.weight"],
+                           saved[2]["generator_ema.conv_in.weight"])
+
+    # Resuming with a different algorithm config is refused, naming the key.
+    with pytest.raises(checkpoint.CheckpointError, match="kappa: 2.0 -> 3.0"):
+        distill(dataclasses.replace(config, kappa=3.0), tmp_path / "a", teacher=teacher)
+
+
+def test_nan_loss_marks_the_run_diverged_and_stops(teacher, tmp_path):
+    broken = dataclasses.replace(teacher, unet=copy.deepcopy(teacher.unet))
+    with torch.no_grad():
+        broken.unet.conv_out.bias[0] = float("nan")
+    reports = []
+    result = distill(DistillConfig(**SMOKE), tmp_path, teacher=broken,
+                     report=lambda m, s: reports.append((s, m)),
+                     evaluate=lambda fn, step: pytest.fail("a diverged run is not evaluated"))
+    assert result.status == "diverged" and result.iterations == 0
+    assert result.final_metrics == {"diverged": 1.0}
+    assert reports == [(1, {"diverged": 1.0})]
+    assert not checkpoint.exists(result.checkpoint_dir)
+
+
+def test_bf16_autocast_trains_with_finite_losses(teacher):
+    sid = _sid(teacher, precision="bf16")
+    losses = sid.iteration(teacher.encode_prompts(["a large green cross on the right"] * 4),
+                           torch.Generator().manual_seed(0))
+    assert losses is not None and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def test_prompt_sources(tmp_path):
+    assert len(load_prompts("embedded:train")) == 120
+    good = tmp_path / "prompts.txt"
+    good.write_text("a cat\n\n  a dog  \n")
+    assert load_prompts(str(good)) == ["a cat", "a dog"]
+    with pytest.raises(ConfigError, match="prompts = .*missing.txt.*not found"):
+        load_prompts(str(tmp_path / "missing.txt"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    with pytest.raises(ConfigError, match="prompts = .*holds no prompts"):
+        load_prompts(str(empty))
+
+
+def test_cli_runs_a_smoke_trial_and_writes_a_grid(smoke_home, tmp_path, monkeypatch, capsys):
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("ABLATE_HOME", str(smoke_home))
+    code = main(["distill", str(REPO / "examples" / "distill-smoke.yaml"), "--workdir",
+                 str(tmp_path / "run"), "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == str(tmp_path / "run") and "colour_acc=" in out[-2]
+    assert (tmp_path / "run" / "samples.png").stat().st_size > 0
+
+
+def test_cli_bad_config_exits_2_with_one_line(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("strategy: lsg\nkappa: 0\n")
+    assert main(["distill", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bad.yaml" in err and "kappa" in err
+    bad.write_text("kapa: 2\n")
+    assert main(["distill", str(bad)]) == 2
+    assert "unknown key(s) kapa" in capsys.readouterr().err
