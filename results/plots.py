@@ -20,6 +20,7 @@ from results import schema
 from results.aggregate import aggregate, metric_columns
 from results.tables import (
     PARAM_HEADERS,
+    combos,
     metric_format,
     ordered_values,
     param_text,
@@ -44,13 +45,10 @@ def _series_groups(agg: pd.DataFrame, keys: list[str]):
     if not keys:
         yield "distilled", "tab:blue", agg.sort_values("kappa") if "kappa" in agg else agg
         return
-    combos = list(dict.fromkeys(map(tuple, agg[keys].itertuples(index=False))))
-    first = ordered_values([c[0] for c in combos])
-    combos.sort(key=lambda c: (first.index(c[0]), *map(str, c[1:])))
-    for index, combo in enumerate(combos):
+    for index, combo in enumerate(combos(agg, keys)):
         rows = agg
         for key, value in zip(keys, combo):
-            rows = rows[rows[key].astype(str) == str(value)]
+            rows = rows[rows[key].map(str) == str(value)]
         rows = rows.sort_values("kappa") if "kappa" in rows else rows
         label = ", ".join(str(v) if k == "strategy" else f"{PARAM_HEADERS.get(k, k)}="
                           f"{param_text(k, v)}" for k, v in zip(keys, combo))
@@ -154,23 +152,18 @@ def sample_panels(runs: pd.DataFrame) -> list[list[tuple[str, pd.Series | None, 
     else:  # one κ: strategies side by side
         row_keys, col_keys = varying[1:], varying[:1]
     grid: list[list[tuple[str, pd.Series | None, str]]] = []
-    row_combos = (list(dict.fromkeys(map(tuple, trials[row_keys].itertuples(index=False))))
-                  if row_keys else [()])
     col_values = ordered_values(trials[col_keys[0]]) if col_keys else [None]
-    if row_keys:
-        first = ordered_values([c[0] for c in row_combos])
-        row_combos.sort(key=lambda c: (first.index(c[0]), *map(str, c[1:])))
-    for combo in row_combos:
+    for combo in combos(trials, row_keys):
         row_runs = trials
         for key, value in zip(row_keys, combo):
-            row_runs = row_runs[row_runs[key].astype(str) == str(value)]
+            row_runs = row_runs[row_runs[key].map(str) == str(value)]
         prefix = ", ".join(param_text(k, v).split(":")[0] if k == "strategy"
                            else f"{PARAM_HEADERS.get(k, k)}={param_text(k, v)}"
                            for k, v in zip(row_keys, combo))
         cells = []
         for value in col_values:
             group = row_runs if not col_keys else row_runs[
-                row_runs[col_keys[0]].astype(str) == str(value)]
+                row_runs[col_keys[0]].map(str) == str(value)]
             if not len(group):
                 continue
             title = ", ".join(filter(None, [prefix, _col_title(col_keys, value)]))

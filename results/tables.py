@@ -150,15 +150,32 @@ def latex_escape(text: str) -> str:
 # --------------------------------------------------------------------------- grouping
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def sort_key(value) -> tuple:
+    """Strategies in the paper's order, then numbers, then text, then unset values."""
+    if value in STRATEGY_ORDER:
+        return (0, STRATEGY_ORDER.index(value), "")
+    if _missing(value):
+        return (3, 0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, value, "")
+    return (2, 0, str(value))
+
+
 def ordered_values(values) -> list:
-    """Strategies in the paper's order, everything else sorted."""
-    values = list(dict.fromkeys(values))
-    if all(v in STRATEGY_ORDER for v in values):
-        return sorted(values, key=STRATEGY_ORDER.index)
-    try:
-        return sorted(values)
-    except TypeError:
-        return sorted(values, key=str)
+    """Distinct values (NaN once), in :func:`sort_key` order."""
+    return sorted({str(v): v for v in values}.values(), key=sort_key)
+
+
+def combos(df: pd.DataFrame, keys: list[str]) -> list[tuple]:
+    """Distinct value tuples of ``keys`` (NaN equal to NaN), sorted position by position."""
+    if not keys:
+        return [()]
+    distinct = {tuple(map(str, t)): tuple(t) for t in df[keys].itertuples(index=False)}
+    return sorted(distinct.values(), key=lambda t: tuple(map(sort_key, t)))
 
 
 def _ngroups(df: pd.DataFrame, keys: list[str]) -> int:
@@ -170,7 +187,7 @@ def varying_params(trials: pd.DataFrame, params: list[str]) -> list[str]:
     ids (seed), and are not implied by the ones already chosen (kappa1..kappa4 follow
     from strategy and κ; adding them would not split any group, so they are left out)."""
     candidates = [p for p in params if p not in REPLICATE_PARAMS
-                  and trials[p].astype(str).nunique() > 1]
+                  and trials[p].map(str).nunique() > 1]
     candidates.sort(key=lambda p: (PRIMARY_PARAMS.index(p) if p in PRIMARY_PARAMS
                                    else len(PRIMARY_PARAMS), p))
     seeds_vary = "seed" in trials and trials["seed"].nunique() > 1
@@ -190,6 +207,8 @@ def varying_params(trials: pd.DataFrame, params: list[str]) -> list[str]:
 def param_text(param: str, value) -> str:
     if param == "strategy":
         return STRATEGY_LABELS.get(value, str(value))
+    if _missing(value):
+        return "None"  # what the config said (e.g. fault_inject_at_iteration unset)
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
@@ -259,7 +278,7 @@ def _bold_best(block: Block, column: int, metric: str) -> None:
 def _select(runs: pd.DataFrame, keys: list[str], values) -> pd.DataFrame:
     """Runs whose params equal ``values`` (compared as text, as MLflow stored them)."""
     for key, value in zip(keys, values):
-        runs = runs[runs[key].astype(str) == str(value)]
+        runs = runs[runs[key].map(str) == str(value)]
     return runs
 
 
@@ -340,17 +359,13 @@ def build_table(plan: str, runs: pd.DataFrame) -> Table:
     agg = aggregate(trials, block_keys + row_keys, metrics)
     csv_rows: list[dict] = []
     blocks = []
-    block_values_list = (list(dict.fromkeys(map(tuple, agg[block_keys].itertuples(index=False))))
-                         if block_keys else [()])
-    for block_values in sorted(block_values_list, key=lambda v: [
-            STRATEGY_ORDER.index(x) if x in STRATEGY_ORDER else x for x in v]):
+    for block_values in combos(agg, block_keys):
         block = Block(_block_title(block_keys, block_values))
         block_agg = _select(agg, block_keys, block_values)
         block_runs = _select(trials, block_keys, block_values)
         reference = block_runs[block_runs["strategy"] == "lsg"] if spec.with_delta else None
-        order = ordered_values(block_agg[row_keys[0]]) if row_keys else []
-        rows = sorted(block_agg.iterrows(), key=lambda item: tuple(
-            order.index(item[1][k]) if i == 0 else item[1][k] for i, k in enumerate(row_keys)))
+        rows = sorted(block_agg.iterrows(),
+                      key=lambda item: tuple(sort_key(item[1][k]) for k in row_keys))
         for _, agg_row in rows:
             values = [agg_row[k] for k in row_keys]
             block.rows.append(_make_row(

@@ -352,3 +352,25 @@ def test_cli_no_finished_runs_exits_2_with_one_line(store, tmp_path, monkeypatch
     assert main(["tables", "--plan", "lsg", "--tracking-uri",
                  f"sqlite:///{tmp_path / 'none.db'}"]) == 2
     assert "no MLflow store at" in capsys.readouterr().err
+
+
+def test_unset_param_is_its_own_configuration_not_dropped():
+    """A param that is None for some trials (MLflow's "None" -> NaN) still separates them;
+    pandas' string conversion would treat NaN as missing and merge or lose those rows."""
+    import pandas as pd
+
+    from results.tables import build_table, to_markdown
+
+    rows = [{"run_id": f"r{i}", "run_name": "", "role": "trial", "status": "finished",
+             "trial_id": "", "fault_inject_at_iteration": fault, "seed": 0, "fid48": fid}
+            for i, (fault, fid) in enumerate([(None, 10.0), (6, 12.0), (None, 10.0)])]
+    rows[2]["seed"], rows[2]["fid48"] = 1, 14.0
+    runs = pd.DataFrame(rows)
+    runs.attrs.update(parent_run_id="p", param_columns=["fault_inject_at_iteration", "seed"])
+    table = build_table("e2e", runs)
+    got = [(r.label[0].text, r.cells[0].markdown(), r.cells[-1].text)
+           for r in table.blocks[0].rows]
+    # Unset: fid 10 and 14 over seeds 0, 1 -> mean 12, CI = t(0.975, 1) * sqrt(8) / sqrt(2).
+    # Equal means as printed: both are the best, both bold.
+    assert got == [("6", "**12.00**", "1"), ("None", f"**12.00** ± {T975_DF1 * 2:.2f}", "2")]
+    assert "| None | **12.00** ± 25.41 | 2 |" in to_markdown(table)
