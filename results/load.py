@@ -6,7 +6,8 @@ child. The frame has one row per child run and plain column names:
 
 - ``run_id``, ``run_name``, ``role`` (``trial`` or ``teacher``), ``status`` (an
   outcome from ``schema.STATUSES`` or ``incomplete`` when the run never recorded
-  one, e.g. it is still running or its worker was killed), ``trial_id``;
+  one, e.g. it is still running or its worker was killed), ``trial_id``,
+  ``eval_protocol`` (tags);
 - one column per param, with numbers parsed back into numbers (MLflow stores
   params as strings; ``"2.0"`` must sort and group as the number 2);
 - one column per metric (its latest value, which is the final one: the
@@ -32,6 +33,8 @@ class ResultsError(RuntimeError):
 
 
 INCOMPLETE = "incomplete"
+# Columns of every frame load_runs returns, before the params and metrics.
+RUN_COLUMNS = ("run_id", "run_name", "role", "status", "trial_id", "eval_protocol")
 
 
 def resolve_tracking_uri(tracking_uri: str | None) -> str:
@@ -144,7 +147,8 @@ def load_runs(plan: str, tracking_uri: str | None = None,
         if role not in ("trial", "teacher"):
             continue
         row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "role": role,
-               "status": _status(run), "trial_id": run.data.tags.get(schema.TRIAL_ID)}
+               "status": _status(run), "trial_id": run.data.tags.get(schema.TRIAL_ID),
+               "eval_protocol": run.data.tags.get(schema.EVAL_PROTOCOL)}
         params = {k: _parse_param(v) for k, v in run.data.params.items()}
         row.update(params)
         row.update(run.data.metrics)
@@ -155,7 +159,7 @@ def load_runs(plan: str, tracking_uri: str | None = None,
     if clash:
         raise ResultsError(f"parent run {parent.info.run_id}: {sorted(clash)} logged both as "
                            "param and metric; the schema keeps their names apart")
-    fixed = ["run_id", "run_name", "role", "status", "trial_id"]
+    fixed = list(RUN_COLUMNS)
     params = sorted(param_names - set(fixed))
     metrics = sorted(metric_names - set(fixed))
     df = pd.DataFrame(rows, columns=fixed + params + metrics)

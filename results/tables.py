@@ -29,7 +29,7 @@ from results.aggregate import (
     metric_columns,
     welch_p_value,
 )
-from results.load import ResultsError
+from results.load import RUN_COLUMNS, ResultsError
 
 STRATEGY_ORDER = ("lsg", "cfg", "none", "short")
 STRATEGY_LABELS = {
@@ -322,8 +322,7 @@ def _make_row(spec: _Spec, label: list[Cell], agg_row: pd.Series, runs: pd.DataF
 
 def build_table(plan: str, runs: pd.DataFrame) -> Table:
     """The plan's comparison table from :func:`results.load_runs`' frame."""
-    params = runs.attrs.get("param_columns") or [
-        c for c in runs.columns if c not in ("run_id", "run_name", "role", "status", "trial_id")]
+    params = runs.attrs.get("param_columns") or [c for c in runs.columns if c not in RUN_COLUMNS]
     trials = runs[runs["role"] == "trial"]
     teacher = runs[runs["role"] == "teacher"]
     parent = runs.attrs.get("parent_run_id", "?")
@@ -334,7 +333,14 @@ def build_table(plan: str, runs: pd.DataFrame) -> Table:
             f"plan {plan!r}, parent run {parent}: no finished trials ({spelled}); nothing "
             "to tabulate. Wait for the run to finish, resume it, or pick an earlier parent "
             "run with --parent-run")
-    metrics = metric_columns(runs[runs["status"] == "finished"])
+    finished = runs[runs["status"] == "finished"]
+    protocols = finished["eval_protocol"].dropna().unique() if "eval_protocol" in runs else []
+    if len(protocols) > 1:
+        raise ResultsError(
+            f"plan {plan!r}, parent run {parent}: finished runs were evaluated under different "
+            f"protocols ({', '.join(sorted(protocols))}); their metrics are not comparable in "
+            "one table; report each parent run separately with --parent-run")
+    metrics = metric_columns(finished)
     shown = [m for m in metrics if m.startswith("fid") or m in TABLE_METRICS]
     if not shown:
         raise ResultsError(f"plan {plan!r}, parent run {parent}: finished trials logged no "

@@ -133,3 +133,10 @@ def test_sample_grid_panel_explains_a_group_without_finished_runs(kappa_runs):
     layout = sample_panels(runs)
     assert layout[1][1] == ("cfg, κ=2", None, "failed 2/2")
     assert not math.isnan(kappa_figure(runs).axes[0].containers[1].lines[0].get_data()[1][0])
+
+
+def test_same_runs_give_the_same_bytes(kappa_runs, tmp_path):
+    first = save_figure(kappa_figure(kappa_runs), tmp_path / "a")
+    second = save_figure(kappa_figure(kappa_runs), tmp_path / "b")
+    for one, two in zip(first, second):
+        assert one.read_bytes() == two.read_bytes(), one.name

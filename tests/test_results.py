@@ -52,10 +52,11 @@ def _grid_png(path: Path, colour: tuple[int, int, int]) -> Path:
 
 
 def _log_run(client, experiment_id, parent_id, role, name, params, status, metrics,
-             tmp: Path, grid_colour=None, extra_tags=None):
+             tmp: Path, grid_colour=None):
     from mlflow.entities import Metric, Param, RunTag
 
-    tags = {"mlflow.parentRunId": parent_id, schema.ROLE: role, **(extra_tags or {})}
+    tags = {"mlflow.parentRunId": parent_id, schema.ROLE: role,
+            schema.EVAL_PROTOCOL: "embedded-16px-clip"}
     if status is not None:
         tags[schema.STATUS] = status
     run = client.create_run(experiment_id, run_name=name, tags=tags)
@@ -187,6 +188,7 @@ def test_load_runs_reads_latest_parent_with_typed_params_and_final_metrics(store
     assert row["fid2k"] == 21.0 and row["clip_score"] == 0.28 and row["status"] == "finished"
     assert (trials["status"] == "diverged").sum() == 1
     assert 99.0 not in df["fid2k"].tolist()  # the older parent's trial is not mixed in
+    assert df["eval_protocol"].unique().tolist() == ["embedded-16px-clip"]
 
 
 def test_load_runs_named_parent_and_wrong_ids(store):
@@ -374,3 +376,19 @@ def test_unset_param_is_its_own_configuration_not_dropped():
     # Equal means as printed: both are the best, both bold.
     assert got == [("6", "**12.00**", "1"), ("None", f"**12.00** ± {T975_DF1 * 2:.2f}", "2")]
     assert "| None | **12.00** ± 25.41 | 2 |" in to_markdown(table)
+
+
+def test_mixed_evaluation_protocols_are_refused():
+    import pandas as pd
+
+    from results import ResultsError
+    from results.tables import build_table
+
+    runs = pd.DataFrame([
+        {"run_id": f"r{i}", "run_name": "", "role": "trial", "status": "finished",
+         "trial_id": "", "eval_protocol": protocol, "strategy": s, "seed": 0, "fid2k": 9.0}
+        for i, (s, protocol) in enumerate([("lsg", "embedded-16px-clip"),
+                                           ("cfg", "coco2014-30k-256")])])
+    runs.attrs.update(parent_run_id="p", param_columns=["strategy", "seed"])
+    with pytest.raises(ResultsError, match=r"different protocols \(coco2014-30k-256, embedded"):
+        build_table("lsg", runs)
