@@ -2,10 +2,22 @@
 
 Public API: :func:`load_runs`, :func:`aggregate`, :func:`write_report` and
 :class:`ReportPaths`; :class:`ResultsError` for "nothing (usable) to report".
+
+The names resolve on first use (PEP 562): ``ablate`` imports ``results.cli`` for
+every command, and importing this package must not pull in pandas, scipy and
+matplotlib (a second on 2 cores) just to print ``--help``.
 """
 
-from results.aggregate import aggregate
-from results.load import ResultsError, load_runs
-from results.report import ReportPaths, write_report
+import importlib
+
+_WHERE = {"aggregate": "results.aggregate", "load_runs": "results.load",
+          "ResultsError": "results.load", "write_report": "results.report",
+          "ReportPaths": "results.report"}
 
 __all__ = ["ReportPaths", "ResultsError", "aggregate", "load_runs", "write_report"]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'results' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

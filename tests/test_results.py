@@ -392,3 +392,16 @@ def test_mixed_evaluation_protocols_are_refused():
     runs.attrs.update(parent_run_id="p", param_columns=["strategy", "seed"])
     with pytest.raises(ResultsError, match=r"different protocols \(coco2014-30k-256, embedded"):
         build_table("lsg", runs)
+
+
+def test_registering_the_tables_command_imports_no_heavy_libraries():
+    """`ablate` imports results.cli for every command; --help must not wait for pandas,
+    scipy, matplotlib or MLflow."""
+    import subprocess
+    import sys
+
+    code = ("import sys, argparse, results.cli; results.cli.register(argparse.ArgumentParser()"
+            ".add_subparsers()); print(sorted(m for m in ('pandas', 'scipy', 'matplotlib', "
+            "'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
