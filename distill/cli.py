@@ -85,15 +85,7 @@ def _distill(args: argparse.Namespace) -> int:
     teacher = load_config_teacher(config.teacher, progress=not args.no_progress)
     embedded = config.teacher.startswith("embedded:")
     captions = world.heldout_captions()
-    evaluate = None
-    if embedded:
-        from evaluation.adherence import adherence
-
-        def evaluate(sample_fn, step):
-            eval_captions = [captions[i % len(captions)] for i in range(config.eval_num_images)]
-            images = sample_fn([c.text for c in eval_captions], EVAL_SEED)
-            return adherence(images, eval_captions)
-
+    evaluate = adherence_evaluator(config.eval_num_images) if embedded else None
     result = distill(config, workdir, teacher=teacher, evaluate=evaluate,
                      progress=not args.no_progress)
     if result.status == "diverged":
@@ -106,6 +98,22 @@ def _distill(args: argparse.Namespace) -> int:
     print(" ".join(f"{k}={v:.4g}" for k, v in sorted(result.final_metrics.items())))
     print(workdir)
     return 0
+
+
+def adherence_evaluator(num_images: int, seed: int = EVAL_SEED):
+    """evaluate(sample_fn, step) -> the analyzer's adherence on ``num_images`` held-out
+    captions (cycling through all of them, so each is equally represented)."""
+    from distill import world
+    from evaluation.adherence import adherence
+
+    pool = world.heldout_captions()
+    captions = [pool[i % len(pool)] for i in range(num_images)]
+
+    def evaluate(sample_fn, step: int) -> dict[str, float]:
+        del step
+        return adherence(sample_fn([c.text for c in captions], seed), captions)
+
+    return evaluate
 
 
 def _write_grid(config, workdir: Path, teacher, prompts: list[str]) -> None:

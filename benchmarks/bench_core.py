@@ -1,0 +1,243 @@
+"""Benchmark of the distillation core: s/iteration per strategy against two baselines.
+
+    python -m benchmarks.bench_core [--teacher embedded:default] [--iterations 10]
+
+For each strategy (lsg, cfg, none) at the embedded default config it measures,
+in one process, on the same networks and shapes:
+
+* ``ours``: one full iteration of :class:`distill.loop.SiD` as the loop runs it
+  (prompt choice and encoding, ψ step, G step, EMA);
+* ``bare``: only the UNet passes that iteration needs (same calls, same batch
+  shapes, same forward/backward work, random inputs) - the floor;
+* ``official``: a faithful re-implementation of the official loop's
+  per-iteration work on the same networks: prompts re-tokenised and re-encoded
+  on every network call (the empty prompt too), x0 converted per sample through
+  the scheduler in a Python loop, and NaN masking of losses and gradients.
+
+It prints a Markdown table (ratio ours/bare, goal <= 1.10; speedup
+official/ours, goal >= 1.15) and a torch.profiler summary of where our
+remaining time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+
+import torch
+
+from distill.config import DistillConfig
+from distill.guidance import NoiseSchedule, add_noise
+from distill.loop import SiD, load_config_teacher, load_prompts
+from distill.losses import sid_generator_loss
+
+STRATEGIES = ("lsg", "cfg", "none")
+
+
+def _time(fn, iterations: int, warmup: int = 2) -> float:
+    """Median seconds per call (median: robust to other jobs sharing the CPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def ours(sid: SiD, teacher, prompts: list[str], rng: torch.Generator):
+    config = sid.config
+    step = [0]
+
+    def iteration():
+        picks = torch.randint(len(prompts), (config.batch_size,), generator=rng)
+        cond = teacher.encode_prompts([prompts[i] for i in picks.tolist()])
+        assert sid.iteration(cond, rng) is not None
+        step[0] += 1
+        sid.update_ema(step[0] * config.batch_size)
+
+    return iteration
+
+
+def bare(sid: SiD, teacher):
+    """The UNet passes of one iteration and nothing else."""
+    config, scales = sid.config, sid.scales
+    b = config.micro_batch_size
+    rounds = config.batch_size // b
+    shape = (b, *sid.sample_shape)
+    emb = teacher.encode_prompts(["a large red circle on the left"] * b)
+    t = torch.full((b,), 500)
+
+    def call(net, x, kappa):
+        if kappa == 1:
+            return net(x, t, encoder_hidden_states=emb).sample
+        return net(torch.cat([x, x]), torch.cat([t, t]),
+                   encoder_hidden_states=torch.cat([emb, emb])).sample
+
+    def iteration():
+        for _ in range(rounds):
+            with torch.no_grad():
+                x_g = sid.generator(torch.randn(shape), t, encoder_hidden_states=emb).sample
+            call(sid.fake_score, x_g, scales.kappa1).sum().backward()
+        sid.fake_score.requires_grad_(False)
+        for _ in range(rounds):
+            x_g = sid.generator(torch.randn(shape), t, encoder_hidden_states=emb).sample
+            (call(sid.teacher, x_g, scales.kappa4).sum()
+             + call(sid.fake_score, x_g, scales.kappa2).sum()).backward()
+        sid.fake_score.requires_grad_(True)
+
+    return iteration
+
+
+def official(sid: SiD, teacher, prompts: list[str], rng: torch.Generator):
+    """The official loop's per-iteration work on the same networks (see module docstring)."""
+    from diffusers import DDPMScheduler
+
+    config, scales = sid.config, sid.scales
+    scheduler = DDPMScheduler.from_config(teacher.scheduler.config)
+    scheduler.set_timesteps(scheduler.config.num_train_timesteps)
+    schedule = sid.schedule
+    b = config.micro_batch_size
+    step = [0]
+
+    def encode(texts):
+        # tokenise + encode on every call, as the official sid_sd_denoise does
+        return teacher.encode_prompts(texts)
+
+    def unet_x0(net, x_t, t, texts, kappa):
+        if kappa == 1:
+            eps = net(x_t, t, encoder_hidden_states=encode(texts)).sample
+        else:
+            both = net(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                       encoder_hidden_states=torch.cat([encode(texts), encode([""] * len(texts))]))
+            eps_c, eps_u = both.sample.chunk(2)
+            eps = eps_u + kappa * (eps_c - eps_u)
+        return torch.cat([scheduler.step(eps[i:i + 1], int(t[i]), x_t[i:i + 1])
+                          .pred_original_sample for i in range(len(t))])
+
+    def generator_x0(texts, z, grad):
+        t = torch.full((len(texts),), config.t_init)
+        x_init = schedule.sigma[config.t_init] * z
+        with torch.set_grad_enabled(grad):
+            eps = sid.generator(x_init, t, encoder_hidden_states=encode(texts)).sample
+            return torch.cat([scheduler.step(eps[i:i + 1], config.t_init, x_init[i:i + 1])
+                              .pred_original_sample for i in range(len(texts))])
+
+    def nan_masked_mean(per_sample):
+        keep = ~torch.isnan(per_sample)
+        if not keep.all():  # a device sync per loss, as in the official code
+            per_sample = per_sample[keep]
+        return per_sample.mean()
+
+    def clean_grads(module):
+        for p in module.parameters():
+            if p.grad is not None:
+                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+
+    def iteration():
+        picks = torch.randint(len(prompts), (config.batch_size,), generator=rng).tolist()
+        texts = [prompts[i] for i in picks]
+        sid.opt_fake_score.zero_grad(set_to_none=True)
+        for start in range(0, config.batch_size, b):
+            chunk = texts[start:start + b]
+            x_g = generator_x0(chunk, torch.randn(b, *sid.sample_shape, generator=rng), False)
+            t = torch.randint(config.t_min, config.t_max + 1, (b,), generator=rng)
+            noise = torch.randn(x_g.shape, generator=rng)
+            x_t = add_noise(x_g, noise, t, schedule)
+            if scales.kappa1 == 1:
+                eps = sid.fake_score(x_t, t, encoder_hidden_states=encode(chunk)).sample
+            else:
+                both = sid.fake_score(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                                      encoder_hidden_states=torch.cat(
+                                          [encode(chunk), encode([""] * b)])).sample
+                eps_c, eps_u = both.chunk(2)
+                eps = eps_u + scales.kappa1 * (eps_c - eps_u)
+            loss = nan_masked_mean((eps - noise).square().flatten(1).sum(1))
+            (loss * b / config.batch_size).backward()
+        clean_grads(sid.fake_score)
+        sid.opt_fake_score.step()
+        sid.opt_generator.zero_grad(set_to_none=True)
+        sid.fake_score.requires_grad_(False)
+        for start in range(0, config.batch_size, b):
+            chunk = texts[start:start + b]
+            x_g = generator_x0(chunk, torch.randn(b, *sid.sample_shape, generator=rng), True)
+            t = torch.randint(config.t_min, config.t_max + 1, (b,), generator=rng)
+            x_t = add_noise(x_g, torch.randn(x_g.shape, generator=rng), t, schedule)
+            y_real = unet_x0(sid.teacher, x_t, t, chunk, scales.kappa4)
+            y_fake = unet_x0(sid.fake_score, x_t, t, chunk, scales.kappa2)
+            loss = sid_generator_loss(y_real, y_fake, x_g, config.alpha)
+            if torch.isnan(loss):
+                loss = torch.zeros_like(loss, requires_grad=True)
+            (loss * b / config.batch_size).backward()
+        sid.fake_score.requires_grad_(True)
+        clean_grads(sid.generator)
+        sid.opt_generator.step()
+        step[0] += 1
+        sid.update_ema(step[0] * config.batch_size)
+
+    return iteration
+
+
+def profile_summary(fn, rows: int = 12) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def _fresh_sid(teacher, config, uncond):
+    # Each measurement starts from the teacher's weights and fresh optimisers.
+    return SiD(copy.deepcopy(teacher.unet), NoiseSchedule(teacher.alphas_cumprod), teacher.sample_shape,
+               uncond, config)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="embedded:default")
+    parser.add_argument("--iterations", type=int, default=10, help="timed iterations per row")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--no-profile", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # The CPU is what this benchmark is about; a CUDA machine's GPU is left alone.
+    teacher = load_config_teacher(args.teacher).to("cpu")
+    prompts = load_prompts("embedded:train")
+    uncond = teacher.encode_prompts([""])
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}; teacher {teacher.teacher_id} ({teacher.teacher_hash}); "
+          f"default DistillConfig; median of {args.iterations} iterations after 2 warm-up")
+    print()
+    print("| strategy | UNet passes (fwd+bwd) | ours s/it | bare UNet s/it | ours/bare (goal <= 1.10) "
+          "| official s/it | speedup (goal >= 1.15) |")
+    print("|---|---|---|---|---|---|---|")
+    results = {}
+    passes = {"lsg": "8 + 7", "cfg": "6 + 5", "none": "5 + 4"}
+    for strategy in STRATEGIES:
+        config = DistillConfig(strategy=strategy, kappa=2.0, teacher=args.teacher)
+        rng = torch.Generator().manual_seed(0)
+        s_ours = _time(ours(_fresh_sid(teacher, config, uncond), teacher, prompts, rng),
+                       args.iterations)
+        s_bare = _time(bare(_fresh_sid(teacher, config, uncond), teacher), args.iterations)
+        s_official = _time(official(_fresh_sid(teacher, config, uncond), teacher, prompts, rng),
+                           args.iterations)
+        results[strategy] = {"ours": s_ours, "bare": s_bare, "official": s_official}
+        print(f"| {strategy} | {passes[strategy]} | {s_ours:.3f} | {s_bare:.3f} | "
+              f"{s_ours / s_bare:.2f} | {s_official:.3f} | {s_official / s_ours:.2f}x |", flush=True)
+    if not args.no_profile:
+        config = DistillConfig(strategy="lsg", kappa=2.0, teacher=args.teacher)
+        fn = ours(_fresh_sid(teacher, config, uncond), teacher, prompts,
+                  torch.Generator().manual_seed(0))
+        fn()
+        print("\nlsg, one iteration of ours, by self CPU time (torch.profiler):\n")
+        print(profile_summary(fn))
+    return results
+
+
+if __name__ == "__main__":
+    main()
