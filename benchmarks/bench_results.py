@@ -114,8 +114,8 @@ def main() -> None:
                           ("render LaTeX + Markdown", t_render),
                           ("metrics-vs-κ figure (build)", t_kappa),
                           ("trade-off figure (build)", t_trade),
-                          (f"write_report (all of it, {len(report.figures)} figure files, "
-                           "18 grid downloads, logged to MLflow)", t_report),
+                          ((f"write_report (all of it, {len(report.figures)} figure files, "
+                           "18 grid downloads, logged to MLflow)"), t_report),
                           ("`ablate tables --plan kappa` (new process, imports included)",
                            t_cli)]:
         print(f"| {name} | {seconds:.2f} |")

@@ -10,7 +10,7 @@ matplotlib (a second on 2 cores) just to print ``--help``.
 
 import importlib
 
-_WHERE = {"aggregate": "results.aggregate", "load_runs": "results.load",
+_WHERE = {"aggregate": "results.stats", "load_runs": "results.load",
           "ResultsError": "results.load", "write_report": "results.report",
           "ReportPaths": "results.report"}
 

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from results import schema
-from results.aggregate import aggregate, metric_columns
+from results.stats import aggregate, metric_columns
 from results.tables import (
     PARAM_HEADERS,
     combos,

@@ -1,4 +1,4 @@
-"""Aggregate runs over seeds: mean, std, n and a 95% t-interval per metric, with the
+"""Seed statistics: mean, std, n and a 95% t-interval per metric, with the
 outcome counts beside them so a diverged or failed trial is visible, never averaged in.
 
 Only finished runs enter the statistics; a diverged run's last FID (often NaN or

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from results import schema
-from results.aggregate import (
+from results.load import RUN_COLUMNS, ResultsError
+from results.stats import (
     aggregate,
     fid_num_images,
     finished_values,
@@ -29,7 +30,6 @@ from results.aggregate import (
     metric_columns,
     welch_p_value,
 )
-from results.load import RUN_COLUMNS, ResultsError
 
 STRATEGY_ORDER = ("lsg", "cfg", "none", "short")
 STRATEGY_LABELS = {
@@ -42,7 +42,7 @@ STRATEGY_LABELS = {
 PRIMARY_PARAMS = ("strategy", "kappa")
 # Replicates, not configurations: runs differing only here are averaged together.
 REPLICATE_PARAMS = ("seed",)
-PARAM_HEADERS = {"kappa": "κ", "strategy": "Strategy", "alpha": "α", "t_init": "t_init"}
+PARAM_HEADERS = {"kappa": "κ", "strategy": "Strategy", "alpha": "α"}
 SIGNIFICANCE_P = 0.05
 SIGNIFICANCE_MARK = "†"
 # Metrics a table shows (the CSV keeps every final metric): how to print them.
@@ -355,6 +355,10 @@ def build_table(plan: str, runs: pd.DataFrame) -> Table:
     block_keys = [p for p in varying if p not in row_keys]
     spec = _Spec(metrics, shown, with_delta=kind == "lsg")
 
+    if kind == "lsg":
+        label_headers = ["Method"]
+    else:
+        label_headers = [PARAM_HEADERS.get(k, k) for k in row_keys] or ["Configuration"]
     headers = []
     for metric in shown:
         headers.append(metric_format(metric).header)
@@ -374,8 +378,11 @@ def build_table(plan: str, runs: pd.DataFrame) -> Table:
                       key=lambda item: tuple(sort_key(item[1][k]) for k in row_keys))
         for _, agg_row in rows:
             values = [agg_row[k] for k in row_keys]
+            # Nothing but the seed varies: one row, named for what it holds.
+            label = [Cell(param_text(k, v)) for k, v in zip(row_keys, values)] or [
+                Cell("all trials")]
             block.rows.append(_make_row(
-                spec, [Cell(param_text(k, v)) for k, v in zip(row_keys, values)], agg_row,
+                spec, label, agg_row,
                 _select(block_runs, row_keys, values), reference, csv_rows,
                 {"role": "trial", **dict(zip(block_keys, block_values)),
                  **dict(zip(row_keys, values))}))
@@ -390,7 +397,7 @@ def build_table(plan: str, runs: pd.DataFrame) -> Table:
         teacher_block = Block("Reference" if block_keys else None)
         for _, agg_row in aggregate(teacher, teacher_keys, metrics).iterrows():
             values = [agg_row[k] for k in teacher_keys]
-            label = [Cell(teacher_label(agg_row))] + [Cell("")] * (len(row_keys) - 1)
+            label = [Cell(teacher_label(agg_row))] + [Cell("")] * (len(label_headers) - 1)
             row = _make_row(spec, label, agg_row, _select(teacher, teacher_keys, values),
                             reference, csv_rows,
                             {"role": "teacher", **dict(zip(teacher_keys, values))})
@@ -403,32 +410,33 @@ def build_table(plan: str, runs: pd.DataFrame) -> Table:
         for column, metric in zip(value_columns, shown):
             _bold_best(block, column, metric)
 
-    if kind == "lsg":
-        label_headers = ["Method"]
-    else:
-        label_headers = [PARAM_HEADERS.get(k, k) for k in row_keys] or ["Configuration"]
-    caption = _caption(plan, kind, parent, trials, shown, spec.with_delta, block_keys)
+    caption = _caption(plan, kind, parent, trials, shown, spec.with_delta, block_keys,
+                       has_teacher=len(teacher) > 0)
     # The LSG rows' labels are long descriptions: wrap them rather than widen the table.
     return Table(caption, f"tab:ablate-{plan}", label_headers, headers, blocks,
                  pd.DataFrame(csv_rows), "3.2cm" if kind == "lsg" else None)
 
 
 def _caption(plan: str, kind: str, parent: str, trials: pd.DataFrame, shown: list[str],
-             with_delta: bool, block_keys: list[str]) -> str:
+             with_delta: bool, block_keys: list[str], has_teacher: bool) -> str:
     fid = [m for m in shown if m.startswith("fid")]
     if kind == "lsg":
         kappas = sorted(trials["kappa"].dropna().unique()) if "kappa" in trials else []
         at = f" at κ = {', '.join(f'{k:g}' for k in kappas)}" if kappas else ""
         what = ("Guidance ablation: one-step generators distilled with LSG kept (lsg), "
                 "LSG removed with guidance on the teacher only (cfg), and no guidance "
-                f"(none){at}, with the teacher's multi-step samples as reference.")
+                f"(none){at}.")
     elif kind == "kappa":
         what = "Guidance-scale sweep: one-step generators distilled at each κ."
     else:
         what = f"Plan {plan}: one row per configuration."
     parts = [what]
+    if has_teacher:
+        parts.append("The teacher's own multi-step samples are the reference row.")
     if block_keys:
-        parts.append(f"One block per {', '.join(PARAM_HEADERS.get(k, k) for k in block_keys)}.")
+        names = ", ".join("strategy" if k == "strategy" else PARAM_HEADERS.get(k, k)
+                          for k in block_keys)
+        parts.append(f"One block per {names}.")
     metrics = []
     if fid:
         metrics.append(f"FID on {fid_num_images(fid[0]):,} generated images (↓ lower is better)")

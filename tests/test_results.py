@@ -405,3 +405,23 @@ def test_registering_the_tables_command_imports_no_heavy_libraries():
             "'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_only_seeds_vary_gives_one_row_with_all_trials():
+    import pandas as pd
+
+    from results.tables import build_table, to_latex
+
+    runs = pd.DataFrame([
+        {"run_id": f"r{seed}", "run_name": "", "role": "trial", "status": status,
+         "trial_id": "", "seed": seed, "clip_score": clip}
+        for seed, status, clip in [(0, "finished", 0.30), (1, "finished", 0.32),
+                                   (2, "failed", None)]])
+    runs.attrs.update(parent_run_id="p", param_columns=["seed"])
+    table = build_table("single", runs)
+    (row,) = table.blocks[0].rows
+    # 0.30, 0.32: mean 0.31, std 0.01414, CI = 12.706 * 0.01414 / sqrt(2) = 0.127
+    assert [c.markdown() for c in row.label + row.cells] == [
+        "all trials", "0.310 ± 0.127", "failed 1/3"]
+    assert table.label_headers == ["Configuration"]
+    assert "all trials & 0.310{\\scriptsize" in to_latex(table)
