@@ -322,21 +322,26 @@ def test_kappa_table_blocks_per_strategy_and_generic_fallback(store):
 # --------------------------------------------------------------------------- report + CLI
 
 
-def test_cli_writes_every_output_logs_to_parent_and_prints_markdown(store, tmp_path, monkeypatch,
-                                                                     capsys):
+def test_cli_all_plans_writes_every_output_logs_to_parent_and_prints_markdown(
+        store, tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
 
     from orchestrator.cli import main
 
     monkeypatch.setenv("ABLATE_HOME", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
-    assert main(["tables", "--plan", "lsg"]) == 0
+    assert main(["tables"]) == 0  # --plan all: plans that cannot be reported are skipped
     out = capsys.readouterr()
-    assert out.out.startswith("**Table (tab:ablate-lsg).**") and "| none: SiD alone |" in out.out
+    assert out.out.startswith("**Table (tab:ablate-kappa).**")
+    assert "**Table (tab:ablate-lsg).**" in out.out and "| none: SiD alone |" in out.out
+    assert "skipped broken: plan 'broken'" in out.err
+    assert "skipped mixed: runs carry different FID keys" in out.err
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["kappa", "lsg"]
     folder = tmp_path / "tables" / "lsg"
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["fid_clip_tradeoff.pdf", "fid_clip_tradeoff.png", "runs.csv",
                      "samples.pdf", "samples.png", "table.csv", "table.md", "table.tex"]
+    assert (tmp_path / "tables" / "kappa" / "metrics_vs_kappa.pdf").is_file()
     logged = {f.path for f in MlflowClient(store["uri"]).list_artifacts(store["lsg_parent"],
                                                                         "report")}
     assert logged == {f"report/{n}" for n in names}
