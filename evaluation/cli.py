@@ -1,0 +1,189 @@
+"""Subcommands of evaluation: ``ablate eval`` and ``ablate metric-models``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    # Resolved lazily by the dispatcher: importing these modules pulls in torch.
+    from distill.checkpoint import CheckpointError
+    from evaluation.clip_model import MetricModelError
+    from evaluation.fid import EvalError
+
+    return (EvalError, MetricModelError, CheckpointError)
+
+
+def __getattr__(name: str):
+    # The dispatcher reads EXPECTED_ERRORS only while handling an error, so
+    # registering the subcommands stays free of torch imports.
+    if name == "EXPECTED_ERRORS":
+        return _expected_errors()
+    raise AttributeError(name)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a distilled generator checkpoint or the teacher; prints the metrics",
+        description=(
+            "Evaluate a one-step generator checkpoint (a distillation workdir, or its "
+            "checkpoint/ folder) or the teacher's multi-step DDIM samples (--teacher) with the "
+            "protocol of the run: FID (clean-fid; key carries the image count, e.g. fid2k), "
+            "CLIP score (open_clip, raw mean cosine) and, in the embedded world, the model-free "
+            "prompt adherence. Real-world evaluation (--real) needs local files only: caption "
+            "file, FID reference, clean-fid Inception, open_clip ViT-g-14 checkpoint."),
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, metavar="WORKDIR",
+                        help="distillation workdir (or its checkpoint/ folder) to evaluate")
+    source.add_argument("--teacher", nargs="?", const="embedded:default", metavar="SPEC",
+                        help="evaluate the teacher: 'embedded:default' (the default when the "
+                             "flag is given alone), 'embedded:smoke', or a model directory")
+    p.add_argument("--steps", type=int, default=25, help="teacher DDIM steps (default 25)")
+    p.add_argument("--guidance-scale", type=float, default=None, metavar="KAPPA",
+                   help="teacher CFG scale κ (default: DistillConfig's kappa, 2.0)")
+    p.add_argument("--num-images", type=int, default=2000,
+                   help="evaluation images, one per held-out caption (default 2000 -> fid2k)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--prompt-prefix", default=None,
+                   help="text put before every prompt for the CLIP score (default: '' embedded, "
+                        "'A photo depicts ' real)")
+    p.add_argument("--grid", type=Path, default=None, metavar="PNG",
+                   help="also write a sample grid (prompts as row labels) to this PNG")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    real = p.add_argument_group("real world (Stable Diffusion)")
+    real.add_argument("--real", action="store_true", help="use the paper's COCO protocol")
+    real.add_argument("--captions", type=Path, help="caption file, one per line (COCO-2014 val)")
+    real.add_argument("--reference", type=Path,
+                      help="clean-fid statistics (.npz with mu, sigma) or a reference image folder")
+    real.add_argument("--inception-dir", type=Path, default=Path("/tmp"),
+                      help="folder holding inception-2015-12-05.pt (default /tmp, as clean-fid)")
+    real.add_argument("--clip-checkpoint", type=Path,
+                      help="open_clip ViT-g-14 laion2b_s12b_b42k checkpoint file")
+    p.set_defaults(handler=_eval)
+
+    m = sub.add_parser(
+        "metric-models",
+        help="check, or retrain, the embedded world's CLIP (CLIP score and FID features)",
+        description=(
+            "The embedded world's metric model is a small open_clip CLIP trained contrastively "
+            "on the world; its image tower is also the FID feature extractor. The default one "
+            "ships in evaluation/assets/embedded-clip (fp16, with config and content hash). "
+            "Without options this verifies it and prints its directory last."),
+    )
+    m.add_argument("--size", default="default", choices=["default", "smoke"],
+                   help="'default' (shipped) or 'smoke' (seconds; cached, for tests)")
+    m.add_argument("--rebuild-shipped", action="store_true",
+                   help="retrain the shipped default CLIP deterministically and overwrite it "
+                        "(about 2 minutes on 2 cores); this is what `make metric-models` runs")
+    m.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    m.set_defaults(handler=_metric_models)
+
+
+def _metric_models(args: argparse.Namespace) -> int:
+    from evaluation import clip_model
+
+    if args.rebuild_shipped:
+        if args.size != "default":
+            raise clip_model.MetricModelError("--rebuild-shipped applies to --size default only")
+        stats = clip_model.rebuild_shipped(progress=not args.no_progress)
+        print(json.dumps(stats["retrieval"]))
+        directory = clip_model.SHIPPED_CLIP_DIR
+    else:
+        directory = clip_model.ensure_clip(args.size, progress=not args.no_progress)
+    clip = clip_model.load_clip(directory)  # verifies the content hash
+    print(f"weights_hash {clip.weights_hash}")
+    print(directory)
+    return 0
+
+
+def _suite(args: argparse.Namespace):
+    from evaluation.clip_score import EMBEDDED_PROMPT_PREFIX, REAL_PROMPT_PREFIX
+    from evaluation.fid import EvalError
+    from evaluation.suite import embedded_suite, real_suite
+
+    if args.num_images < 1:
+        raise EvalError(f"--num-images must be >= 1, got {args.num_images}")
+    if args.real:
+        missing = [f"--{n.replace('_', '-')}" for n in ("captions", "reference", "clip_checkpoint")
+                   if getattr(args, n) is None]
+        if missing:
+            raise EvalError(f"--real needs {', '.join(missing)} (local files; nothing is "
+                            "downloaded)")
+        prefix = REAL_PROMPT_PREFIX if args.prompt_prefix is None else args.prompt_prefix
+        return real_suite(args.captions, args.reference, args.clip_checkpoint,
+                          args.inception_dir, args.num_images, prefix, _device())
+    prefix = EMBEDDED_PROMPT_PREFIX if args.prompt_prefix is None else args.prompt_prefix
+    return embedded_suite(args.num_images, prompt_prefix=prefix)
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def checkpoint_sample_fn(workdir: Path):
+    """(sample_fn, description) of the EMA generator in a distillation checkpoint."""
+    import torch
+
+    from distill import checkpoint
+    from distill.config import DistillConfig, from_dict
+    from distill.guidance import NoiseSchedule
+    from distill.loop import SiD, load_config_teacher
+
+    directory = workdir / "checkpoint" if (workdir / "checkpoint").is_dir() else workdir
+    if not checkpoint.exists(directory):
+        raise checkpoint.CheckpointError(
+            f"{directory}: no checkpoint here ({checkpoint.STATE_JSON} missing); give a "
+            "distillation workdir or its checkpoint/ folder")
+    tensors, meta = checkpoint.load(directory)
+    config = from_dict(DistillConfig, meta["config"], source=str(directory / checkpoint.STATE_JSON))
+    teacher = load_config_teacher(config.teacher)
+    if meta.get("teacher_hash") != teacher.teacher_hash:
+        raise checkpoint.CheckpointError(
+            f"{directory}: distilled from teacher {meta.get('teacher_hash')}, but "
+            f"{config.teacher} is now {teacher.teacher_hash}; evaluate with that teacher")
+    device = next(teacher.unet.parameters()).device
+    sid = SiD(teacher.unet, NoiseSchedule(teacher.alphas_cumprod, device), teacher.sample_shape,
+              teacher.encode_prompts([""]), config)
+    prefix = "generator_ema."
+    sid.generator_ema.load_state_dict(
+        {k[len(prefix):]: v.to(device) for k, v in tensors.items() if k.startswith(prefix)})
+    del tensors
+    torch.set_grad_enabled(False)
+    return (sid.sample_fn(teacher.encode_prompts, teacher.decode),
+            f"generator {directory} (step {meta['step']}, {config.strategy}, kappa {config.kappa})")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from distill.config import DistillConfig
+
+    suite = _suite(args)
+    if args.teacher is not None:
+        from distill.loop import load_config_teacher
+        from evaluation.baseline import teacher_sample_fn
+
+        kappa = DistillConfig.kappa if args.guidance_scale is None else args.guidance_scale
+        sample_fn = teacher_sample_fn(load_config_teacher(args.teacher), args.steps, kappa)
+        what = f"teacher {args.teacher} (DDIM {args.steps} steps, kappa {kappa})"
+    else:
+        sample_fn, what = checkpoint_sample_fn(args.checkpoint)
+    # What suite.evaluate_sample_fn does, keeping the images for the grid.
+    images = suite.generate(sample_fn, args.seed)
+    metrics = suite.evaluate(images, suite.captions)
+    if args.grid is not None:
+        from evaluation.grid import sample_grid
+
+        sample_grid(images, suite.captions, args.grid)
+    if args.json:
+        print(json.dumps({"evaluated": what, "protocol": suite.protocol, **metrics}))
+    else:
+        print(f"evaluated {what}")
+        print(f"protocol {suite.protocol}")
+        for key, value in metrics.items():
+            print(f"{key} {value:.6g}")
+    return 0
