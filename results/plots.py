@@ -36,6 +36,9 @@ def _series(trials: pd.DataFrame, params: list[str]) -> tuple[list[str], pd.Data
     """Series keys (everything that varies except κ) and the per-(series, κ) aggregate."""
     varying = varying_params(trials, params)
     keys = [p for p in varying if p != "kappa"]
+    if "strategy" in trials and "strategy" not in keys:
+        # A constant strategy (the default κ sweep is lsg only) still names the series.
+        keys = ["strategy", *keys]
     by = keys + (["kappa"] if "kappa" in trials else [])
     return keys, aggregate(trials, by, metric_columns(trials[trials["status"] == "finished"]))
 
@@ -43,7 +46,8 @@ def _series(trials: pd.DataFrame, params: list[str]) -> tuple[list[str], pd.Data
 def _series_groups(agg: pd.DataFrame, keys: list[str]):
     """(label, colour, rows sorted by κ) per series, strategies in the paper's order."""
     if not keys:
-        yield "distilled", "tab:blue", agg.sort_values("kappa") if "kappa" in agg else agg
+        yield "distilled" + _outcome_note(agg), "tab:blue", (
+            agg.sort_values("kappa") if "kappa" in agg else agg)
         return
     for index, combo in enumerate(combos(agg, keys)):
         rows = agg
@@ -180,7 +184,12 @@ def sample_panels(runs: pd.DataFrame) -> list[list[tuple[str, pd.Series | None, 
         grid.append(cells)
     teacher = runs[(runs["role"] == "teacher") & (runs["status"] == "finished")]
     if len(teacher):
-        grid.append([(teacher_label(teacher.iloc[0]), teacher.iloc[0], "")])
+        panel = (teacher_label(teacher.iloc[0]), teacher.iloc[0], "")
+        # Beside the strategies when they fit in one row; below a strategies x κ grid.
+        if len(grid) == 1:
+            grid[0].append(panel)
+        else:
+            grid.append([panel])
     return grid
 
 
@@ -204,9 +213,10 @@ def sample_grid_figure(runs: pd.DataFrame,
     images = [[(title, _load(fetch, run, Image), why) for title, run, why in row]
               for row in layout]
     # The teacher's panel is an extra, not a trial: without its grid it is left out.
-    if layout and layout[-1] and layout[-1][0][1] is not None \
-            and layout[-1][0][1]["role"] == "teacher" and images[-1][0][1] is None:
-        images.pop()
+    images = [[(title, image, why) for (title, image, why), (_, run, _) in zip(row, layout_row)
+               if not (image is None and run is not None and run["role"] == "teacher")]
+              for row, layout_row in zip(images, layout)]
+    images = [row for row in images if row]
     if not any(img is not None for row in images for _, img, _ in row):
         return None
     n_rows, n_cols = len(images), max(len(row) for row in images)

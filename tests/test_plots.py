@@ -118,7 +118,7 @@ def test_sample_grid_layout_and_images(store, kappa_runs, tmp_path):
     lsg_runs = load_runs("lsg", store["uri"])
     lsg_layout = sample_panels(lsg_runs)
     assert [[t for t, _, _ in row] for row in lsg_layout] == [
-        ["lsg", "cfg", "none"], ["Teacher (ddim, 25 steps, κ = 2)"]]
+        ["lsg", "cfg", "none", "Teacher (ddim, 25 steps, κ = 2)"]]
     lsg_fig = sample_grid_figure(lsg_runs, fetch)
     assert sum(1 for ax in lsg_fig.axes if ax.images) == 4  # the teacher logged a grid here
     _check_files(save_figure(lsg_fig, tmp_path / "samples"))
@@ -140,3 +140,13 @@ def test_same_runs_give_the_same_bytes(kappa_runs, tmp_path):
     second = save_figure(kappa_figure(kappa_runs), tmp_path / "b")
     for one, two in zip(first, second):
         assert one.read_bytes() == two.read_bytes(), one.name
+
+
+def test_single_strategy_sweep_is_one_named_series(kappa_runs):
+    """The default κ sweep runs lsg only: one series, still named and coloured as lsg."""
+    lsg_only = kappa_runs[kappa_runs["strategy"] != "cfg"].copy()
+    lsg_only.attrs.update(kappa_runs.attrs)
+    for ax in kappa_figure(lsg_only).axes:
+        (series,) = _errorbars(ax)
+        assert series.get_label() == "lsg (diverged 1/6)"
+        assert series.lines[0].get_color() == "tab:blue"
