@@ -60,6 +60,11 @@ def _tables(args: argparse.Namespace) -> int:
         else:
             plans = [args.plan]
         base = args.out or output_root() / "tables"
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TablesError(f"cannot create the report folder {base} ({exc.strerror}); "
+                              "pass --out a writable folder") from None
         written, skipped = 0, []
         for plan in plans:
             try:

@@ -97,7 +97,8 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
 
     text = to_markdown(table)
     if figures:
-        text += "\nFigures: " + ", ".join(p.name for p in figures if p.suffix == ".png") + "\n"
+        text += ("\nFigures (PNG and PDF; error bars are 95% t-intervals over seeds): "
+                 + ", ".join(p.name for p in figures if p.suffix == ".png") + "\n")
     markdown.write_text(text)
     for path in (latex, markdown, csv, runs_csv, *figures):
         client.log_artifact(parent, str(path), REPORT_ARTIFACT_DIR)
