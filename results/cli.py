@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write comparison tables (LaTeX, Markdown, CSV) and plots from MLflow",
         description=(
             "Read a plan's runs from MLflow (the latest parent run, or --parent-run), "
-            "aggregate over seeds (mean, 95%% t-interval; diverged/failed runs counted, "
+            "aggregate over seeds (mean, 95% t-interval; diverged/failed runs counted, "
             "never averaged) and write table.tex (booktabs), table.md, table.csv and "
             "PNG/PDF figures under $ABLATE_HOME/tables/<plan>/; they are also logged to the "
             "parent run under report/. Prints the Markdown tables."),
