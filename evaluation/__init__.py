@@ -12,7 +12,7 @@ import importlib
 _EXPORTS = {
     "fid_from_features": "evaluation.fid",
     "fid_from_stats": "evaluation.fid",
-    "fid_key": "evaluation.fid",
+    "fid_key": "evaluation.keys",
     "EvalError": "evaluation.fid",
     "EvalSuite": "evaluation.suite",
     "embedded_suite": "evaluation.suite",

@@ -67,7 +67,7 @@ class ClipConfig:
     head_width: int = 32
     embed_dim: int = 64
     context_length: int = 12  # a caption is 7 words + start + end
-    train_steps: int = 500
+    train_steps: int = 800
     batch_size: int = 128  # distinct captions per batch: no false negatives in InfoNCE
     learning_rate: float = 2e-3
     warmup_steps: int = 50

@@ -41,15 +41,6 @@ class EvalError(RuntimeError):
     """Bad evaluation input or a missing metric file (the message names it and the fix)."""
 
 
-def fid_key(num_images: int) -> str:
-    """Metric key carrying the sample count: 2000 -> fid2k, 30000 -> fid30k, 500 -> fid500."""
-    if num_images < 1:
-        raise ValueError(f"FID needs at least one image, got num_images={num_images}")
-    if num_images % 1000 == 0:
-        return f"fid{num_images // 1000}k"
-    return f"fid{num_images}"
-
-
 def feature_stats(features: np.ndarray, what: str = "features") -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of one row per image, as clean-fid computes them.
 

@@ -32,9 +32,9 @@ from evaluation.fid import (
     clip_extractor,
     feature_stats,
     fid_from_stats,
-    fid_key,
     inception_extractor,
 )
+from evaluation.keys import fid_key
 
 SampleFn = Callable[[list[str], int], torch.Tensor]
 
