@@ -93,7 +93,7 @@ def _check_cluster_resources(plan: Plan) -> None:
                 f"{os.environ.get('RAY_ADDRESS', 'local')})")
 
 
-def _start_ray() -> bool:
+def start_ray() -> bool:
     """Connect to RAY_ADDRESS or start a local Ray; False if this process already had one."""
     import logging
 
@@ -219,7 +219,7 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
                                   teachers, suites, existing, out)
         failed: dict[str, str] = {}
         if pending:
-            started_ray = _start_ray()
+            started_ray = start_ray()
             if os.environ.get("RAY_ADDRESS"):
                 _check_cluster_resources(plan)
             failed = _tune(plan, size, pending, storage_dir, uri, child_ids, out)

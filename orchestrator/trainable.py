@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +99,17 @@ def run_trial(tune_config: dict[str, Any]) -> None:
             logger.log_artifact(path, str(Path(name).parent))
         return metrics
 
+    # Wall-clock span of the trial's own compute, so benchmarks can tell it from overhead.
+    started_at = time.time()
     result = distill(config, workdir, report=report, evaluate=evaluate, on_checkpoint=None)
+    finished_at = time.time()
     logger.log_metrics(result.final_metrics, result.iterations)
     write_result(workdir, {
         "trial_id": spec["trial_id"], "name": spec["name"], "run_id": spec["run_id"],
         "status": result.status, "iterations": result.iterations,
         "final_metrics": dict(result.final_metrics),
-        "config": dataclasses.asdict(config)})
+        "config": dataclasses.asdict(config),
+        "distill_started_at": started_at, "distill_finished_at": finished_at})
     tracking.finish(logger.client, spec["run_id"], "FINISHED", outcome=result.status)
     tune.report({**{k: v for k, v in result.final_metrics.items()
                     if isinstance(v, (int, float))},

@@ -130,3 +130,83 @@ def test_stale_running_parent_is_reopened_not_duplicated(uri):
                                  **kwargs)
     assert again == first and client.get_run(first).info.status == "RUNNING"
     assert tracking.latest_parent(client, exp, "other") is None
+
+
+KILLED_PLAN = """\
+    name: killed
+    axes:
+      strategy: [lsg, cfg, none]
+    resources: {cpu: 1}
+    evaluation: {teacher_baseline: off}
+    sizes:
+      smoke: {iterations: 10, batch_size: 4, micro_batch_size: 4, log_every: 2,
+              checkpoint_every: 2, eval_num_images: 48}
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_home(tmp_path_factory):
+    """The output folder and Ray session shared with tests/test_orchestrator.py."""
+    from orchestrator import runner
+
+    home = tmp_path_factory.getbasetemp() / "ablate-home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ABLATE_HOME", str(home))
+        mp.delenv("RAY_ADDRESS", raising=False)
+        runner.start_ray()
+    return home
+
+
+def test_driver_sigkilled_mid_plan_then_rerun_ends_with_one_finished_child_per_trial(
+        ray_home, tmp_path, monkeypatch):
+    """(b) SIGKILL leaves RUNNING runs and half-done trials; the same command finishes the
+    plan, reusing the parent and each trial's child run."""
+    import ray
+
+    from orchestrator import cli
+    from orchestrator.plan import expand, load_plan
+
+    plan_path = tmp_path / "killed.yaml"
+    plan_path.write_text(textwrap.dedent(KILLED_PLAN))
+    trials = expand(load_plan(plan_path), "smoke")
+    trial_dirs = [ray_home / "trials" / "killed" / t.trial_id for t in trials]
+    env = {**os.environ, "ABLATE_HOME": str(ray_home), "PYTHONPATH": str(REPO),
+           # The driver joins this test's Ray (the cluster path) instead of starting its own.
+           "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([PYTHON, "-m", "orchestrator.cli", "run", str(plan_path),
+                               "--size", "smoke"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not any((d / "checkpoint").exists() for d in trial_dirs):
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+        assert time.monotonic() < deadline, "no trial reached its first checkpoint"
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert not all((d / "result.json").exists() for d in trial_dirs), "killed too late"
+
+    monkeypatch.setenv("ABLATE_HOME", str(ray_home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = tracking.client()
+    exp = client.get_experiment_by_name(schema.EXPERIMENT_PREFIX + "killed").experiment_id
+    stale = client.search_runs([exp])
+    assert "RUNNING" in {r.info.status for r in stale}  # nothing could close them
+    # Ray ends a dead driver's trials; wait until their CPUs are free again.
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+    assert cli.main(["run", str(plan_path), "--size", "smoke"]) == 0
+    runs = client.search_runs([exp])
+    parents = [r for r in runs if r.data.tags[schema.ROLE] == "parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags[schema.ROLE] == "trial"]
+    assert sorted(r.data.tags[schema.TRIAL_ID] for r in children) == sorted(
+        t.trial_id for t in trials)  # one per trial: no duplicates
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.tags[tracking.PARENT_RUN_ID] for r in children} == {parents[0].info.run_id}
+    assert all((d / "result.json").exists() for d in trial_dirs)
+    for run in children:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss_generator")]
+        assert sorted(steps) == [2, 4, 6, 8, 10]  # resumed trials did not log a step twice
