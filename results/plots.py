@@ -9,7 +9,9 @@ and callers (tests) can inspect the series before saving.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from results import schema
-from results.stats import aggregate, metric_columns
+from results.stats import OUTCOMES, aggregate, metric_columns
 from results.tables import (
     PARAM_HEADERS,
     combos,
@@ -144,10 +146,20 @@ def tradeoff_figure(runs: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def sample_panels(runs: pd.DataFrame) -> list[list[tuple[str, pd.Series | None, str]]]:
+@dataclass(frozen=True)
+class Panel:
+    """One cell of the sample-grid figure: the run whose grid it shows, or why none."""
+
+    title: str
+    run: pd.Series | None  # the finished trial (lowest seed) or teacher run shown
+    note: str = ""  # e.g. "diverged 2/2" when no run of the group finished
+
+
+def sample_panels(runs: pd.DataFrame) -> list[list[Panel | None]]:
     """The sample-grid layout: one row per series (strategy, or block), one column per
-    κ (or per strategy when κ is fixed); each cell (title, run or None, why-missing).
-    The run shown is the finished trial with the lowest seed, so the figure is stable."""
+    κ (or per strategy when κ is fixed); None where a row lacks that column's value, so
+    columns stay aligned. The teacher is an extra panel at the end. The run shown is
+    the finished trial with the lowest seed, so the figure is stable."""
     trials = runs[runs["role"] == "trial"]
     params = [p for p in runs.attrs.get("param_columns", trials.columns) if p in trials]
     varying = varying_params(trials, params)
@@ -155,36 +167,35 @@ def sample_panels(runs: pd.DataFrame) -> list[list[tuple[str, pd.Series | None, 
         row_keys, col_keys = [p for p in varying if p != "kappa"], ["kappa"]
     else:  # one κ: strategies side by side
         row_keys, col_keys = varying[1:], varying[:1]
-    grid: list[list[tuple[str, pd.Series | None, str]]] = []
+    grid: list[list[Panel | None]] = []
     col_values = ordered_values(trials[col_keys[0]]) if col_keys else [None]
     for combo in combos(trials, row_keys):
         row_runs = trials
         for key, value in zip(row_keys, combo):
             row_runs = row_runs[row_runs[key].map(str) == str(value)]
-        prefix = ", ".join(param_text(k, v).split(":")[0] if k == "strategy"
-                           else f"{PARAM_HEADERS.get(k, k)}={param_text(k, v)}"
-                           for k, v in zip(row_keys, combo))
-        cells = []
+        prefix = ", ".join(_short_title(k, v) for k, v in zip(row_keys, combo))
+        cells: list[Panel | None] = []
         for value in col_values:
             group = row_runs if not col_keys else row_runs[
                 row_runs[col_keys[0]].map(str) == str(value)]
             if not len(group):
+                cells.append(None)
                 continue
-            title = ", ".join(filter(None, [prefix, _col_title(col_keys, value)]))
+            title = ", ".join(filter(None, [prefix, col_keys and _short_title(col_keys[0],
+                                                                               value)]))
             finished = group[group["status"] == "finished"]
             if "seed" in finished:
                 finished = finished.sort_values("seed")
             if len(finished):
-                cells.append((title, finished.iloc[0], ""))
+                cells.append(Panel(title, finished.iloc[0]))
             else:
-                cells.append((title, None, runs_text(pd.Series(
-                    {"n_runs": len(group), **{f"n_{o}": int((group["status"] == o).sum())
-                                              for o in ("finished", "diverged", "failed",
-                                                        "incomplete")}}))))
+                counts = {f"n_{o}": int((group["status"] == o).sum()) for o in OUTCOMES}
+                cells.append(Panel(title, None, runs_text(pd.Series(
+                    {"n_runs": len(group), **counts}))))
         grid.append(cells)
     teacher = runs[(runs["role"] == "teacher") & (runs["status"] == "finished")]
     if len(teacher):
-        panel = (teacher_label(teacher.iloc[0]), teacher.iloc[0], "")
+        panel = Panel(teacher_label(teacher.iloc[0]), teacher.iloc[0])
         # Beside the strategies when they fit in one row; below a strategies x κ grid.
         if len(grid) == 1:
             grid[0].append(panel)
@@ -193,47 +204,57 @@ def sample_panels(runs: pd.DataFrame) -> list[list[tuple[str, pd.Series | None, 
     return grid
 
 
-def _col_title(col_keys: list[str], value) -> str:
-    if not col_keys:
-        return ""
-    key = col_keys[0]
-    return (param_text(key, value).split(":")[0] if key == "strategy"
-            else f"{PARAM_HEADERS.get(key, key)}={param_text(key, value)}")
+def _short_title(key: str, value) -> str:
+    """'lsg' for a strategy (the table spells it out), 'κ=2' for anything else."""
+    if key == "strategy":
+        return str(value)
+    return f"{PARAM_HEADERS.get(key, key)}={param_text(key, value)}"
 
 
 def sample_grid_figure(runs: pd.DataFrame,
                        fetch: Callable[[str], Path | None]) -> Figure | None:
     """Each logged ``samples/grid_final.png`` (rows of prompts, as the trials log them)
-    as one panel, arranged strategies x κ; a trial without a finished run or artifact
-    gets a panel that says why. ``fetch(run_id)`` returns the local image or None.
-    None when no panel has an image."""
+    as one panel, arranged strategies x κ; a group without a finished run or without
+    the artifact gets a panel that says why. ``fetch(run_id)`` returns the local image
+    or None. None when no panel has an image."""
     from PIL import Image
 
-    layout = sample_panels(runs)
-    images = [[(title, _load(fetch, run, Image), why) for title, run, why in row]
-              for row in layout]
-    # The teacher's panel is an extra, not a trial: without its grid it is left out.
-    images = [[(title, image, why) for (title, image, why), (_, run, _) in zip(row, layout_row)
-               if not (image is None and run is not None and run["role"] == "teacher")]
-              for row, layout_row in zip(images, layout)]
-    images = [row for row in images if row]
-    if not any(img is not None for row in images for _, img, _ in row):
+    images: list[list[tuple[Panel, np.ndarray | None] | None]] = []
+    for row in sample_panels(runs):
+        cells = []
+        for panel in row:
+            image = _load(fetch, panel.run, Image) if panel is not None else None
+            # The teacher's panel is an extra, not a trial: without a grid it is left out.
+            if panel is not None and image is None and panel.run is not None \
+                    and panel.run["role"] == "teacher":
+                continue
+            cells.append((panel, image) if panel is not None else None)
+        if cells:
+            images.append(cells)
+    shapes = [cell[1].shape for row in images for cell in row
+              if cell is not None and cell[1] is not None]
+    if not shapes:
         return None
     n_rows, n_cols = len(images), max(len(row) for row in images)
-    fig = Figure(figsize=(2.2 * n_cols, 2.4 * n_rows), layout="constrained")
+    # Panels sized by the grids' own aspect (rows of prompts), titles wrapped so that
+    # long generic-plan titles (several params) do not run into their neighbours.
+    aspect = float(np.median([h / w for h, w, _ in shapes]))
+    panel_width = 2.6
+    fig = Figure(figsize=(panel_width * n_cols, (panel_width * aspect + 0.5) * n_rows),
+                 layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for r, row in enumerate(images):
         for c in range(n_cols):
             ax = axes[r][c]
             ax.set_axis_off()
-            if c >= len(row):
+            if c >= len(row) or row[c] is None:
                 continue
-            title, image, why = row[c]
-            ax.set_title(title, fontsize=8)
+            panel, image = row[c]
+            ax.set_title(textwrap.fill(panel.title, 32), fontsize=7)
             if image is not None:
                 ax.imshow(image, interpolation="nearest")
             else:
-                ax.text(0.5, 0.5, why or f"no {schema.GRID_FINAL}", ha="center",
+                ax.text(0.5, 0.5, panel.note or f"no {schema.GRID_FINAL}", ha="center",
                         va="center", fontsize=8, transform=ax.transAxes)
     return fig
 

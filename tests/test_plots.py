@@ -13,6 +13,7 @@ from test_results import T975_DF1, shared_store
 
 from results.load import load_runs
 from results.plots import (
+    Panel,
     kappa_figure,
     sample_grid_figure,
     sample_panels,
@@ -104,10 +105,10 @@ def test_sample_grid_layout_and_images(store, kappa_runs, tmp_path):
 
     layout = sample_panels(kappa_runs)
     # strategies x κ; the lsg κ=3 panel shows the finished seed 0 (seed 1 diverged).
-    assert [[title for title, _, _ in row] for row in layout] == [
+    assert [[panel.title for panel in row] for row in layout] == [
         ["lsg, κ=1", "lsg, κ=2", "lsg, κ=3"], ["cfg, κ=1", "cfg, κ=2", "cfg, κ=3"],
         ["Teacher (ddim, 25 steps, κ = 2)"]]
-    assert layout[0][2][1]["seed"] == 0
+    assert layout[0][2].run["seed"] == 0
     fig = sample_grid_figure(kappa_runs, fetch)
     images = [ax.images[0].get_array() for ax in fig.axes if ax.images]
     # The kappa teacher logged no grid: its panel is left out; 6 trial images remain.
@@ -117,22 +118,40 @@ def test_sample_grid_layout_and_images(store, kappa_runs, tmp_path):
 
     lsg_runs = load_runs("lsg", store["uri"])
     lsg_layout = sample_panels(lsg_runs)
-    assert [[t for t, _, _ in row] for row in lsg_layout] == [
+    assert [[panel.title for panel in row] for row in lsg_layout] == [
         ["lsg", "cfg", "none", "Teacher (ddim, 25 steps, κ = 2)"]]
     lsg_fig = sample_grid_figure(lsg_runs, fetch)
     assert sum(1 for ax in lsg_fig.axes if ax.images) == 4  # the teacher logged a grid here
     _check_files(save_figure(lsg_fig, tmp_path / "samples"))
 
 
-def test_sample_grid_panel_explains_a_group_without_finished_runs(kappa_runs):
+def test_sample_grid_panel_explains_a_group_without_finished_runs(store, kappa_runs, tmp_path):
+    from mlflow import MlflowClient
+
     runs = kappa_runs.copy()
     dead = (runs["strategy"] == "cfg") & (runs["kappa"] == 2.0)
     runs.loc[dead, "status"] = "failed"
     fig = sample_grid_figure(runs, lambda run_id: None)
     assert fig is None  # no image anywhere: no figure rather than a page of notes
     layout = sample_panels(runs)
-    assert layout[1][1] == ("cfg, κ=2", None, "failed 2/2")
-    assert not math.isnan(kappa_figure(runs).axes[0].containers[1].lines[0].get_data()[1][0])
+    assert layout[1][1] == Panel("cfg, κ=2", None, "failed 2/2")
+    # A κ that one strategy never ran leaves a gap, so the columns stay aligned.
+    without = runs[~((runs["strategy"] == "lsg") & (runs["kappa"] == 1.0))].copy()
+    without.attrs.update(runs.attrs)
+    gapped = sample_panels(without)
+    assert gapped[0][0] is None and gapped[0][1].title == "lsg, κ=2"
+    client = MlflowClient(store["uri"])
+    fig = sample_grid_figure(without, lambda run_id: fetch_grid(client, run_id,
+                                                                tmp_path / run_id))
+    assert len(fig.axes) == 6  # 2 strategies x 3 κ; the kappa teacher logged no grid
+    assert not fig.axes[0].images and not fig.axes[0].get_title()  # the gap
+    assert [t.get_text() for t in fig.axes[4].texts] == ["failed 2/2"]  # cfg κ=2
+    assert sum(1 for ax in fig.axes if ax.images) == 4
+    # In the κ plot the failed point is a gap (NaN), and the legend says why.
+    cfg = _errorbars(kappa_figure(runs).axes[0])[1]
+    assert cfg.get_label() == "cfg (failed 2/6)"
+    fid = cfg.lines[0].get_data()[1]
+    assert fid[0] == pytest.approx(19.5) and math.isnan(fid[1]) and fid[2] == pytest.approx(27.5)
 
 
 def test_same_runs_give_the_same_bytes(kappa_runs, tmp_path):
