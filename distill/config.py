@@ -120,6 +120,10 @@ class DistillConfig:
     ema_rampup_ratio: float | None = 0.5
     prompt_dropout: float = 0.1
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Speed and memory at Stable Diffusion scale (distill/scale.py); off = the paper's fp32 run.
+    gradient_checkpointing: bool = False  # recompute activations of ψ, G and φ in backward
+    allow_tf32: bool = False  # TF32 matmuls/convolutions on Ampere+ GPUs
+    teacher_bf16: bool = False  # φ in bf16: only its input gradients are needed
     seed: int = 0
     prompts: str = "embedded:train"  # "embedded:train" or a text file, one prompt per line
     log_every: int = 10  # iterations between report() calls of losses and images/s

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from distill import checkpoint, world
+from distill import checkpoint, parallel, scale, world
 from distill.config import ConfigError, DistillConfig
 from distill.generator import generate
 from distill.guidance import NoiseSchedule, add_noise, denoise, guidance_scales, predict_eps
@@ -67,10 +67,12 @@ class SiD:
         self.schedule = schedule
         self.sample_shape = tuple(sample_shape)
         self.uncond = uncond  # (1, L, D): the empty prompt, encoded once per run
-        self.teacher = teacher_unet.requires_grad_(False)
+        teacher_unet.requires_grad_(False)
         self.fake_score = copy.deepcopy(teacher_unet).requires_grad_(True).train()
         self.generator = copy.deepcopy(teacher_unet).requires_grad_(True).train()
         self.generator_ema = copy.deepcopy(teacher_unet).requires_grad_(False).eval()
+        self.teacher = scale.teacher_network(teacher_unet, config)
+        scale.enable_gradient_checkpointing(config, self.teacher, self.fake_score, self.generator)
         betas = (config.adam_beta1, config.adam_beta2)
         # Fused Adam (CPU and CUDA): one kernel over all parameters instead of a loop of small ops.
         self.opt_fake_score = torch.optim.Adam(self.fake_score.parameters(), lr=config.lr_fake_score,
@@ -103,13 +105,18 @@ class SiD:
         """
         cfg, scales = self.config, self.scales
         chunks = cond.split(cfg.micro_batch_size)
+        # Data parallel: every rank draws every micro-batch's randomness (one stream, as a
+        # single worker would) and computes only its own share (distill/parallel.py).
+        owned = parallel.owned_chunks(len(chunks))
         t_init = cfg.t_init
 
         # Fake score: denoising score matching on G's samples, guided by κ1.
         self.opt_fake_score.zero_grad(set_to_none=True)
         loss_fake = torch.zeros((), device=self.device)
-        for chunk in chunks:
+        for i, chunk in enumerate(chunks):
             emb, z, t, noise = self._draw(chunk, rng)
+            if i not in owned:
+                continue
             share = chunk.shape[0] / cfg.batch_size
             with self.autocast():
                 with torch.no_grad():
@@ -119,6 +126,8 @@ class SiD:
             loss = fake_score_loss(eps, noise) * share
             loss.backward()
             loss_fake += loss.detach()
+        parallel.sum_gradients(self.fake_score.parameters())
+        loss_fake = parallel.sum_scalar(loss_fake)
         if not torch.isfinite(loss_fake):
             return None
         self.opt_fake_score.step()
@@ -129,8 +138,10 @@ class SiD:
         self.fake_score.requires_grad_(False)
         loss_gen = torch.zeros((), device=self.device)
         try:
-            for chunk in chunks:
+            for i, chunk in enumerate(chunks):
                 emb, z, t, noise = self._draw(chunk, rng)
+                if i not in owned:
+                    continue
                 share = chunk.shape[0] / cfg.batch_size
                 with self.autocast():
                     x_g = generate(self.generator, z, emb, t_init, self.schedule).float()
@@ -144,6 +155,8 @@ class SiD:
                 loss_gen += loss.detach()
         finally:
             self.fake_score.requires_grad_(True)
+        parallel.sum_gradients(self.generator.parameters())
+        loss_gen = parallel.sum_scalar(loss_gen)
         if not torch.isfinite(loss_gen):
             return None
         self.opt_generator.step()
@@ -251,6 +264,12 @@ def _resume(directory: Path, sid: SiD, rng: torch.Generator, config: DistillConf
     return meta
 
 
+def _evaluate_on_main(evaluate, sample_fn: SampleFn, step: int) -> dict[str, float]:
+    """Rank 0 evaluates; the other data-parallel ranks report nothing, but still report,
+    so every rank calls ``report`` equally often (Ray Train's report is a barrier)."""
+    return evaluate(sample_fn, step) if parallel.is_main() else {}
+
+
 def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list[str] | None = None,
             report: Report = _no_report,
             evaluate: Callable[[SampleFn, int], dict[str, float]] | None = None,
@@ -266,6 +285,8 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
     if not prompts:
         raise ConfigError("distill: the prompt list is empty")
     device = next(teacher.unet.parameters()).device
+    parallel.check_batch(config.batch_size, config.micro_batch_size)
+    scale.set_tf32(config.allow_tf32)
     schedule = NoiseSchedule(teacher.alphas_cumprod, device)
     uncond = teacher.encode_prompts([""])
     sid = SiD(teacher.unet, schedule, teacher.sample_shape, uncond, config)
@@ -285,6 +306,8 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
         last_losses = meta["last_losses"]
 
     def save_checkpoint() -> None:
+        if not parallel.is_main():  # every rank holds the same state; one writes it
+            return
         checkpoint.save(checkpoint_dir, step, sid.state_tensors(rng), {
             "config": dataclasses.asdict(config), "teacher_id": teacher.teacher_id,
             "teacher_hash": teacher.teacher_hash, "prompt_set_hash": world.prompt_set_hash(prompts),
@@ -295,7 +318,7 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
     from tqdm import tqdm
 
     bar = tqdm(total=config.iterations, initial=step, desc=f"distill {config.strategy}",
-               unit="it", disable=not progress)
+               unit="it", disable=not progress or not parallel.is_main())
     eval_metrics: dict[str, float] = {}
     train_seconds, train_images = 0.0, 0
     try:
@@ -336,11 +359,11 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
                 save_checkpoint()
             if evaluate is not None and config.eval_every and step % config.eval_every == 0 \
                     and not last:
-                eval_metrics = evaluate(sample_fn, step)
+                eval_metrics = _evaluate_on_main(evaluate, sample_fn, step)
                 report(eval_metrics, step)
     finally:
         bar.close()
     if evaluate is not None:
-        eval_metrics = evaluate(sample_fn, step)
+        eval_metrics = _evaluate_on_main(evaluate, sample_fn, step)
         report(eval_metrics, step)
     return DistillResult("finished", step, {**eval_metrics, **last_losses}, checkpoint_dir)
