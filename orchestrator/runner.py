@@ -22,15 +22,17 @@ from typing import TextIO
 
 from distill.config import ConfigError
 from distill.paths import output_root
-from orchestrator import tracking
+from orchestrator import preflight, profiles, tracking
 from orchestrator.plan import Plan, Trial, expand, load_plan, trial_set_hash
 from orchestrator.run_cli import PROFILES
-from orchestrator.trainable import embedded_suite, read_result, run_trial
+from orchestrator.trainable import read_result, run_trial
 from results import schema
 
-# Unix socket paths are limited to 107 bytes and Ray nests its sockets ~60 bytes deep
-# under the temp dir, so a longer output folder gets its Ray files under /tmp instead.
-MAX_RAY_TEMP_DIR_CHARS = 45
+# Unix socket paths are limited to 107 bytes and Ray nests its sockets 62+ bytes deep
+# under the temp dir (session_<date>_<time>_<us>_<pid>/sockets/plasma_store.<n>), so a
+# longer output folder gets its Ray files under /tmp/ablate-ray-<hash> instead.
+MAX_RAY_TEMP_DIR_CHARS = 35
+RAY_START_ATTEMPTS = 3
 
 
 class TrialsFailed(RuntimeError):
@@ -108,11 +110,21 @@ def start_ray() -> bool:
               "configure_logging": True}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
-    else:
-        temp_dir = ray_temp_dir()
-        temp_dir.mkdir(parents=True, exist_ok=True)
-        ray.init(include_dashboard=False, _temp_dir=str(temp_dir), **kwargs)
-    return True
+        return True
+    temp_dir = ray_temp_dir()
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    # Ray gives its raylet a fixed 30 s to come up; on a laptop whose cores are busy with
+    # other jobs that can pass, so a timed-out start is tried again before giving up.
+    attempt = 1
+    while True:
+        try:
+            ray.init(include_dashboard=False, _temp_dir=str(temp_dir), **kwargs)
+            return True
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == RAY_START_ATTEMPTS:
+                raise
+        ray.shutdown()
+        attempt += 1
 
 
 def trial_params(trial: Trial, size: str, profile: str) -> dict:
@@ -136,8 +148,8 @@ def _quiet_model_loading() -> None:
     diffusers.utils.logging.disable_progress_bar()
 
 
-class _Interrupted(BaseException):
-    """SIGTERM turned into an exception, so finally blocks end the runs KILLED."""
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM handled like Ctrl-C: finally blocks end the runs KILLED, exit code 130."""
 
 
 def _raise_interrupted(signum, frame):
@@ -151,7 +163,10 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
         raise ConfigError(f"--profile {profile}: unknown profile; choose one of "
                           f"{', '.join(PROFILES)}")
     plan = load_plan(plan_path)
-    trials = expand(plan, size)
+    selected = profiles.load_profile(profile)
+    trials = profiles.apply_profile(plan, expand(plan, size), size, selected)
+    # Every missing weight, prompt, caption and metric file at once, before anything starts.
+    preflight.check(selected, max(t.config.eval_num_images for t in trials))
     _quiet_model_loading()
     if not os.environ.get("RAY_ADDRESS"):
         _check_local_resources(plan)
@@ -192,7 +207,7 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
             key = t.config.eval_num_images
             if key not in suites:
                 # Built once here so reference statistics are cached before trials share them.
-                suites[key] = embedded_suite(size, key)
+                suites[key] = profiles.build_suite(selected, size, key)
         commit = tracking.git_commit()
         for t in trials:
             teacher = teachers[t.config.teacher]
@@ -206,7 +221,10 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
             else:
                 child_ids[t.trial_id] = tracking.create_child(
                     mlflow_client, exp_id, parent_id, run_name=t.name, tags=tags,
-                    params=trial_params(t, size, profile))
+                    params={**trial_params(t, size, profile), "workers": selected.workers,
+                            # With eval_num_images, so runs under different protocols
+                            # are told apart in the params as well as the tag.
+                            "eval_protocol": suites[t.config.eval_num_images].protocol})
                 tracking.RunLogger(uri, child_ids[t.trial_id]).log_dict(
                     {"trial_id": t.trial_id, "name": t.name, "config": dataclasses.asdict(t.config)},
                     schema.CONFIG_ARTIFACT)
@@ -222,13 +240,19 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
             started_ray = start_ray()
             if os.environ.get("RAY_ADDRESS"):
                 _check_cluster_resources(plan)
-            failed = _tune(plan, size, pending, storage_dir, uri, child_ids, out)
+            failed = _tune(plan, size, pending, storage_dir, uri, child_ids, out, selected)
         for trial_id, error in failed.items():
             tracking.finish(mlflow_client, child_ids[trial_id], "FAILED", outcome="failed")
             tracking.retry_locked(mlflow_client.set_tag, child_ids[trial_id], "ablate.error",
                                   error[:5000])
-        parent_status = "FAILED" if failed else "FINISHED"
         done = {t.trial_id: read_result(trial_workdir(storage_dir, plan, t)) for t in trials}
+        # Tune stops on Ctrl-C by itself and returns normally with trials left unfinished.
+        unfinished = [t for t in pending if done[t.trial_id] is None and t.trial_id not in failed]
+        if unfinished:
+            print(f"interrupted: {len(unfinished)} trial(s) unfinished; run the same command "
+                  "again to resume them", file=out)
+            return RunOutcome(130, parent_id, {t.trial_id: "unfinished" for t in unfinished}, "")
+        parent_status = "FAILED" if failed else "FINISHED"
         return _finish_report(plan, trials, parent_id, uri, done, 1 if failed else 0, out,
                               failed=failed)
     finally:
@@ -300,7 +324,8 @@ def _teacher_baseline_run(mlflow_client, uri, exp_id, parent_id, plan, trials, t
 
 
 def _tune(plan: Plan, size: str, pending: list[Trial], storage_dir: Path, uri: str,
-          child_ids: dict[str, str], out: TextIO) -> dict[str, str]:
+          child_ids: dict[str, str], out: TextIO,
+          selected: profiles.Profile) -> dict[str, str]:
     """Run the pending trials with Ray Tune; return {trial id: error} for trials that failed."""
     import logging
 
@@ -317,8 +342,13 @@ def _tune(plan: Plan, size: str, pending: list[Trial], storage_dir: Path, uri: s
     specs = [{"trial_id": t.trial_id, "name": t.name, "config": dataclasses.asdict(t.config),
               "workdir": str(trial_workdir(storage_dir, plan, t)), "tracking_uri": uri,
               "run_id": child_ids[t.trial_id], "cpu": plan.resources.cpu,
-              "ablate_home": str(output_root()), "size": size} for t in pending]
-    resources = {"cpu": plan.resources.cpu, "gpu": plan.resources.gpu}
+              "ablate_home": str(output_root()), "size": size,
+              "profile": selected.to_dict(), "workers": selected.workers,
+              "gpu": plan.resources.gpu} for t in pending]
+    # A data-parallel trial's Tune function only drives a TorchTrainer whose workers hold
+    # the plan's resources each (orchestrator/data_parallel.py); it holds none itself.
+    resources = ({"cpu": plan.resources.cpu, "gpu": plan.resources.gpu} if selected.workers == 1
+                 else {"cpu": 0, "gpu": 0})
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
         param_space={"spec": tune.grid_search(specs)},
