@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-PROFILES = ("embedded",)  # mirrors orchestrator.runner.PROFILES; SD profiles come later
+from orchestrator.profiles import PROFILE_NAMES as PROFILES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,14 +28,21 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Ray without dashboard). MLFLOW_TRACKING_URI selects the tracking store (default: "
             "SQLite in $ABLATE_HOME/mlflow.db; on a cluster use a tracking server every "
             "worker can reach). ABLATE_STORAGE (or --storage) is where trial workdirs and "
-            "checkpoints live; on a cluster it must be a folder every node shares."),
+            "checkpoints live; on a cluster it must be a folder every node shares (Ray "
+            "requires shared storage for multi-node runs). ABLATE_<PROFILE>_WORKERS (or "
+            "`workers:` in the profile file) runs each trial on that many data-parallel "
+            "workers (Ray Train), each holding the plan's resources."),
     )
     p.add_argument("plan", help="plan file, e.g. ablations/lsg.yaml (format: ablations/README.md)")
     p.add_argument("--size", default="default", choices=["smoke", "default"],
                    help="'default': the embedded world at full size; 'smoke': the same plan "
                         "scaled down to a 1-2 minute run")
     p.add_argument("--profile", default="embedded", choices=PROFILES,
-                   help="which world: 'embedded' (CPU, ships with the repository)")
+                   help="which world: 'embedded' (CPU, ships with the repository), 'sd15' or "
+                        "'sd21base' (Stable Diffusion weights, prompts, COCO captions and "
+                        "metric models from local files set in $ABLATE_PROFILES, default "
+                        "~/.config/ablate/profiles.yaml, or ABLATE_SD15_* variables; every "
+                        "missing file is listed before anything starts, exit 2)")
     p.add_argument("--storage", default=None,
                    help="root folder for trial workdirs, checkpoints and Ray Tune files "
                         "(default: $ABLATE_STORAGE, else the output folder $ABLATE_HOME); "

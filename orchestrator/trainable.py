@@ -62,30 +62,57 @@ def embedded_suite(size: str, num_images: int):
 def run_trial(tune_config: dict[str, Any]) -> None:
     """Ray Tune function trainable; ``tune_config["spec"]`` is built by the driver."""
     spec = tune_config["spec"]
+    if spec.get("workers", 1) > 1:
+        # N data-parallel workers: a Ray Train TorchTrainer inside this Tune trial; each
+        # worker runs execute_trial and their reports reach Tune through it.
+        from orchestrator.data_parallel import run_workers
+
+        run_workers(spec)
+        return
+    from ray import tune
+
+    execute_trial(spec, tune.report)
+
+
+def execute_trial(spec: dict[str, Any], send: Any) -> None:
+    """One trial (or one data-parallel rank of it): ``distill`` with MLflow wired in.
+
+    ``send`` forwards progress to Ray (``tune.report``, or ``ray.train.report`` in a
+    data-parallel worker, which every rank must call equally often). Only rank 0 writes
+    to MLflow and result.json and builds the evaluation suite.
+    """
     # The core caches teachers and metric models under the output folder; point it at the
     # driver's, which a worker started before this plan (shared Ray session) may not have.
     os.environ["ABLATE_HOME"] = spec["ablate_home"]
     import torch
-    from ray import tune
 
     import evaluation
+    from distill import parallel
     from distill.config import DistillConfig, from_dict
     from distill.loop import distill
     from orchestrator import tracking
+    from orchestrator.profiles import Profile, build_suite
     from results import schema
 
     torch.set_num_threads(spec["cpu"])
+    main = parallel.is_main()
     config = from_dict(DistillConfig, spec["config"], source=f"trial {spec['name']}")
     workdir = Path(spec["workdir"])
     workdir.mkdir(parents=True, exist_ok=True)
-    logger = tracking.RunLogger(spec["tracking_uri"], spec["run_id"])
-    tracking.retry_locked(logger.client.update_run, spec["run_id"], status="RUNNING")
-    suite = embedded_suite(spec["size"], config.eval_num_images)
-    grid_prompts = [c for c in suite.captions[:GRID_PROMPTS] for _ in range(GRID_SAMPLES_PER_PROMPT)]
+    logger = tracking.RunLogger(spec["tracking_uri"], spec["run_id"]) if main else None
+    if main:
+        tracking.retry_locked(logger.client.update_run, spec["run_id"], status="RUNNING")
+        profile = Profile.from_dict(spec["profile"]) if "profile" in spec else \
+            Profile(name="embedded", settings="built in")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        suite = build_suite(profile, spec["size"], config.eval_num_images, device)
+        grid_prompts = [c for c in suite.captions[:GRID_PROMPTS]
+                        for _ in range(GRID_SAMPLES_PER_PROMPT)]
 
     def report(metrics: dict[str, float], iteration: int) -> None:
-        logger.log_metrics(metrics, iteration)
-        tune.report({**metrics, "iteration": iteration})
+        if main:
+            logger.log_metrics(metrics, iteration)
+        send({**metrics, "iteration": iteration})
 
     def evaluate(sample_fn, iteration: int) -> dict:
         """Metrics at an evaluation point (the core reports them) plus a sample grid."""
@@ -103,6 +130,11 @@ def run_trial(tune_config: dict[str, Any]) -> None:
     started_at = time.time()
     result = distill(config, workdir, report=report, evaluate=evaluate, on_checkpoint=None)
     finished_at = time.time()
+    final = {**{k: v for k, v in result.final_metrics.items() if isinstance(v, (int, float))},
+             "iteration": result.iterations, "done_status": result.status}
+    if not main:
+        send(final)
+        return
     logger.log_metrics(result.final_metrics, result.iterations)
     write_result(workdir, {
         "trial_id": spec["trial_id"], "name": spec["name"], "run_id": spec["run_id"],
@@ -111,6 +143,4 @@ def run_trial(tune_config: dict[str, Any]) -> None:
         "config": dataclasses.asdict(config),
         "distill_started_at": started_at, "distill_finished_at": finished_at})
     tracking.finish(logger.client, spec["run_id"], "FINISHED", outcome=result.status)
-    tune.report({**{k: v for k, v in result.final_metrics.items()
-                    if isinstance(v, (int, float))},
-                 "iteration": result.iterations, "done_status": result.status})
+    send(final)

@@ -9,7 +9,6 @@ only Adam's sign-like first steps. Also: the bf16 teacher option against fp32.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import pytest

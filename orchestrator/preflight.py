@@ -1,0 +1,117 @@
+"""Preflight: every file a run needs, checked before anything starts.
+
+A Stable Diffusion run needs six things on local disk. Without this check the first
+missing one would surface minutes later, alone, from inside a Ray worker (or, for a
+hub-style name, after huggingface_hub's retry loop); here all of them are listed at once,
+each with what it is, where it was looked for and how to point the profile at it.
+It reads file names only and loads no weights, so ``ablate run`` on a machine without
+the weights exits 2 within seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill.config import ConfigError
+from orchestrator.profiles import PROFILES_ENV, Profile, _env_name, profiles_file
+
+INCEPTION_FILE = "inception-2015-12-05.pt"  # clean-fid's name (evaluation.fid.INCEPTION_FILE)
+
+
+class PreflightError(ConfigError):
+    """Files missing for a profile; the message lists each one and how to provide it."""
+
+
+@dataclass(frozen=True)
+class Missing:
+    field: str  # profile field that points at it
+    path: Path
+    what: str
+
+    def line(self, profile: str) -> str:
+        return (f"{self.what}: {self.path}\n      set `{self.field}:` under `{profile}:` in "
+                f"{profiles_file()} (or ${_env_name(profile, self.field)})")
+
+
+_SD_TEACHER = ("teacher directory ({}: diffusers layout with model_index.json, unet/, "
+               "text_encoder/, tokenizer/, scheduler/, vae/)")
+_TEACHER_NAMES = {"sd15": "Stable Diffusion 1.5", "sd21base": "Stable Diffusion 2.1-base"}
+_VAE_FILES = ("vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin")
+
+
+def _teacher_problems(profile: Profile) -> list[Missing]:
+    """The teacher loader's own check (distill.teacher.check_teacher_dir), plus the VAE
+    that an SD teacher needs to decode latents for evaluation."""
+    from distill.teacher import check_teacher_dir
+
+    directory = Path(profile.teacher)
+    what = _SD_TEACHER.format(_TEACHER_NAMES.get(profile.name, profile.name))
+    if not directory.is_dir():
+        return [Missing("teacher", directory, what + " does not exist")]
+    missing = [line.split(": missing")[0] for line in check_teacher_dir(directory)]
+    if not (directory / "vae" / "config.json").is_file():
+        missing.append(str(directory / "vae" / "config.json"))
+    if not any((directory / name).is_file() for name in _VAE_FILES):
+        missing.append(str(directory / _VAE_FILES[0]))
+    if missing:
+        return [Missing("teacher", directory,
+                        f"{what} is incomplete, missing " + ", ".join(
+                            str(Path(m).relative_to(directory)) for m in missing))]
+    return []
+
+
+def _lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def missing_files(profile: Profile, eval_num_images: int | None = None) -> list[Missing]:
+    """Everything the profile needs that is not on disk, in the order a run would need it."""
+    if profile.is_embedded:
+        return []
+    problems = _teacher_problems(profile)
+    prompts = Path(profile.prompts)
+    if not prompts.is_file():
+        problems.append(Missing("prompts", prompts, "training prompts (text file, one prompt "
+                                "per line; the paper used LAION-Aesthetics 6+ prompts, never "
+                                "COCO captions)"))
+    captions = Path(profile.captions)
+    wanted = eval_num_images or profile.eval_num_images or 1
+    if not captions.is_file():
+        problems.append(Missing("captions", captions, "COCO-2014 val evaluation captions (text "
+                                f"file, one caption per line, at least {wanted} lines)"))
+    elif _lines(captions) < wanted:
+        problems.append(Missing("captions", captions, f"COCO-2014 val evaluation captions: "
+                                f"only {_lines(captions)} non-empty lines, the run evaluates "
+                                f"{wanted} images"))
+    reference = Path(profile.reference)
+    if not reference.exists():
+        problems.append(Missing("reference", reference, "FID reference (clean-fid statistics "
+                                ".npz with mu and sigma of COCO-2014 val at 256, or a folder "
+                                "of the reference images)"))
+    if profile.metrics == "paper":
+        inception = Path(profile.inception_dir) / INCEPTION_FILE
+        if not inception.is_file():
+            problems.append(Missing("inception_dir", inception, "clean-fid Inception weights "
+                                    f"({INCEPTION_FILE}); inception_dir is the folder "
+                                    "holding it"))
+        clip = Path(profile.clip_checkpoint)
+        if not clip.is_file():
+            problems.append(Missing("clip_checkpoint", clip, "open_clip ViT-g-14 "
+                                    "laion2b_s12b_b42k checkpoint (open_clip_pytorch_model.bin "
+                                    "of laion/CLIP-ViT-g-14-laion2B-s12B-b42K)"))
+    return problems
+
+
+def check(profile: Profile, eval_num_images: int | None = None) -> None:
+    """Raise :class:`PreflightError` listing every missing file; nothing has started yet."""
+    problems = missing_files(profile, eval_num_images)
+    if not problems:
+        return
+    where = (f"{profiles_file()}" + ("" if profiles_file().is_file() else " (does not exist)"))
+    raise PreflightError(
+        f"profile {profile.name}: {len(problems)} required file(s) missing; nothing was "
+        "started.\n  - " + "\n  - ".join(p.line(profile.name) for p in problems)
+        + f"\n  Profile settings: {where} (${PROFILES_ENV}); expected layout and variables: "
+        "README.md, section 'Stable Diffusion scale'.")
