@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from distill import paths, world
+from distill.errors import TeacherError
 
 # Nothing in this project may reach a model hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,10 +38,6 @@ os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
 SHIPPED_TEACHER_DIR = Path(__file__).resolve().parent / "assets" / "embedded-teacher"
 
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<unk>"
-
-
-class TeacherError(RuntimeError):
-    """A teacher directory that is missing, incomplete or corrupt (message names the file)."""
 
 
 # --------------------------------------------------------------------------- loading

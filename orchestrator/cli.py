@@ -27,7 +27,7 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = ()
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from distill.config import ConfigError
     from distill.paths import OutputFolderError
-    from distill.teacher import TeacherError
+    from distill.errors import TeacherError
 
     errors = [ConfigError, OutputFolderError, TeacherError, FileNotFoundError]
     for module_name in _COMMAND_MODULES:
