@@ -35,6 +35,9 @@ MAX_RAY_TEMP_DIR_CHARS = 35
 RAY_START_ATTEMPTS = 3
 
 
+DATA_PARALLEL_DRIVER_MEMORY = 64 * 1024**2  # bytes; Ray's logical memory resource
+
+
 class TrialsFailed(RuntimeError):
     pass
 
@@ -346,9 +349,10 @@ def _tune(plan: Plan, size: str, pending: list[Trial], storage_dir: Path, uri: s
               "profile": selected.to_dict(), "workers": selected.workers,
               "gpu": plan.resources.gpu} for t in pending]
     # A data-parallel trial's Tune function only drives a TorchTrainer whose workers hold
-    # the plan's resources each (orchestrator/data_parallel.py); it holds none itself.
+    # the plan's resources each (orchestrator/data_parallel.py). It holds no CPU itself, so
+    # N workers of 1 CPU fit N CPUs; Tune needs some resource, hence a token of memory.
     resources = ({"cpu": plan.resources.cpu, "gpu": plan.resources.gpu} if selected.workers == 1
-                 else {"cpu": 0, "gpu": 0})
+                 else {"cpu": 0, "gpu": 0, "memory": DATA_PARALLEL_DRIVER_MEMORY})
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
         param_space={"spec": tune.grid_search(specs)},
