@@ -64,13 +64,19 @@ def test_four_concurrent_writers_lose_no_metric(uri, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen([PYTHON, "-c", WRITER, uri, run, str(tmp_path), str(steps)],
                               env=env, stderr=subprocess.PIPE, text=True) for run in runs]
-    deadline = time.monotonic() + 600  # imports are slow when other jobs share the cores
-    while not all((tmp_path / run).exists() for run in runs):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
-            [p.communicate()[1] for p in procs if p.poll() is not None]
-        time.sleep(0.05)
-    (tmp_path / "go").touch()
-    errors = [p.communicate(timeout=300)[1] for p in procs]
+    try:
+        deadline = time.monotonic() + 600  # imports are slow when other jobs share the cores
+        while not all((tmp_path / run).exists() for run in runs):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                [p.communicate()[1] for p in procs if p.poll() is not None]
+            time.sleep(0.05)
+        (tmp_path / "go").touch()
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:  # a failed wait must not leave writers behind
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
     for run in runs:
         history = client.get_metric_history(run, "loss_generator")
@@ -185,14 +191,16 @@ def test_driver_sigkilled_mid_plan_then_rerun_ends_with_one_finished_child_per_t
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen([PYTHON, "-m", "orchestrator.cli", "run", str(plan_path),
                                "--size", "smoke"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 600  # generous: other jobs may share the 2 cores
-    while not any((d / "checkpoint").exists() for d in trial_dirs):
-        assert driver.poll() is None, (sorted(map(str, ray_home.rglob("trials/*/*/*"))),
-                                       (tmp_path / "driver.log").read_text())
-        assert time.monotonic() < deadline, "no trial reached its first checkpoint"
-        time.sleep(0.2)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
+    try:
+        deadline = time.monotonic() + 600  # generous: other jobs may share the 2 cores
+        while not any((d / "checkpoint").exists() for d in trial_dirs):
+            assert driver.poll() is None, (sorted(map(str, ray_home.rglob("trials/*/*/*"))),
+                                           (tmp_path / "driver.log").read_text())
+            assert time.monotonic() < deadline, "no trial reached its first checkpoint"
+            time.sleep(0.2)
+    finally:
+        driver.send_signal(signal.SIGKILL)  # the fault under test, and cleanup on failure
+        driver.wait()
     assert not all((d / "result.json").exists() for d in trial_dirs), "killed too late"
 
     client = tracking.client()
