@@ -38,10 +38,6 @@ RAY_START_ATTEMPTS = 3
 DATA_PARALLEL_DRIVER_MEMORY = 64 * 1024**2  # bytes; Ray's logical memory resource
 
 
-class TrialsFailed(RuntimeError):
-    pass
-
-
 @dataclass(frozen=True)
 class RunOutcome:
     exit_code: int
