@@ -128,7 +128,6 @@ def _device() -> str:
 
 def checkpoint_sample_fn(workdir: Path):
     """(sample_fn, description) of the EMA generator in a distillation checkpoint."""
-    import torch
 
     from distill import checkpoint
     from distill.config import DistillConfig, from_dict
@@ -154,7 +153,6 @@ def checkpoint_sample_fn(workdir: Path):
     sid.generator_ema.load_state_dict(
         {k[len(prefix):]: v.to(device) for k, v in tensors.items() if k.startswith(prefix)})
     del tensors
-    torch.set_grad_enabled(False)
     return (sid.sample_fn(teacher.encode_prompts, teacher.decode),
             f"generator {directory} (step {meta['step']}, {config.strategy}, kappa {config.kappa})")
 
