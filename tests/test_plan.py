@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import ConfigError, DistillConfig, config_hash
+from distill.config import SIZE_PRESETS, ConfigError, DistillConfig, config_hash
 from orchestrator import cli
 from orchestrator.plan import expand, load_plan, plan_from_dict, trial_set_hash
 
@@ -112,7 +112,9 @@ def test_resolution_order_base_then_size_then_axes(tmp_path):
     assert (default.config.iterations, default.config.eval_num_images) == (100, 500)
     assert smoke.config.lr_generator == default.config.lr_generator == 2e-3
     assert smoke.config.eval_every == 50 and smoke.config.kappa == 1.5
-    assert dataclasses.replace(default.config, iterations=6, eval_num_images=8) == smoke.config
+    # Smoke differs from default exactly by the core's preset and the plan's overrides.
+    assert dataclasses.replace(default.config, **{**SIZE_PRESETS["smoke"], "iterations": 6,
+                                                  "eval_num_images": 8}) == smoke.config
 
 
 def test_plan_sections_are_typed_and_frozen(tmp_path):
@@ -196,7 +198,7 @@ def test_unreachable_tracking_uri_exits_2_before_any_trial(tmp_path, monkeypatch
 
 def test_unknown_profile_exits_2_naming_the_choices(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["run", str(REPO / "ablations/lsg.yaml"), "--profile", "sd15"])
+        cli.main(["run", str(REPO / "ablations/lsg.yaml"), "--profile", "sdxl"])
     assert exit_info.value.code == 2
     assert "embedded" in capsys.readouterr().err
 
