@@ -39,7 +39,9 @@ def _rank(rank: int, world_size: int, init_file: str, workdir: str, config: dict
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("dp-home")
+    # The session's shared output folder (as in test_orchestrator): the smoke teacher
+    # trains once per test run, not once per module.
+    home = tmp_path_factory.getbasetemp() / "ablate-home"
     with pytest.MonkeyPatch.context() as mp_:
         mp_.setenv("ABLATE_HOME", str(home))
         ensure_teacher("smoke", progress=False)  # trained once, before the workers load it
