@@ -85,7 +85,7 @@ class Teacher:
             return samples
         return self.vae.decode(samples / self.vae.config.scaling_factor).sample
 
-    def to(self, device: torch.device | str) -> "Teacher":
+    def to(self, device: torch.device | str) -> Teacher:
         for module in (self.text_encoder, self.unet, self.vae):
             if module is not None:
                 module.to(device)

@@ -26,8 +26,8 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = ()
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from distill.config import ConfigError
-    from distill.paths import OutputFolderError
     from distill.errors import TeacherError
+    from distill.paths import OutputFolderError
 
     errors = [ConfigError, OutputFolderError, TeacherError, FileNotFoundError]
     for module_name in _COMMAND_MODULES:

@@ -8,6 +8,7 @@ readable, while state changes (started, retried, done, error) always print.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import TextIO
 
@@ -42,6 +43,15 @@ class StatusLine(Callback):
         self.start = time.monotonic()
         self._last_print: dict[str, float] = {}
         self._starts: dict[str, int] = {}
+
+    # Tune pickles its callbacks into the experiment state; a stream (pytest's captured
+    # stdout, a pipe) cannot be pickled, so it is dropped there and stdout used on restore.
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "out": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.out = self.out or sys.stdout
 
     def _print(self, trial, state: str, result: dict | None = None) -> None:
         spec = trial.config["spec"]
