@@ -5,7 +5,7 @@ cached; embedded CLIP training <= 3 minutes. Run from the repository root:
 
     .venv/bin/python -m benchmarks.bench_eval [--skip-training]
 
-Prints a Markdown fragment (the format of benchmarks/eval.md). Uses a temporary
+Prints a Markdown fragment (a section of BENCHMARKS.md). Uses a temporary
 ABLATE_HOME so the cache starts cold and nothing is left behind.
 """
 

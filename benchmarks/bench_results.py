@@ -7,7 +7,7 @@ is written and printed within seconds, so `make tables` is never the slow step.
 
     .venv/bin/python -m benchmarks.bench_results
 
-Prints a Markdown fragment (the format of benchmarks/results.md). Uses a temporary
+Prints a Markdown fragment (a section of BENCHMARKS.md). Uses a temporary
 ABLATE_HOME; nothing is left behind.
 """
 
