@@ -29,7 +29,7 @@ _PALETTE_NAMES = list(world.COLOURS)
 _PALETTE = np.asarray([world.COLOURS[c] for c in _PALETTE_NAMES], dtype=np.float32)
 _BACKGROUND = np.asarray(world.BACKGROUND, dtype=np.float32)
 
-# Fraction of its bounding box each shape covers (see world.shape_mask).
+# Fraction of its bounding box each shape covers (see world.shape_masks).
 _FILL = {"circle": np.pi / 4, "square": 0.64, "triangle": 0.5, "cross": (4 * 0.72 - 0.72**2) / 4}
 # Centroid offset below the box centre, as a fraction of extent (triangle: apex up).
 _CENTROID_DY = {"circle": 0.0, "square": 0.0, "triangle": 1.0 / 6.0, "cross": 0.0}
@@ -56,37 +56,6 @@ def _as_hwc01(image: np.ndarray | torch.Tensor) -> np.ndarray:
     if image.dtype == np.uint8:  # (H, W, 3)
         return image.astype(np.float32) / 255.0
     return image.astype(np.float32)
-
-
-def shape_masks(shape: str, cx: np.ndarray, cy: np.ndarray, extent: np.ndarray,
-                resolution: int) -> np.ndarray:
-    """:func:`world.shape_mask` for K candidates at once: (K, resolution, resolution).
-
-    The same geometry and supersampling, vectorised: the analyzer tries 108
-    templates per image, and one call per template made it the slowest metric.
-    """
-    n = resolution * world.SUPERSAMPLE
-    coords = (np.arange(n) + 0.5) / n
-    half = (np.asarray(extent, dtype=np.float64) / 2)[:, None]
-    dx = ((coords[None, :] - np.asarray(cx, dtype=np.float64)[:, None]) / half)[:, None, :]
-    dy = ((coords[None, :] - np.asarray(cy, dtype=np.float64)[:, None]) / half)[:, :, None]
-    if shape == "circle":
-        inside = dx**2 + dy**2 <= 1.0
-    elif shape == "square":
-        inside = (np.abs(dx) <= 0.8) & (np.abs(dy) <= 0.8)
-    elif shape == "triangle":
-        inside = (dy >= -1.0) & (dy <= 1.0) & (np.abs(dx) <= (dy + 1.0) / 2.0)
-    elif shape == "cross":
-        bar = 0.36
-        in_box = (np.abs(dx) <= 1.0) & (np.abs(dy) <= 1.0)
-        inside = in_box & ((np.abs(dx) <= bar) | (np.abs(dy) <= bar))
-    else:
-        raise ValueError(f"unknown shape {shape!r}; known: {world.SHAPES}")
-    # Box filter as two matrix products (BLAS, not a strided mean); every coverage
-    # is a multiple of 1/SUPERSAMPLE^2, exact in float32, so it equals the loop's mean.
-    pool = np.kron(np.eye(resolution, dtype=np.float32),
-                   np.full((1, world.SUPERSAMPLE), 1.0 / world.SUPERSAMPLE, dtype=np.float32))
-    return pool @ inside.astype(np.float32) @ pool.T
 
 
 def read_image(image: np.ndarray | torch.Tensor) -> Reading:
@@ -116,7 +85,7 @@ def read_image(image: np.ndarray | torch.Tensor) -> Reading:
     for shape in world.SHAPES:
         extents = np.sqrt(max(mass, 1e-6) / _FILL[shape]) * scales
         tcxs, tcys = cx + dxs, cy - _CENTROID_DY[shape] * extents + dys
-        templates = shape_masks(shape, tcxs, tcys, extents, resolution)
+        templates = world.shape_masks(shape, tcxs, tcys, extents, resolution)
         errors = ((templates - alpha) ** 2).sum(axis=(1, 2))
         k = int(np.argmin(errors))
         if errors[k] < best[0]:

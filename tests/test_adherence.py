@@ -49,13 +49,23 @@ def test_bad_input():
         read_image(np.zeros((16, 8, 3), dtype=np.uint8))
 
 
-def test_vectorised_templates_equal_the_worlds_rasteriser():
-    from evaluation.adherence import shape_masks
-
+def test_vectorised_rasteriser_equals_a_per_pixel_box_filter():
+    # The matrix box filter must equal the plain mean over each pixel's 4x4 subsamples.
     rng = np.random.default_rng(0)
     cx, cy, extent = rng.uniform(0.2, 0.8, 5), rng.uniform(0.2, 0.8, 5), rng.uniform(0.3, 0.7, 5)
+    n = 16 * world.SUPERSAMPLE
+    coords = (np.arange(n) + 0.5) / n
+    x, y = np.meshgrid(coords, coords)
     for shape in world.SHAPES:
-        masks = shape_masks(shape, cx, cy, extent, 16)
+        masks = world.shape_masks(shape, cx, cy, extent, 16)
         for k in range(5):
-            np.testing.assert_array_equal(
-                masks[k], world.shape_mask(shape, cx[k], cy[k], extent[k], 16))
+            dx, dy = (x - cx[k]) / (extent[k] / 2), (y - cy[k]) / (extent[k] / 2)
+            inside = {"circle": dx**2 + dy**2 <= 1.0,
+                      "square": (np.abs(dx) <= 0.8) & (np.abs(dy) <= 0.8),
+                      "triangle": (dy >= -1) & (dy <= 1) & (np.abs(dx) <= (dy + 1) / 2),
+                      "cross": (np.abs(dx) <= 1) & (np.abs(dy) <= 1)
+                      & ((np.abs(dx) <= 0.36) | (np.abs(dy) <= 0.36))}[shape]
+            reference = inside.astype(np.float32).reshape(16, 4, 16, 4).mean(axis=(1, 3))
+            np.testing.assert_array_equal(masks[k], reference)
+            np.testing.assert_array_equal(world.shape_mask(shape, cx[k], cy[k], extent[k], 16),
+                                          masks[k])
