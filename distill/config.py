@@ -87,10 +87,10 @@ def from_dict(cls: type, data: dict[str, Any], source: str = "<config>", prefix:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def config_hash(config: Any) -> str:
+def config_hash(config: Any, length: int = 12) -> str:
     """Stable short hash of a dataclass config (its JSON with sorted keys)."""
     blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 @dataclass(frozen=True)

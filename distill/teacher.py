@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from distill import paths, world
+from distill.config import config_hash
 from distill.errors import TeacherError
 
 # Nothing in this project may reach a model hub at run time.
@@ -206,8 +207,8 @@ class TeacherConfig:
     seed: int = 0
 
     def config_hash(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        # 16 hex digits: the length recorded in the shipped manifests.
+        return config_hash(self, length=16)
 
 
 TEACHER_SIZES: dict[str, TeacherConfig] = {

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from distill import paths, world
+from distill.config import config_hash
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -75,8 +76,8 @@ class ClipConfig:
     seed: int = 0
 
     def config_hash(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        # 16 hex digits: the length recorded in the shipped manifests.
+        return config_hash(self, length=16)
 
 
 CLIP_SIZES: dict[str, ClipConfig] = {
