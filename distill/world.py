@@ -14,6 +14,11 @@ A caption names four attributes, so guidance has something to do beyond colour
     "a large red circle on the left"
      size   colour shape   position
 
+The shipped teacher learns colour, shape and size but not position: with SD's
+schedule at 16x16 the object's place is readable from x_t even at t = 999, so the
+prompt's position word is never needed (BENCHMARKS.md, embedded teacher). Position
+stays in the grammar and the metrics, as "on the left" does in SD's prompts.
+
 Images are float tensors in [-1, 1], shape (N, 3, H, W), the diffusion
 convention; :func:`to_uint8` converts for metrics and PNGs.
 """
@@ -112,6 +117,31 @@ def parse_caption(text: str) -> Caption:
         if word not in vocab:
             raise ValueError(f"caption {text!r}: unknown {what} {word!r}; known: {list(vocab)}")
     return Caption(size, colour, shape, position)
+
+
+def mislabel(caption: Caption, rng: np.random.Generator, probability: float) -> Caption:
+    """``caption`` with each attribute independently replaced, with ``probability``, by another value.
+
+    The embedded analogue of web alt-text that does not quite describe its
+    image. It is why classifier-free guidance matters here as it does for Stable
+    Diffusion: a teacher trained on mislabelled pairs reproduces the mistakes at
+    guidance 1 (each attribute right about 1 - probability of the time), and
+    guidance sharpens towards images whose caption is most likely given the
+    image. Without it the world's captions determine their images, a well
+    trained teacher is already right at guidance 1, and a guidance ablation has
+    nothing to show.
+    """
+    fields = {}
+    for name, vocab in (("size", SIZES), ("colour", COLOURS), ("shape", SHAPES),
+                        ("position", POSITIONS)):
+        value = getattr(caption, name)
+        # Both draws happen for every attribute, so the stream does not depend on outcomes.
+        flip, pick = rng.random(), rng.integers(0, len(vocab) - 1)
+        if flip < probability:
+            others = [v for v in vocab if v != value]
+            value = others[pick]
+        fields[name] = value
+    return Caption(**fields)
 
 
 def vocabulary() -> list[str]:

@@ -81,3 +81,29 @@ def test_reference_set_balances_captions():
     captions, _ = world.reference_set(48)
     heldout = world.heldout_captions()
     assert all(captions.count(c) == 2 for c in heldout)
+
+
+def test_mislabel_rate_and_values():
+    captions = world.all_captions()
+    rng = np.random.default_rng(0)
+    n, p = 20_000, 0.2
+    pairs = [(c, world.mislabel(c, rng, p)) for c in
+             (captions[i] for i in np.random.default_rng(1).integers(0, len(captions), n))]
+    for attribute in ("size", "colour", "shape", "position"):
+        wrong = np.mean([getattr(a, attribute) != getattr(b, attribute) for a, b in pairs])
+        # Binomial standard error at n = 20000 is 0.0028; 4 sigma.
+        assert abs(wrong - p) < 0.012, (attribute, wrong)
+    # Every attribute of a mislabelled caption is still a word of the grammar.
+    assert all(world.parse_caption(b.text) == b for _, b in pairs[:500])
+    # A flip is always to another value, so the wrong-value rate is the flip rate; colour
+    # flips spread over the five other colours.
+    flipped = [b.colour for a, b in pairs if a.colour == "red" and b.colour != "red"]
+    assert set(flipped) == set(world.COLOURS) - {"red"}
+
+
+def test_mislabel_is_deterministic_and_zero_noise_is_identity():
+    caption = world.all_captions()[7]
+    a = [world.mislabel(caption, np.random.default_rng(3), 0.5) for _ in range(3)]
+    assert a[0] == a[1] == a[2]
+    rng = np.random.default_rng(0)
+    assert all(world.mislabel(c, rng, 0.0) == c for c in world.all_captions())
