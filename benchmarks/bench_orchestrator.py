@@ -48,10 +48,22 @@ def measure(plan: str, home: Path) -> dict:
     compute = union_seconds([(r["distill_started_at"], r["distill_finished_at"])
                              for r in records])
     overhead = wall - compute
+    startup = []
+    for r in records:
+        s = r.get("startup") or {}
+        born = s.get("process_started_at")
+        startup.append({
+            "trial": r["name"],
+            "process_to_trial_s": round(s["entered_at"] - born, 1) if born else None,
+            "imports_s": round(s["imported_at"] - s["entered_at"], 1),
+            "suite_and_teacher_s": round(s["ready_at"] - s["imported_at"], 1),
+            "distill_s": round(r["distill_finished_at"] - r["distill_started_at"], 1)})
     return {"plan": plan, "trials": len(records), "exit_code": outcome.exit_code,
             "wall_s": round(wall, 1), "trial_compute_s": round(compute, 1),
             "overhead_s": round(overhead, 1), "budget_s": round(15 + 0.05 * compute, 1),
-            "within_budget": overhead <= 15 + 0.05 * compute}
+            "within_budget": overhead <= 15 + 0.05 * compute,
+            # A reused worker process shows ~0 imports and suite time on its second trial.
+            "trial_startup": startup}
 
 
 def main() -> None:

@@ -103,6 +103,10 @@ def start_ray() -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Each worker imports torch, diffusers, MLflow and the project as it starts (the two
+    # Ray prestarts start with ray.init), not when its first trial arrives. Local Ray
+    # only: a cluster's nodes may lack the package, and a failing hook kills the worker.
+    local_env = {"worker_process_setup_hook": "orchestrator.trainable.warm_worker"}
     # Trials write to MLflow and our status line; Ray's per-worker log forwarding would
     # interleave every worker's stderr with it.
     kwargs = {"log_to_driver": False, "logging_level": logging.WARNING,
@@ -117,7 +121,8 @@ def start_ray() -> bool:
     attempt = 1
     while True:
         try:
-            ray.init(include_dashboard=False, _temp_dir=str(temp_dir), **kwargs)
+            ray.init(include_dashboard=False, _temp_dir=str(temp_dir), runtime_env=local_env,
+                     **kwargs)
             return True
         except Exception as exc:
             if "timed out during startup" not in str(exc) or attempt == RAY_START_ATTEMPTS:
@@ -172,7 +177,27 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
     uri = tracking.tracking_uri()
     tracking.check_reachable(uri)
     storage_dir = storage_root(storage)
+    pending = [t for t in trials if read_result(trial_workdir(storage_dir, plan, t)) is None]
+    started_ray = False
+    try:
+        if pending:
+            # Ray starts before the driver's own set-up (teacher, MLflow store, evaluation
+            # suites, teacher baseline) rather than after it, so Ray's start-up and the
+            # workers' imports (warm_worker) run while the driver is busy.
+            started_ray = start_ray()
+            if os.environ.get("RAY_ADDRESS"):
+                _check_cluster_resources(plan)
+        return _drive(plan, trials, selected, size, profile, uri, storage_dir, out)
+    finally:
+        if started_ray:
+            import ray
 
+            ray.shutdown()
+
+
+def _drive(plan: Plan, trials: list[Trial], selected: profiles.Profile, size: str,
+           profile: str, uri: str, storage_dir: Path, out: TextIO) -> RunOutcome:
+    """run_plan after its checks: MLflow runs, teacher baseline, Tune, report."""
     from distill import world
     from distill.loop import load_config_teacher, load_prompts
 
@@ -196,7 +221,6 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
                                      trial_set=trial_set, size=size, profile=profile,
                                      reopen=reopen)
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupted)}
-    started_ray = False
     child_ids: dict[str, str] = {}
     parent_status = "KILLED"
     try:
@@ -236,9 +260,6 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
                                   teachers, suites, existing, out)
         failed: dict[str, str] = {}
         if pending:
-            started_ray = start_ray()
-            if os.environ.get("RAY_ADDRESS"):
-                _check_cluster_resources(plan)
             failed = _tune(plan, size, pending, storage_dir, uri, child_ids, out, selected)
         for trial_id, error in failed.items():
             tracking.finish(mlflow_client, child_ids[trial_id], "FAILED", outcome="failed")
@@ -263,10 +284,6 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
         tracking.finish(mlflow_client, parent_id, parent_status)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if started_ray:
-            import ray
-
-            ray.shutdown()
 
 
 def _close_finished_child(mlflow_client, uri, run_id, record, existing, trial_id) -> None:
@@ -354,6 +371,9 @@ def _tune(plan: Plan, size: str, pending: list[Trial], storage_dir: Path, uri: s
         param_space={"spec": tune.grid_search(specs)},
         tune_config=tune.TuneConfig(
             num_samples=1, max_concurrent_trials=0,
+            # One worker process runs trial after trial: imports, teacher and evaluation
+            # suite are paid once per process (trainable.py caches them), not per trial.
+            reuse_actors=True,
             trial_name_creator=lambda trial: trial.config["spec"]["name"],
             trial_dirname_creator=lambda trial: trial.config["spec"]["trial_id"]),
         run_config=tune.RunConfig(

@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "result.json"
+
+# Per-process caches. The driver asks Tune to reuse actors, so one worker process runs
+# trial after trial; loading the teacher and building the evaluation suite (reference
+# statistics, CLIP) once per process instead of once per trial is most of what a
+# trial's start-up costs at smoke size. Keys hold everything the loaded object depends on.
+_TEACHERS: dict[tuple, Any] = {}
+_SUITES: dict[tuple, Any] = {}
 # Image grids: this many evaluation prompts, one row each, with this many samples per row.
 GRID_PROMPTS = 8
 GRID_SAMPLES_PER_PROMPT = 4
@@ -44,6 +51,36 @@ def write_result(workdir: Path, record: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, workdir / RESULT_FILE)
+
+
+def warm_worker() -> None:
+    """Ray's worker_process_setup_hook (local Ray): import what every trial needs.
+
+    Runs as each worker process starts, which for the workers Ray prestarts is while
+    the driver is still opening MLflow runs and loading the teacher, so a trial's
+    imports are off its critical path. Imports only: nothing here can change a number.
+    """
+    import mlflow  # noqa: F401
+    import torch  # noqa: F401
+
+    # diffusers and transformers import lazily; name the classes teachers are built from.
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: F401
+    from transformers import AutoTokenizer, CLIPTextModel  # noqa: F401
+
+    import evaluation  # noqa: F401
+    from distill import loop  # noqa: F401
+    from orchestrator import profiles, tracking  # noqa: F401
+    from results import schema  # noqa: F401
+
+
+def _process_started_at() -> float | None:
+    """When this worker process started (epoch seconds), for the start-up breakdown."""
+    try:
+        import psutil  # a Ray dependency
+
+        return psutil.Process().create_time()
+    except (ImportError, OSError):  # informational only; never fail a trial over it
+        return None
 
 
 def embedded_suite(size: str, num_images: int):
@@ -81,6 +118,7 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     data-parallel worker, which every rank must call equally often). Only rank 0 writes
     to MLflow and result.json and builds the evaluation suite.
     """
+    entered_at = time.time()
     # The core caches teachers and metric models under the output folder; point it at the
     # driver's, which a worker started before this plan (shared Ray session) may not have.
     os.environ["ABLATE_HOME"] = spec["ablate_home"]
@@ -89,11 +127,12 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     import evaluation
     from distill import parallel
     from distill.config import DistillConfig, from_dict
-    from distill.loop import distill
+    from distill.loop import distill, load_config_teacher
     from orchestrator import tracking
     from orchestrator.profiles import Profile, build_suite
     from results import schema
 
+    imported_at = time.time()
     torch.set_num_threads(spec["cpu"])
     main = parallel.is_main()
     config = from_dict(DistillConfig, spec["config"], source=f"trial {spec['name']}")
@@ -105,7 +144,11 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
         profile = Profile.from_dict(spec["profile"]) if "profile" in spec else \
             Profile(name="embedded", settings="built in")
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        suite = build_suite(profile, spec["size"], config.eval_num_images, device)
+        suite_key = (spec["ablate_home"], json.dumps(profile.to_dict(), sort_keys=True),
+                     spec["size"], config.eval_num_images, device)
+        if suite_key not in _SUITES:
+            _SUITES[suite_key] = build_suite(profile, spec["size"], config.eval_num_images, device)
+        suite = _SUITES[suite_key]
         grid_prompts = [c for c in suite.captions[:GRID_PROMPTS]
                         for _ in range(GRID_SAMPLES_PER_PROMPT)]
 
@@ -126,9 +169,15 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
             logger.log_artifact(path, str(Path(name).parent))
         return metrics
 
+    # Gradient checkpointing is switched on in the teacher module itself, so it is part
+    # of the key; distill otherwise leaves the teacher as it found it (frozen, eval).
+    teacher_key = (spec["ablate_home"], config.teacher, config.gradient_checkpointing)
+    if teacher_key not in _TEACHERS:
+        _TEACHERS[teacher_key] = load_config_teacher(config.teacher)
     # Wall-clock span of the trial's own compute, so benchmarks can tell it from overhead.
     started_at = time.time()
-    result = distill(config, workdir, report=report, evaluate=evaluate, on_checkpoint=None)
+    result = distill(config, workdir, teacher=_TEACHERS[teacher_key], report=report,
+                     evaluate=evaluate, on_checkpoint=None)
     finished_at = time.time()
     final = {**{k: v for k, v in result.final_metrics.items() if isinstance(v, (int, float))},
              "iteration": result.iterations, "done_status": result.status}
@@ -141,6 +190,10 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
         "status": result.status, "iterations": result.iterations,
         "final_metrics": dict(result.final_metrics),
         "config": dataclasses.asdict(config),
-        "distill_started_at": started_at, "distill_finished_at": finished_at})
+        "distill_started_at": started_at, "distill_finished_at": finished_at,
+        # Where a trial's start-up went (bench_orchestrator prints it): worker process
+        # start, entry into this function, imports done, suite and teacher ready.
+        "startup": {"process_started_at": _process_started_at(), "entered_at": entered_at,
+                    "imported_at": imported_at, "ready_at": started_at}})
     tracking.finish(logger.client, spec["run_id"], "FINISHED", outcome=result.status)
     send(final)
