@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -17,9 +18,10 @@ def output_root() -> Path:
     root = Path(os.environ.get("ABLATE_HOME") or REPO_ROOT / "runs").expanduser().resolve()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        # A uniquely named probe: trials and driver threads call this at the same time,
+        # and with one fixed name one caller's unlink removed another's probe.
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+            pass
     except OSError as exc:
         raise OutputFolderError(
             f"output folder {root} is not writable ({exc.strerror}); "

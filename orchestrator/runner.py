@@ -9,12 +9,14 @@ the MLflow runs are found again by their tags.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +105,7 @@ def start_ray() -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Each worker imports torch, diffusers, MLflow and the project as it starts (the two
-    # Ray prestarts start with ray.init), not when its first trial arrives. Local Ray
-    # only: a cluster's nodes may lack the package, and a failing hook kills the worker.
-    local_env = {"worker_process_setup_hook": "orchestrator.trainable.warm_worker"}
+
     # Trials write to MLflow and our status line; Ray's per-worker log forwarding would
     # interleave every worker's stderr with it.
     kwargs = {"log_to_driver": False, "logging_level": logging.WARNING,
@@ -121,8 +120,7 @@ def start_ray() -> bool:
     attempt = 1
     while True:
         try:
-            ray.init(include_dashboard=False, _temp_dir=str(temp_dir), runtime_env=local_env,
-                     **kwargs)
+            ray.init(include_dashboard=False, _temp_dir=str(temp_dir), **kwargs)
             return True
         except Exception as exc:
             if "timed out during startup" not in str(exc) or attempt == RAY_START_ATTEMPTS:
@@ -175,37 +173,72 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
     if not os.environ.get("RAY_ADDRESS"):
         _check_local_resources(plan)
     uri = tracking.tracking_uri()
-    tracking.check_reachable(uri)
     storage_dir = storage_root(storage)
     pending = [t for t in trials if read_result(trial_workdir(storage_dir, plan, t)) is None]
     started_ray = False
+    # Ray's shutdown (~1.4 s of waiting for its processes) runs beside the final report
+    # once Tune is done, and at the latest on the way out.
+    shutdown = threading.Thread(target=_shutdown_ray, name="ray-shutdown")
     try:
-        if pending:
-            # Ray starts before the driver's own set-up (teacher, MLflow store, evaluation
-            # suites, teacher baseline) rather than after it, so Ray's start-up and the
-            # workers' imports (warm_worker) run while the driver is busy.
-            started_ray = start_ray()
-            if os.environ.get("RAY_ADDRESS"):
-                _check_cluster_resources(plan)
-        return _drive(plan, trials, selected, size, profile, uri, storage_dir, out)
+        # Ray's start (~3 s, mostly waiting for its processes) runs beside the driver's own
+        # set-up, which needs no Ray: the MLflow check (creating a new SQLite store runs
+        # its schema migrations, 2-3 s), the teacher and the evaluation suites. An
+        # unreachable store still exits 2 before any trial starts.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            prepared = pool.submit(_prepare, trials, selected, size, uri)
+            try:
+                if pending:
+                    started_ray = start_ray()
+                    if os.environ.get("RAY_ADDRESS"):
+                        _check_cluster_resources(plan)
+            finally:
+                setup = prepared.result()  # its error, if any, wins: it names the fix
+        return _drive(plan, trials, selected, size, profile, uri, storage_dir, out, setup,
+                      release_ray=shutdown.start if started_ray else lambda: None)
     finally:
         if started_ray:
-            import ray
+            if shutdown.ident is None:  # not started by _drive (an error on the way)
+                shutdown.start()
+            shutdown.join()
 
-            ray.shutdown()
+
+@dataclass(frozen=True)
+class _Setup:
+    teachers: dict  # teacher spec -> loaded Teacher
+    prompt_hashes: dict[str, str]
+    suites: dict  # eval_num_images -> EvalSuite
 
 
-def _drive(plan: Plan, trials: list[Trial], selected: profiles.Profile, size: str,
-           profile: str, uri: str, storage_dir: Path, out: TextIO) -> RunOutcome:
-    """run_plan after its checks: MLflow runs, teacher baseline, Tune, report."""
+def _prepare(trials: list[Trial], selected: profiles.Profile, size: str, uri: str) -> _Setup:
+    """The driver's set-up that needs no Ray (run_plan runs it beside Ray's start)."""
     from distill import world
     from distill.loop import load_config_teacher, load_prompts
 
+    tracking.check_reachable(uri)
     # Loaded (and for embedded sizes trained) once here, not by each trial at once.
     teachers = {spec: load_config_teacher(spec) for spec in sorted({t.config.teacher
                                                                      for t in trials})}
     prompt_hashes = {spec: world.prompt_set_hash(load_prompts(spec))
                      for spec in {t.config.prompts for t in trials}}
+    # Built once here so reference statistics are cached before trials share them.
+    suites = {key: profiles.build_suite(selected, size, key)
+              for key in sorted({t.config.eval_num_images for t in trials})}
+    return _Setup(teachers, prompt_hashes, suites)
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def _drive(plan: Plan, trials: list[Trial], selected: profiles.Profile, size: str,
+           profile: str, uri: str, storage_dir: Path, out: TextIO, setup: _Setup,
+           release_ray=lambda: None) -> RunOutcome:
+    """run_plan after its checks and set-up: MLflow runs, teacher baseline, Tune, report.
+
+    ``release_ray`` is called once Ray is no longer needed (before the report)."""
+    teachers, prompt_hashes, suites = setup.teachers, setup.prompt_hashes, setup.suites
     mlflow_client = tracking.client(uri)
     exp_id = tracking.experiment_id(mlflow_client, plan.name)
     trial_set = trial_set_hash(trials)
@@ -225,12 +258,6 @@ def _drive(plan: Plan, trials: list[Trial], selected: profiles.Profile, size: st
     parent_status = "KILLED"
     try:
         existing = tracking.children(mlflow_client, exp_id, parent_id)
-        suites = {}
-        for t in trials:
-            key = t.config.eval_num_images
-            if key not in suites:
-                # Built once here so reference statistics are cached before trials share them.
-                suites[key] = profiles.build_suite(selected, size, key)
         commit = tracking.git_commit()
         for t in trials:
             teacher = teachers[t.config.teacher]
@@ -255,19 +282,43 @@ def _drive(plan: Plan, trials: list[Trial], selected: profiles.Profile, size: st
             if record is not None:
                 _close_finished_child(mlflow_client, uri, child_ids[t.trial_id], record, existing,
                                       t.trial_id)
+        baseline, tune_done, cancel = None, threading.Event(), threading.Event()
         if plan.evaluation.teacher_baseline is not None:
-            _teacher_baseline_run(mlflow_client, uri, exp_id, parent_id, plan, trials,
-                                  teachers, suites, existing, out)
+            args = (mlflow_client, uri, exp_id, parent_id, plan, trials, teachers, suites,
+                    existing, out)
+            if pending and plan.resources.gpu == 0:
+                # Beside the trials rather than before them, on a core they leave idle (the
+                # last trial of three running alone on two cores): off the critical path,
+                # and not slowing the workers' start-up. Not on GPUs, where it would
+                # compete with the trials for memory.
+                dirs = [trial_workdir(storage_dir, plan, t) for t in pending]
+                baseline = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+                baseline_done = baseline.submit(_baseline_when_idle, plan, dirs, tune_done,
+                                                cancel, args)
+            else:
+                _teacher_baseline_run(*args)
         failed: dict[str, str] = {}
-        if pending:
-            failed = _tune(plan, size, pending, storage_dir, uri, child_ids, out, selected)
+        try:
+            if pending:
+                failed = _tune(plan, size, pending, storage_dir, uri, child_ids, out, selected)
+        except BaseException:
+            cancel.set()  # SIGTERM or an error: a baseline not yet started stays unstarted
+            raise
+        finally:
+            tune_done.set()
+        release_ray()
+        done = {t.trial_id: read_result(trial_workdir(storage_dir, plan, t)) for t in trials}
+        # Tune stops on Ctrl-C by itself and returns normally with trials left unfinished.
+        unfinished = [t for t in pending if done[t.trial_id] is None and t.trial_id not in failed]
+        if baseline is not None:
+            if unfinished:
+                cancel.set()
+            baseline_done.result()  # re-raises the baseline's error, if any
+            baseline.shutdown()
         for trial_id, error in failed.items():
             tracking.finish(mlflow_client, child_ids[trial_id], "FAILED", outcome="failed")
             tracking.retry_locked(mlflow_client.set_tag, child_ids[trial_id], "ablate.error",
                                   error[:5000])
-        done = {t.trial_id: read_result(trial_workdir(storage_dir, plan, t)) for t in trials}
-        # Tune stops on Ctrl-C by itself and returns normally with trials left unfinished.
-        unfinished = [t for t in pending if done[t.trial_id] is None and t.trial_id not in failed]
         if unfinished:
             print(f"interrupted: {len(unfinished)} trial(s) unfinished; run the same command "
                   "again to resume them", file=out)
@@ -300,9 +351,32 @@ def _close_finished_child(mlflow_client, uri, run_id, record, existing, trial_id
     tracking.finish(mlflow_client, run_id, "FINISHED", outcome=record["status"])
 
 
+def _baseline_when_idle(plan: Plan, trial_dirs: list[Path], tune_done: threading.Event,
+                        cancel: threading.Event, args: tuple) -> None:
+    """Run the teacher baseline once the trials leave a local CPU idle (or Tune is done);
+    not at all if ``cancel`` is set first (the run was interrupted)."""
+    cpus = os.cpu_count() or 1
+    per_trial = max(plan.resources.cpu, 1)
+    while True:
+        if os.environ.get("RAY_ADDRESS"):
+            running = 0  # the trials run on the cluster's nodes
+        else:
+            unfinished = sum(read_result(d) is None for d in trial_dirs)
+            running = min(unfinished, cpus // per_trial) * per_trial
+        if running < cpus or tune_done.is_set():
+            break
+        tune_done.wait(0.5)
+    if not cancel.is_set():
+        _teacher_baseline_run(*args, threads=max(1, cpus - running))
+
+
 def _teacher_baseline_run(mlflow_client, uri, exp_id, parent_id, plan, trials, teachers,
-                          suites, existing, out) -> None:
-    """One teacher-baseline child per parent; the numbers are computed once and cached."""
+                          suites, existing, out, threads: int | None = None) -> None:
+    """One teacher-baseline child per parent; the numbers are computed once and cached.
+
+    ``threads``: torch threads while trials run beside it; a second thread on a core a
+    trial already uses makes both spin-wait (up to 60x slower on this 2-core machine).
+    """
     import evaluation
 
     if "teacher" in existing and existing["teacher"].info.status == "FINISHED":
@@ -319,8 +393,16 @@ def _teacher_baseline_run(mlflow_client, uri, exp_id, parent_id, plan, trials, t
     else:
         print(f"teacher baseline: {baseline.steps} steps at guidance {baseline.guidance_scale:g}"
               " (computed once, then cached)", file=out, flush=True)
-        metrics = evaluation.teacher_baseline(teacher, suite, num_steps=baseline.steps,
-                                              guidance_scale=baseline.guidance_scale, seed=0)
+        import torch
+
+        previous = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            metrics = evaluation.teacher_baseline(teacher, suite, num_steps=baseline.steps,
+                                                  guidance_scale=baseline.guidance_scale, seed=0)
+        finally:
+            torch.set_num_threads(previous)
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
         tmp.write_text(json.dumps(metrics, sort_keys=True, default=str))

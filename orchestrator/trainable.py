@@ -53,26 +53,6 @@ def write_result(workdir: Path, record: dict) -> None:
     os.replace(tmp, workdir / RESULT_FILE)
 
 
-def warm_worker() -> None:
-    """Ray's worker_process_setup_hook (local Ray): import what every trial needs.
-
-    Runs as each worker process starts, which for the workers Ray prestarts is while
-    the driver is still opening MLflow runs and loading the teacher, so a trial's
-    imports are off its critical path. Imports only: nothing here can change a number.
-    """
-    import mlflow  # noqa: F401
-    import torch  # noqa: F401
-
-    # diffusers and transformers import lazily; name the classes teachers are built from.
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: F401
-    from transformers import AutoTokenizer, CLIPTextModel  # noqa: F401
-
-    import evaluation  # noqa: F401
-    from distill import loop  # noqa: F401
-    from orchestrator import profiles, tracking  # noqa: F401
-    from results import schema  # noqa: F401
-
-
 def _process_started_at() -> float | None:
     """When this worker process started (epoch seconds), for the start-up breakdown."""
     try:
