@@ -282,25 +282,26 @@ def _drive(plan: Plan, trials: list[Trial], selected: profiles.Profile, size: st
             if record is not None:
                 _close_finished_child(mlflow_client, uri, child_ids[t.trial_id], record, existing,
                                       t.trial_id)
-        baseline, tune_done, cancel = None, threading.Event(), threading.Event()
+        baseline = None
+        tune_done, cancel, reported = threading.Event(), threading.Event(), threading.Event()
         if plan.evaluation.teacher_baseline is not None:
             args = (mlflow_client, uri, exp_id, parent_id, plan, trials, teachers, suites,
                     existing, out)
             if pending and plan.resources.gpu == 0:
-                # Beside the trials rather than before them, on a core they leave idle (the
-                # last trial of three running alone on two cores): off the critical path,
-                # and not slowing the workers' start-up. Not on GPUs, where it would
-                # compete with the trials for memory.
-                dirs = [trial_workdir(storage_dir, plan, t) for t in pending]
+                # Beside the trials rather than before them: it starts once a trial has
+                # reported (the workers are past their start-up, which it would slow) and
+                # shares the CPUs with them, so no core waits for it at either end. Not on
+                # GPUs, where it would compete with the trials for memory.
                 baseline = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-                baseline_done = baseline.submit(_baseline_when_idle, plan, dirs, tune_done,
-                                                cancel, args)
+                baseline_done = baseline.submit(_baseline_beside_trials, plan, reported,
+                                                tune_done, cancel, args)
             else:
                 _teacher_baseline_run(*args)
         failed: dict[str, str] = {}
         try:
             if pending:
-                failed = _tune(plan, size, pending, storage_dir, uri, child_ids, out, selected)
+                failed = _tune(plan, size, pending, storage_dir, uri, child_ids, out, selected,
+                               reported)
         except BaseException:
             cancel.set()  # SIGTERM or an error: a baseline not yet started stays unstarted
             raise
@@ -351,31 +352,25 @@ def _close_finished_child(mlflow_client, uri, run_id, record, existing, trial_id
     tracking.finish(mlflow_client, run_id, "FINISHED", outcome=record["status"])
 
 
-def _baseline_when_idle(plan: Plan, trial_dirs: list[Path], tune_done: threading.Event,
-                        cancel: threading.Event, args: tuple) -> None:
-    """Run the teacher baseline once the trials leave a local CPU idle (or Tune is done);
-    not at all if ``cancel`` is set first (the run was interrupted)."""
-    cpus = os.cpu_count() or 1
-    per_trial = max(plan.resources.cpu, 1)
-    while True:
-        if os.environ.get("RAY_ADDRESS"):
-            running = 0  # the trials run on the cluster's nodes
-        else:
-            unfinished = sum(read_result(d) is None for d in trial_dirs)
-            running = min(unfinished, cpus // per_trial) * per_trial
-        if running < cpus or tune_done.is_set():
-            break
-        tune_done.wait(0.5)
+def _baseline_beside_trials(plan: Plan, reported: threading.Event,
+                            tune_done: threading.Event, cancel: threading.Event,
+                            args: tuple) -> None:
+    """The teacher baseline, once a trial has reported or Tune is done; not at all if
+    ``cancel`` is set first (the run was interrupted)."""
+    while not (reported.wait(0.5) or tune_done.is_set()):
+        pass
     if not cancel.is_set():
-        _teacher_baseline_run(*args, threads=max(1, cpus - running))
+        _teacher_baseline_run(*args)
 
 
 def _teacher_baseline_run(mlflow_client, uri, exp_id, parent_id, plan, trials, teachers,
-                          suites, existing, out, threads: int | None = None) -> None:
+                          suites, existing, out) -> None:
     """One teacher-baseline child per parent; the numbers are computed once and cached.
 
-    ``threads``: torch threads while trials run beside it; a second thread on a core a
-    trial already uses makes both spin-wait (up to 60x slower on this 2-core machine).
+    On ``resources.cpu`` torch threads, like one more trial, wherever it runs: a fixed
+    count, because the numbers depend on it at the 1e-6 level and the same config must
+    give the same numbers; and beside the trials, a second thread on a core a trial
+    already uses makes both spin-wait (up to 60x slower on a 2-core machine).
     """
     import evaluation
 
@@ -396,8 +391,7 @@ def _teacher_baseline_run(mlflow_client, uri, exp_id, parent_id, plan, trials, t
         import torch
 
         previous = torch.get_num_threads()
-        if threads is not None:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(max(1, plan.resources.cpu))
         try:
             metrics = evaluation.teacher_baseline(teacher, suite, num_steps=baseline.steps,
                                                   guidance_scale=baseline.guidance_scale, seed=0)
@@ -421,10 +415,27 @@ def _teacher_baseline_run(mlflow_client, uri, exp_id, parent_id, plan, trials, t
     tracking.finish(mlflow_client, run_id, "FINISHED", outcome="finished")
 
 
+class _SetEvent:
+    """Sets a threading.Event when called; picklable, because Tune pickles its callbacks
+    into the experiment state (the pickled copy does nothing when called)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self) -> None:
+        if self.event is not None:
+            self.event.set()
+
+    def __getstate__(self) -> dict:
+        return {"event": None}
+
+
 def _tune(plan: Plan, size: str, pending: list[Trial], storage_dir: Path, uri: str,
-          child_ids: dict[str, str], out: TextIO,
-          selected: profiles.Profile) -> dict[str, str]:
-    """Run the pending trials with Ray Tune; return {trial id: error} for trials that failed."""
+          child_ids: dict[str, str], out: TextIO, selected: profiles.Profile,
+          reported: threading.Event | None = None) -> dict[str, str]:
+    """Run the pending trials with Ray Tune; return {trial id: error} for trials that failed.
+
+    ``reported`` is set at the first result any trial reports."""
     import logging
 
     # The classic output engine honours verbose=0; the newer one prints a result table
@@ -462,7 +473,8 @@ def _tune(plan: Plan, size: str, pending: list[Trial], storage_dir: Path, uri: s
             name=f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(storage_dir / "tune"),
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-            callbacks=[StatusLine(out, {s["trial_id"]: s["config"]["iterations"] for s in specs})],
+            callbacks=[StatusLine(out, {s["trial_id"]: s["config"]["iterations"] for s in specs},
+                                  on_result=_SetEvent(reported) if reported else None)],
             verbose=0, log_to_file=True),
     )
     grid = tuner.fit()

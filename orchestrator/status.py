@@ -36,8 +36,10 @@ def format_line(elapsed_s: float, name: str, state: str, iteration: int | None,
 
 
 class StatusLine(Callback):
-    def __init__(self, out: TextIO, iterations: dict[str, int], min_interval_s: float = 5.0):
+    def __init__(self, out: TextIO, iterations: dict[str, int], min_interval_s: float = 5.0,
+                 on_result=None):
         self.out = out
+        self.on_result = on_result  # called at every trial result (the driver's baseline waits on it)
         self.iterations = iterations  # trial id -> total iterations
         self.min_interval_s = min_interval_s
         self.start = time.monotonic()
@@ -72,6 +74,8 @@ class StatusLine(Callback):
         self._print_error(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.on_result is not None:
+            self.on_result()
         trial_id = trial.config["spec"]["trial_id"]
         if time.monotonic() - self._last_print.get(trial_id, 0.0) >= self.min_interval_s:
             self._print(trial, "RUNNING", result)
