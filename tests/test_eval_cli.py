@@ -17,14 +17,6 @@ ADHERENCE_KEYS = {"colour_acc", "shape_acc", "size_acc", "position_acc", "all_ac
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("ablate-home")
-        mp.setenv("ABLATE_HOME", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def suite(home):
     return embedded_suite(NUM_IMAGES)
 

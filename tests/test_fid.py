@@ -21,14 +21,6 @@ from evaluation.fid import (
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("ablate-home")
-        mp.setenv("ABLATE_HOME", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def extractor(home):
     from evaluation.clip_model import ensure_clip, load_clip
 

@@ -2,7 +2,6 @@
 
 import copy
 import dataclasses
-import os
 from pathlib import Path
 
 import pytest
@@ -13,45 +12,13 @@ from distill import checkpoint, loop
 from distill.config import SIZE_PRESETS, ConfigError, DistillConfig, from_dict
 from distill.guidance import NoiseSchedule
 from distill.loop import SiD, distill, load_prompts
-from distill.teacher import ensure_teacher, load_teacher
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = {"teacher": "embedded:smoke", "batch_size": 4, "micro_batch_size": 2, "iterations": 2,
          "log_every": 1, "checkpoint_every": 2, "eval_num_images": 8}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks on a shared 2-core box: a second thread mostly waits (up to 50x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def smoke_home(tmp_path_factory):
-    """An ABLATE_HOME holding the smoke teacher, trained once per session."""
-    home = tmp_path_factory.getbasetemp() / "smoke-home"
-    previous = os.environ.get("ABLATE_HOME")
-    os.environ["ABLATE_HOME"] = str(home)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ensure_teacher("smoke", progress=False)
-    finally:
-        torch.set_num_threads(threads)
-        if previous is None:
-            del os.environ["ABLATE_HOME"]
-        else:
-            os.environ["ABLATE_HOME"] = previous
-    return home
-
-
-@pytest.fixture(scope="module")
-def teacher(smoke_home):
-    directory = next((smoke_home / "cache" / "teachers").glob("smoke-*"))
-    return load_teacher(directory)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sid(teacher, **overrides):

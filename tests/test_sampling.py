@@ -1,6 +1,5 @@
 """DDIM + CFG sampling of a teacher, checked against diffusers' DDIMScheduler."""
 
-import os
 
 import pytest
 import torch
@@ -8,37 +7,12 @@ from diffusers import DDIMScheduler
 
 from distill import sampling
 from distill.sampling import ddim_sample, ddim_timesteps
-from distill.teacher import ensure_teacher, load_teacher
 
 PROMPTS = ["a large red circle on the left", "a small blue cross on the right",
            "a small green square on the center"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks on a shared 2-core box: a second thread mostly waits.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    # Same session folder as tests/test_loop.py: the smoke teacher is trained once.
-    home = tmp_path_factory.getbasetemp() / "smoke-home"
-    previous = os.environ.get("ABLATE_HOME")
-    os.environ["ABLATE_HOME"] = str(home)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return load_teacher(ensure_teacher("smoke", progress=False))
-    finally:
-        torch.set_num_threads(threads)
-        if previous is None:
-            del os.environ["ABLATE_HOME"]
-        else:
-            os.environ["ABLATE_HOME"] = previous
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _diffusers_ddim(teacher, prompts, steps, scale, seed):

@@ -1,0 +1,54 @@
+"""Fixtures several test modules share: a single torch thread, output folders, the smoke teacher."""
+
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks on a shared 2-core box: a second torch thread mostly waits (up to 50x
+    slower). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A fresh ABLATE_HOME for one test module (caches built there stay there)."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("ablate-home")
+        mp.setenv("ABLATE_HOME", str(path))
+        yield path
+
+
+@pytest.fixture(scope="session")
+def smoke_home(tmp_path_factory):
+    """An ABLATE_HOME holding the smoke teacher, trained once per session."""
+    from distill.teacher import ensure_teacher
+
+    path = tmp_path_factory.getbasetemp() / "smoke-home"
+    previous = os.environ.get("ABLATE_HOME")
+    os.environ["ABLATE_HOME"] = str(path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ensure_teacher("smoke", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+        if previous is None:
+            del os.environ["ABLATE_HOME"]
+        else:
+            os.environ["ABLATE_HOME"] = previous
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher(smoke_home):
+    """The smoke teacher, loaded once per module."""
+    from distill.teacher import load_teacher
+
+    return load_teacher(next((smoke_home / "cache" / "teachers").glob("smoke-*")))
