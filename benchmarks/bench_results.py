@@ -55,7 +55,7 @@ def build_store(root: Path) -> tuple[str, int]:
                            for step in range(0, 200, 10)]
                 metrics += [Metric("fid2k", 10 + 3 * kappa + float(rng.normal()), 0, 200),
                             Metric("clip_score", 0.25 + 0.02 * kappa, 0, 200),
-                            Metric("all_acc", min(1.0, 0.3 + 0.2 * kappa), 0, 200)]
+                            Metric("colour_shape_size_acc", min(1.0, 0.3 + 0.2 * kappa), 0, 200)]
                 params = {"strategy": strategy, "kappa": kappa, "seed": seed,
                           "iterations": 200, "teacher": "embedded:default"}
                 client.log_batch(run.info.run_id, metrics=metrics,

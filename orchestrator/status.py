@@ -15,12 +15,13 @@ from typing import TextIO
 from ray.tune import Callback
 
 # The metrics worth a glance while a run is in flight, in this order.
-SHOWN = ("loss_fake_score", "loss_generator", "images_per_second", "clip_score", "all_acc")
+SHOWN = ("loss_fake_score", "loss_generator", "images_per_second", "clip_score",
+         "colour_shape_size_acc")
 
 
 def _short(key: str) -> str:
     return {"loss_fake_score": "L_psi", "loss_generator": "L_G",
-            "images_per_second": "img/s"}.get(key, key)
+            "images_per_second": "img/s", "colour_shape_size_acc": "adherence"}.get(key, key)
 
 
 def format_line(elapsed_s: float, name: str, state: str, iteration: int | None,

@@ -443,7 +443,8 @@ def _caption(plan: str, kind: str, parent: str, trials: pd.DataFrame, shown: lis
     if schema.CLIP_SCORE in shown:
         metrics.append("CLIP score as mean cosine similarity (↑)")
     if schema.ADHERENCE in shown:
-        metrics.append("adherence as the % of images with every prompted attribute right (↑)")
+        metrics.append("adherence as the % of images with the prompted colour, shape and size "
+                       "all right (↑)")
     if metrics:
         sentence = "; ".join(metrics)
         parts.append(sentence[0].upper() + sentence[1:] + ".")

@@ -14,7 +14,8 @@ def test_renders_are_read_perfectly():
     captions = world.all_captions() * 2  # every caption, two different renders each
     images = world.render_batch(captions, list(range(len(captions))))
     result = adherence(images, captions)
-    for key in ("colour_acc", "shape_acc", "size_acc", "position_acc", "all_acc"):
+    for key in ("colour_acc", "shape_acc", "size_acc", "position_acc", "all_acc",
+                "colour_shape_size_acc"):
         assert result[key] == 1.0, key
     assert result["background_deviation"] < 1e-6
     # Mean covered fraction: bounded by the extents (0.34..0.68 of the side) squared.
@@ -37,6 +38,22 @@ def test_noise_is_near_chance():
                         ("position_acc", 1 / 3)):
         assert abs(result[key] - chance) < 0.12, (key, result[key])
     assert result["all_acc"] < 0.03
+    assert result["colour_shape_size_acc"] < 0.06  # chance 1/48
+
+
+def test_colour_shape_size_ignores_position_only():
+    # Renders of the wrong position and right everything else: all but all_acc/position hold.
+    captions = world.all_captions()[:48]
+    moved = [world.Caption(c.size, c.colour, c.shape,
+                           "right" if c.position == "left" else "left") for c in captions]
+    result = adherence(world.render_batch(moved, list(range(48))), captions)
+    assert result["position_acc"] == 0.0 and result["all_acc"] == 0.0
+    assert result["colour_shape_size_acc"] == 1.0
+    # And a wrong colour is a miss for it.
+    recoloured = [world.Caption(c.size, "red" if c.colour != "red" else "blue", c.shape,
+                                c.position) for c in captions]
+    result = adherence(world.render_batch(recoloured, list(range(48))), captions)
+    assert result["colour_shape_size_acc"] == 0.0
 
 
 def test_bad_input():

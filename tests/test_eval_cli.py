@@ -13,6 +13,7 @@ from orchestrator.cli import main
 
 NUM_IMAGES = 130  # > 64 feature dimensions; small enough for seconds on 2 cores
 ADHERENCE_KEYS = {"colour_acc", "shape_acc", "size_acc", "position_acc", "all_acc",
+                  "colour_shape_size_acc",
                   "foreground_area", "background_deviation"}
 
 

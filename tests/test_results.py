@@ -19,7 +19,7 @@ from results import schema
 T975_DF1 = 12.706204736174696
 T975_DF2 = 4.302652729749464
 
-# plan lsg, latest parent: (strategy, seed) -> (status, fid2k, clip_score, all_acc)
+# plan lsg, latest parent: (strategy, seed) -> (status, fid2k, clip_score, colour_shape_size_acc)
 LSG_TRIALS = {
     ("lsg", 0): ("finished", 10.0, 0.30, 0.8),
     ("lsg", 1): ("finished", 12.0, 0.31, 0.9),
@@ -113,16 +113,16 @@ def build_store(root: Path) -> dict:
     old = parent(lsg, "lsg")
     ids["lsg_old_parent"] = old
     _log_run(client, lsg, old, "trial", "old-lsg", trial_params("lsg", 2.0, 0), "finished",
-             {"fid2k": 99.0, "clip_score": 0.1, "all_acc": 0.1}, tmp)
+             {"fid2k": 99.0, "clip_score": 0.1, "colour_shape_size_acc": 0.1}, tmp)
     ids["lsg_parent"] = latest = parent(lsg, "lsg")
     for (strategy, seed), (status, fid, clip, acc) in LSG_TRIALS.items():
         _log_run(client, lsg, latest, "trial", f"strategy={strategy},seed={seed}",
                  trial_params(strategy, 2.0, seed), status,
-                 {"fid2k": fid, "clip_score": clip, "all_acc": acc, "loss_generator": 0.5},
+                 {"fid2k": fid, "clip_score": clip, "colour_shape_size_acc": acc, "loss_generator": 0.5},
                  tmp, grid_colour=colours[strategy])
     _log_run(client, lsg, latest, "teacher", "teacher", {"sampler": "ddim", "sampler_steps": 25,
                                                          "kappa": 2.0},
-             "finished", {"fid2k": 5.0, "clip_score": 0.33, "all_acc": 0.95}, tmp,
+             "finished", {"fid2k": 5.0, "clip_score": 0.33, "colour_shape_size_acc": 0.95}, tmp,
              grid_colour=(128, 128, 128))
 
     kappa = experiment("kappa")
@@ -133,11 +133,11 @@ def build_store(root: Path) -> dict:
                 status, fid, clip, acc = _kappa_trial(strategy, k, seed)
                 _log_run(client, kappa, kp, "trial", f"{strategy},{k},{seed}",
                          trial_params(strategy, k, seed), status,
-                         {"fid2k": fid, "clip_score": clip, "all_acc": acc}, tmp,
+                         {"fid2k": fid, "clip_score": clip, "colour_shape_size_acc": acc}, tmp,
                          grid_colour=colours[strategy])
     _log_run(client, kappa, kp, "teacher", "teacher",
              {"sampler": "ddim", "sampler_steps": 25, "kappa": 2.0}, "finished",
-             {"fid2k": 6.0, "clip_score": 0.31, "all_acc": 0.9}, tmp)
+             {"fid2k": 6.0, "clip_score": 0.31, "colour_shape_size_acc": 0.9}, tmp)
 
     broken = experiment("broken")
     ids["broken_parent"] = bp = parent(broken, "broken")
@@ -228,8 +228,8 @@ def test_aggregate_means_cis_and_outcome_counts_match_hand_computation(store):
     assert lsg["fid2k_std"] == pytest.approx(2.0)
     assert lsg["fid2k_n"] == 3
     assert lsg["fid2k_ci95"] == pytest.approx(T975_DF2 * 2.0 / math.sqrt(3))
-    assert lsg["all_acc_mean"] == pytest.approx(0.9)
-    assert lsg["all_acc_ci95"] == pytest.approx(T975_DF2 * 0.1 / math.sqrt(3))
+    assert lsg["colour_shape_size_acc_mean"] == pytest.approx(0.9)
+    assert lsg["colour_shape_size_acc_ci95"] == pytest.approx(T975_DF2 * 0.1 / math.sqrt(3))
 
     cfg = agg.loc["cfg"]  # clip 0.28 x3: no spread, interval of width 0
     assert cfg["clip_score_std"] == pytest.approx(0.0, abs=1e-12)
