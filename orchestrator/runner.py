@@ -243,6 +243,7 @@ def _drive(plan: Plan, trials: list[Trial], selected: profiles.Profile, size: st
     exp_id = tracking.experiment_id(mlflow_client, plan.name)
     trial_set = trial_set_hash(trials)
     done = {t.trial_id: read_result(trial_workdir(storage_dir, plan, t)) for t in trials}
+    _check_finished_teachers(plan, trials, done, teachers, mlflow_client, storage_dir)
     pending = [t for t in trials if done[t.trial_id] is None]
     latest = tracking.latest_parent(mlflow_client, exp_id, trial_set)
     if not pending and latest is not None and latest.info.status == "FINISHED":
@@ -336,6 +337,33 @@ def _drive(plan: Plan, trials: list[Trial], selected: profiles.Profile, size: st
         tracking.finish(mlflow_client, parent_id, parent_status)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _check_finished_teachers(plan: Plan, trials: list[Trial], done: dict, teachers: dict,
+                             mlflow_client, storage_dir: Path) -> None:
+    """A finished trial is reused on rerun, so it must have been distilled from the teacher
+    its config names *now*: the trial id hashes the config ("embedded:default"), not the
+    weights, and after `make teacher` (or a new checkout) the old numbers would come back
+    as if current. Results from before result.json recorded the hash are checked against
+    their MLflow run's tag."""
+    for t in trials:
+        record = done[t.trial_id]
+        if record is None:
+            continue
+        recorded = record.get("teacher_hash")
+        if recorded is None and record.get("run_id"):
+            try:
+                run = mlflow_client.get_run(record["run_id"])
+                recorded = run.data.tags.get(schema.TEACHER_HASH)
+            except Exception:  # noqa: BLE001 - another store, or the run is gone: cannot tell
+                recorded = None
+        current = teachers[t.config.teacher].teacher_hash
+        if recorded is not None and recorded != current:
+            raise ConfigError(
+                f"{trial_workdir(storage_dir, plan, t)}: trial {t.name} finished with teacher "
+                f"{recorded}, but {t.config.teacher} is now teacher {current}; move or delete "
+                f"{storage_dir / 'trials' / plan.name} (or set ABLATE_HOME to a new folder) to "
+                "rerun the plan with the current teacher")
 
 
 def _close_finished_child(mlflow_client, uri, run_id, record, existing, trial_id) -> None:

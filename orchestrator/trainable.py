@@ -167,6 +167,8 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     logger.log_metrics(result.final_metrics, result.iterations)
     write_result(workdir, {
         "trial_id": spec["trial_id"], "name": spec["name"], "run_id": spec["run_id"],
+        # A finished trial is reused on rerun only while its teacher is unchanged (runner).
+        "teacher_hash": _TEACHERS[teacher_key].teacher_hash,
         "status": result.status, "iterations": result.iterations,
         "final_metrics": dict(result.final_metrics),
         "config": dataclasses.asdict(config),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import config_hash
+from distill.config import ConfigError, config_hash
 from distill.guidance import guidance_scales
 from orchestrator import runner, tracking
 from orchestrator.plan import expand, load_plan
@@ -202,3 +202,26 @@ def test_rerun_of_a_finished_plan_runs_nothing(e2e):
     assert outcome.parent_run_id == e2e["outcome"].parent_run_id
     assert "already finished" in out.getvalue()
     assert len(_runs(e2e["client"])) == len(before)
+
+
+def test_rerun_after_the_teacher_changed_is_refused_not_reused(e2e):
+    """A finished trial distilled from another teacher (e.g. before `make teacher`) would
+    come back as a current result; the driver refuses, naming the folder and the fix."""
+    trial = e2e["trials"][0]
+    workdir = e2e["storage"] / "trials" / "e2e" / trial.trial_id
+    original = (workdir / "result.json").read_text()
+    record = json.loads(original)
+    assert len(record["teacher_hash"]) >= 12  # recorded by the trial
+    record["teacher_hash"] = "0" * 16
+    (workdir / "result.json").write_text(json.dumps(record))
+    before = _runs(e2e["client"])
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("ABLATE_HOME", str(e2e["storage"]))
+            mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+            with pytest.raises(ConfigError, match="finished with teacher 0000") as info:
+                runner.run_plan(e2e["plan_path"], size="smoke", out=io.StringIO())
+        assert str(workdir) in str(info.value) and "delete" in str(info.value)
+        assert len(_runs(e2e["client"])) == len(before)  # no new parent or child run
+    finally:
+        (workdir / "result.json").write_text(original)
