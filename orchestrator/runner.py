@@ -105,7 +105,6 @@ def start_ray() -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
     # Trials write to MLflow and our status line; Ray's per-worker log forwarding would
     # interleave every worker's stderr with it.
     kwargs = {"log_to_driver": False, "logging_level": logging.WARNING,
@@ -174,7 +173,8 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
         _check_local_resources(plan)
     uri = tracking.tracking_uri()
     storage_dir = storage_root(storage)
-    pending = [t for t in trials if read_result(trial_workdir(storage_dir, plan, t)) is None]
+    done = {t.trial_id: read_result(trial_workdir(storage_dir, plan, t)) for t in trials}
+    pending = [t for t in trials if done[t.trial_id] is None]
     started_ray = False
     # Ray's shutdown (~1.4 s of waiting for its processes) runs beside the final report
     # once Tune is done, and at the latest on the way out.
@@ -193,7 +193,7 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
                         _check_cluster_resources(plan)
             finally:
                 setup = prepared.result()  # its error, if any, wins: it names the fix
-        return _drive(plan, trials, selected, size, profile, uri, storage_dir, out, setup,
+        return _drive(plan, trials, done, selected, size, profile, uri, storage_dir, out, setup,
                       release_ray=shutdown.start if started_ray else lambda: None)
     finally:
         if started_ray:
@@ -232,17 +232,17 @@ def _shutdown_ray() -> None:
     ray.shutdown()
 
 
-def _drive(plan: Plan, trials: list[Trial], selected: profiles.Profile, size: str,
-           profile: str, uri: str, storage_dir: Path, out: TextIO, setup: _Setup,
-           release_ray=lambda: None) -> RunOutcome:
+def _drive(plan: Plan, trials: list[Trial], done: dict[str, dict | None],
+           selected: profiles.Profile, size: str, profile: str, uri: str, storage_dir: Path,
+           out: TextIO, setup: _Setup, release_ray=lambda: None) -> RunOutcome:
     """run_plan after its checks and set-up: MLflow runs, teacher baseline, Tune, report.
 
+    ``done``: each trial's result.json as run_plan read it (None if unfinished).
     ``release_ray`` is called once Ray is no longer needed (before the report)."""
     teachers, prompt_hashes, suites = setup.teachers, setup.prompt_hashes, setup.suites
     mlflow_client = tracking.client(uri)
     exp_id = tracking.experiment_id(mlflow_client, plan.name)
     trial_set = trial_set_hash(trials)
-    done = {t.trial_id: read_result(trial_workdir(storage_dir, plan, t)) for t in trials}
     _check_finished_teachers(plan, trials, done, teachers, mlflow_client, storage_dir)
     pending = [t for t in trials if done[t.trial_id] is None]
     latest = tracking.latest_parent(mlflow_client, exp_id, trial_set)
@@ -460,7 +460,7 @@ class _SetEvent:
 
 def _tune(plan: Plan, size: str, pending: list[Trial], storage_dir: Path, uri: str,
           child_ids: dict[str, str], out: TextIO, selected: profiles.Profile,
-          reported: threading.Event | None = None) -> dict[str, str]:
+          reported: threading.Event) -> dict[str, str]:
     """Run the pending trials with Ray Tune; return {trial id: error} for trials that failed.
 
     ``reported`` is set at the first result any trial reports."""
@@ -502,7 +502,7 @@ def _tune(plan: Plan, size: str, pending: list[Trial], storage_dir: Path, uri: s
             storage_path=str(storage_dir / "tune"),
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
             callbacks=[StatusLine(out, {s["trial_id"]: s["config"]["iterations"] for s in specs},
-                                  on_result=_SetEvent(reported) if reported else None)],
+                                  on_result=_SetEvent(reported))],
             verbose=0, log_to_file=True),
     )
     grid = tuner.fit()

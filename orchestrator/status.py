@@ -14,14 +14,16 @@ from typing import TextIO
 
 from ray.tune import Callback
 
+from results import schema
+
 # The metrics worth a glance while a run is in flight, in this order.
-SHOWN = ("loss_fake_score", "loss_generator", "images_per_second", "clip_score",
-         "colour_shape_size_acc")
+SHOWN = ("loss_fake_score", "loss_generator", "images_per_second", schema.CLIP_SCORE,
+         schema.ADHERENCE)
 
 
 def _short(key: str) -> str:
     return {"loss_fake_score": "L_psi", "loss_generator": "L_G",
-            "images_per_second": "img/s", "colour_shape_size_acc": "adherence"}.get(key, key)
+            "images_per_second": "img/s", schema.ADHERENCE: "adherence"}.get(key, key)
 
 
 def format_line(elapsed_s: float, name: str, state: str, iteration: int | None,
