@@ -31,7 +31,7 @@ import torch
 
 from distill.config import DistillConfig
 from distill.guidance import NoiseSchedule, add_noise
-from distill.loop import SiD, load_config_teacher, load_prompts
+from distill.loop import SiD, draw_prompts, load_config_teacher, load_prompts
 from distill.losses import sid_generator_loss
 
 STRATEGIES = ("lsg", "cfg", "none")
@@ -60,9 +60,9 @@ def ours(sid: SiD, teacher, prompts: list[str], rng: torch.Generator):
     step = [0]
 
     def iteration():
-        picks = torch.randint(len(prompts), (config.batch_size,), generator=rng)
-        cond = teacher.encode_prompts([prompts[i] for i in picks.tolist()])
-        assert sid.iteration(cond, rng) is not None
+        cond_fake_score = teacher.encode_prompts(draw_prompts(prompts, config.batch_size, rng))
+        cond_generator = teacher.encode_prompts(draw_prompts(prompts, config.batch_size, rng))
+        assert sid.iteration(cond_fake_score, cond_generator, rng) is not None
         step[0] += 1
         sid.update_ema(step[0] * config.batch_size)
 

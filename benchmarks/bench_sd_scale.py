@@ -53,7 +53,8 @@ def generator_gradient(teacher, config) -> torch.Tensor:
     from distill import world
 
     prompts = [c.text for c in world.train_captions()][:config.batch_size]
-    sid.iteration(teacher.encode_prompts(prompts), rng)
+    cond = teacher.encode_prompts(prompts)
+    sid.iteration(cond, cond, rng)
     return torch.cat([p.grad.flatten() for p in sid.generator.parameters()])
 
 

@@ -77,12 +77,12 @@ def main() -> None:
         rng = torch.Generator(device=device).manual_seed(0)
         cond = torch.randn(micro_batch, tokens, dim, device=device)
         timed = 3 if not tiny else 1
-        sid.iteration(cond, rng)  # warm-up: kernels chosen, allocator primed
+        sid.iteration(cond, cond, rng)  # warm-up: kernels chosen, allocator primed
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(timed):
-            sid.iteration(cond, rng)
+            sid.iteration(cond, cond, rng)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / timed

@@ -1,4 +1,4 @@
-"""The SiD-LSG training loop (DESIGN.md §2): one ψ update then one G update per iteration.
+"""The SiD-LSG training loop (docs/algorithm.md): one ψ update then one G update per iteration.
 
 :class:`SiD` holds the three networks and does one iteration; :func:`distill`
 is the run: it loads teacher and prompts, resumes from a checkpoint, and keeps
@@ -86,10 +86,10 @@ class SiD:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _draw(self, cond: torch.Tensor, rng: torch.Generator):
-        """Per micro-batch randomness, in a fixed order: dropout mask, z, t, ε."""
+    def _draw(self, cond: torch.Tensor, rng: torch.Generator, dropout: bool):
+        """Per micro-batch randomness, in a fixed order: dropout mask (if ``dropout``), z, t, ε."""
         b = cond.shape[0]
-        if self.scales.uses_prompt_dropout:
+        if dropout:
             drop = torch.rand(b, generator=rng, device=self.device) < self.config.prompt_dropout
             cond = torch.where(drop.view(-1, 1, 1), self.uncond, cond)
         z = torch.randn((b, *self.sample_shape), generator=rng, device=self.device)
@@ -98,23 +98,34 @@ class SiD:
         noise = torch.randn((b, *self.sample_shape), generator=rng, device=self.device)
         return cond, z, t, noise
 
-    def iteration(self, cond: torch.Tensor, rng: torch.Generator) -> dict[str, float] | None:
-        """One ψ step then one G step on a batch of prompt embeddings (B, L, D).
+    def iteration(self, cond_fake_score: torch.Tensor, cond_generator: torch.Tensor,
+                  rng: torch.Generator) -> dict[str, float] | None:
+        """One ψ step then one G step, each on its own batch of prompt embeddings (B, L, D),
+        as the official loop draws a fresh prompt batch for each update.
+
+        Prompt dropout (docs/algorithm.md, "Prompt dropout") touches only the ψ update: its
+        generator sample and ψ's target both see the dropped prompts, so ψ learns the
+        unconditional branch that κ1, κ2 ≠ 1 read. The G update never sees the empty prompt
+        except as the unconditional half of a guided call.
 
         Returns the two losses, or None when one is NaN/inf (nothing is stepped then).
         """
         cfg, scales = self.config, self.scales
-        chunks = cond.split(cfg.micro_batch_size)
+        chunks_fake = cond_fake_score.split(cfg.micro_batch_size)
+        chunks_gen = cond_generator.split(cfg.micro_batch_size)
+        if len(chunks_fake) != len(chunks_gen):
+            raise ValueError(f"the two updates' prompt batches differ in size: "
+                             f"{cond_fake_score.shape[0]} vs {cond_generator.shape[0]}")
         # Data parallel: every rank draws every micro-batch's randomness (one stream, as a
         # single worker would) and computes only its own share (distill/parallel.py).
-        owned = parallel.owned_chunks(len(chunks))
+        owned = parallel.owned_chunks(len(chunks_fake))
         t_init = cfg.t_init
 
         # Fake score: denoising score matching on G's samples, guided by κ1.
         self.opt_fake_score.zero_grad(set_to_none=True)
         loss_fake = torch.zeros((), device=self.device)
-        for i, chunk in enumerate(chunks):
-            emb, z, t, noise = self._draw(chunk, rng)
+        for i, chunk in enumerate(chunks_fake):
+            emb, z, t, noise = self._draw(chunk, rng, dropout=scales.uses_prompt_dropout)
             if i not in owned:
                 continue
             share = chunk.shape[0] / cfg.batch_size
@@ -138,8 +149,8 @@ class SiD:
         self.fake_score.requires_grad_(False)
         loss_gen = torch.zeros((), device=self.device)
         try:
-            for i, chunk in enumerate(chunks):
-                emb, z, t, noise = self._draw(chunk, rng)
+            for i, chunk in enumerate(chunks_gen):
+                emb, z, t, noise = self._draw(chunk, rng, dropout=False)
                 if i not in owned:
                     continue
                 share = chunk.shape[0] / cfg.batch_size
@@ -244,6 +255,13 @@ def load_prompts(spec: str) -> list[str]:
     return prompts
 
 
+def draw_prompts(prompts: list[str], count: int, rng: torch.Generator,
+                 device: torch.device | str = "cpu") -> list[str]:
+    """``count`` prompts drawn uniformly with replacement from the training set."""
+    picks = torch.randint(len(prompts), (count,), generator=rng, device=device)
+    return [prompts[i] for i in picks.tolist()]
+
+
 def _resume(directory: Path, sid: SiD, rng: torch.Generator, config: DistillConfig,
             teacher_hash: str) -> dict:
     tensors, meta = checkpoint.load(directory)
@@ -327,10 +345,13 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
                 (workdir / FAULT_MARKER).touch()
                 raise RuntimeError(f"injected fault at iteration {step} (fault_inject_at_iteration)")
             started = time.perf_counter()
-            # Each prompt is encoded once per batch, for both updates and all micro-batches.
-            picks = torch.randint(len(prompts), (config.batch_size,), generator=rng, device=device)
-            cond = teacher.encode_prompts([prompts[i] for i in picks.tolist()])
-            losses = sid.iteration(cond, rng)
+            # Each update draws its own prompt batch (the official loop's two iterator
+            # draws), each encoded once for all its micro-batches and network calls.
+            cond_fake_score = teacher.encode_prompts(
+                draw_prompts(prompts, config.batch_size, rng, device))
+            cond_generator = teacher.encode_prompts(
+                draw_prompts(prompts, config.batch_size, rng, device))
+            losses = sid.iteration(cond_fake_score, cond_generator, rng)
             if losses is None:
                 report({"diverged": 1.0}, step + 1)
                 bar.close()

@@ -77,8 +77,9 @@ def _train(strategy, kappa, iterations=400):
     sid = SiD(GaussianEps(schedule), schedule, (DIM, 1, 1), _onehot(torch.tensor([0])), config)
     rng = torch.Generator().manual_seed(0)
     for step in range(iterations):
-        classes = torch.randint(1, len(MEANS), (config.batch_size,), generator=rng)
-        assert sid.iteration(_onehot(classes), rng) is not None
+        classes_fake = torch.randint(1, len(MEANS), (config.batch_size,), generator=rng)
+        classes_gen = torch.randint(1, len(MEANS), (config.batch_size,), generator=rng)
+        assert sid.iteration(_onehot(classes_fake), _onehot(classes_gen), rng) is not None
         sid.update_ema((step + 1) * config.batch_size)
     return sid
 

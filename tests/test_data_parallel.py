@@ -96,7 +96,7 @@ def _generator_gradient(teacher, config: DistillConfig) -> torch.Tensor:
               teacher.encode_prompts([""]), config)
     rng = torch.Generator().manual_seed(config.seed)
     cond = teacher.encode_prompts(["a large red circle on the left"] * config.batch_size)
-    assert sid.iteration(cond, rng) is not None
+    assert sid.iteration(cond, cond, rng) is not None
     return torch.cat([p.grad.flatten() for p in sid.generator.parameters()])
 
 

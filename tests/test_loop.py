@@ -68,8 +68,8 @@ def test_network_passes_per_iteration_follow_the_strategy_table(teacher, strateg
     psi_before = [p.detach().clone() for p in sid.fake_score.parameters()]
     g_before = [p.detach().clone() for p in sid.generator.parameters()]
     try:
-        losses = sid.iteration(teacher.encode_prompts(["a small red square on the left"] * 2),
-                               torch.Generator().manual_seed(0))
+        cond = teacher.encode_prompts(["a small red square on the left"] * 2)
+        losses = sid.iteration(cond, cond, torch.Generator().manual_seed(0))
     finally:
         for hook in hooks:
             hook.remove()
@@ -133,8 +133,9 @@ def test_reports_losses_and_evaluations_and_encodes_each_batch_once(teacher, tmp
                          evaluate=evaluate)
     finally:
         hook.remove()
-    # the empty prompt once per run, then one batch of 4 per iteration, then 1 per evaluation
-    assert encoder_calls == [1, 4, 4, 1, 4, 1]
+    # the empty prompt once per run, then one batch of 4 per update (two per iteration),
+    # then 1 per evaluation
+    assert encoder_calls == [1, 4, 4, 4, 4, 1, 4, 4, 1]
     assert [s for s, _ in reports] == [2, 2, 3, 3]
     assert set(reports[0][1]) == {"loss_fake_score", "loss_generator", "images_per_second"}
     assert reports[0][1]["images_per_second"] > 0
@@ -205,8 +206,8 @@ def test_nan_loss_marks_the_run_diverged_and_stops(teacher, tmp_path):
 
 def test_bf16_autocast_trains_with_finite_losses(teacher):
     sid = _sid(teacher, precision="bf16")
-    losses = sid.iteration(teacher.encode_prompts(["a large green cross on the right"] * 4),
-                           torch.Generator().manual_seed(0))
+    cond = teacher.encode_prompts(["a large green cross on the right"] * 4)
+    losses = sid.iteration(cond, cond, torch.Generator().manual_seed(0))
     assert losses is not None and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
 
 
@@ -246,3 +247,92 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path, capsys):
     bad.write_text("kapa: 2\n")
     assert main(["distill", str(bad)]) == 2
     assert "unknown key(s) kapa" in capsys.readouterr().err
+
+
+def _record_calls(monkeypatch):
+    """Wrap the loop's network entry points to record (what, prompt embeddings, grad on):
+    ``generate`` for G's samples, ``predict_eps`` for ψ's target in the ψ update, and
+    ``denoise`` for the guided φ and ψ calls of the G update."""
+    calls = []
+
+    def wrap(name, fn, cond_at):
+        def recorded(*args, **kwargs):
+            calls.append((name, args[cond_at].detach().clone(), torch.is_grad_enabled()))
+            return fn(*args, **kwargs)
+        monkeypatch.setattr(loop, name, recorded)
+
+    wrap("generate", loop.generate, 2)
+    wrap("predict_eps", loop.predict_eps, 3)
+    wrap("denoise", loop.denoise, 3)
+    return calls
+
+
+def _is_empty(emb, uncond):
+    """Per row of (b, L, D): is it the empty prompt's embedding?"""
+    return (emb == uncond).flatten(1).all(dim=1)
+
+
+@pytest.mark.parametrize("strategy", ["lsg", "cfg", "none"])
+def test_prompt_dropout_reaches_only_the_fake_score_update(teacher, tmp_path, monkeypatch,
+                                                           strategy):
+    # docs/algorithm.md, "Prompt dropout": the ψ update's generator sample and ψ's target
+    # see the dropped prompts; the G update never samples G on the empty prompt.
+    calls = _record_calls(monkeypatch)
+    config = DistillConfig(**{**SMOKE, "strategy": strategy, "prompt_dropout": 0.5,
+                              "iterations": 20, "log_every": 20, "checkpoint_every": 0})
+    assert distill(config, tmp_path, teacher=teacher).status == "finished"
+    uncond = teacher.encode_prompts([""])
+
+    # Per micro-batch: ψ update = generate (no grad), predict_eps; G update = generate
+    # (grad), denoise φ, denoise ψ.
+    per_round = 2
+    fake, gen = [], []
+    i = 0
+    for _ in range(config.iterations):
+        for _ in range(per_round):
+            (g, g_emb, g_grad), (p, p_emb, _) = calls[i:i + 2]
+            assert (g, g_grad, p) == ("generate", False, "predict_eps")
+            assert torch.equal(g_emb, p_emb)  # ψ learns on the prompts G's sample was drawn for
+            fake.append(g_emb)
+            i += 2
+        for _ in range(per_round):
+            (g, g_emb, g_grad), (d1, real_emb, _), (d2, fake_emb, _) = calls[i:i + 3]
+            assert (g, g_grad, d1, d2) == ("generate", True, "denoise", "denoise")
+            # The conditional halves of the guided φ and ψ calls carry G's own prompts.
+            assert torch.equal(real_emb, g_emb) and torch.equal(fake_emb, g_emb)
+            gen.append(g_emb)
+            i += 3
+    assert i == len(calls)
+
+    dropped_fake = int(torch.cat([_is_empty(e, uncond) for e in fake]).sum())
+    dropped_gen = int(torch.cat([_is_empty(e, uncond) for e in gen]).sum())
+    samples = config.iterations * config.batch_size  # 80 per update
+    assert dropped_gen == 0
+    if strategy == "lsg":
+        # Binomial(80, 0.5): mean 40, sd 4.5; 25..55 is beyond 3 sd either side.
+        assert 25 <= dropped_fake <= 55, dropped_fake
+    else:
+        assert dropped_fake == 0  # κ1 = κ2 = 1: ψ never reads its unconditional branch
+    assert samples == len(torch.cat(fake)) == len(torch.cat(gen))
+
+
+def test_the_two_updates_of_an_iteration_draw_their_own_prompts(teacher, tmp_path, monkeypatch):
+    calls = _record_calls(monkeypatch)
+    # One micro-batch of 4 prompts per update from 120: the same 4-tuple twice has
+    # probability 120^-4 per iteration.
+    config = DistillConfig(**{**SMOKE, "strategy": "cfg", "micro_batch_size": 4, "iterations": 5,
+                              "log_every": 5, "checkpoint_every": 0})
+    distill(config, tmp_path, teacher=teacher)
+    samples = [(emb, grad) for name, emb, grad in calls if name == "generate"]
+    assert len(samples) == 2 * config.iterations
+    for (fake_emb, fake_grad), (gen_emb, gen_grad) in zip(samples[::2], samples[1::2]):
+        assert (fake_grad, gen_grad) == (False, True)
+        assert not torch.equal(fake_emb, gen_emb)
+
+
+def test_draw_prompts_is_uniform_with_replacement_and_seeded():
+    prompts = [f"p{i}" for i in range(3)]
+    a = loop.draw_prompts(prompts, 3000, torch.Generator().manual_seed(0))
+    assert a == loop.draw_prompts(prompts, 3000, torch.Generator().manual_seed(0))
+    counts = [a.count(p) for p in prompts]
+    assert all(900 <= c <= 1100 for c in counts), counts  # 1000 ± 3 sd (sd 25.8)
