@@ -63,8 +63,8 @@ def ours(sid: SiD, teacher, prompts: list[str], rng: torch.Generator):
         cond_fake_score = teacher.encode_prompts(draw_prompts(prompts, config.batch_size, rng))
         cond_generator = teacher.encode_prompts(draw_prompts(prompts, config.batch_size, rng))
         assert sid.iteration(cond_fake_score, cond_generator, rng) is not None
-        step[0] += 1
         sid.update_ema(step[0] * config.batch_size)
+        step[0] += 1
 
     return iteration
 
@@ -182,8 +182,8 @@ def official(sid: SiD, teacher, prompts: list[str], rng: torch.Generator):
         sid.fake_score.requires_grad_(True)
         clean_grads(sid.generator)
         sid.opt_generator.step()
-        step[0] += 1
         sid.update_ema(step[0] * config.batch_size)
+        step[0] += 1
 
     return iteration
 

@@ -81,7 +81,7 @@ def _distill(args: argparse.Namespace) -> int:
     values = {**config_mod.load_yaml(args.config), **config_mod.SIZE_PRESETS[args.size]}
     config = config_mod.from_dict(config_mod.DistillConfig, values, source=str(args.config))
     workdir = args.workdir or (paths.output_root() / "distill"
-                               / f"{Path(args.config).stem}-{config_mod.config_hash(config)}")
+                               / f"{Path(args.config).stem}-{config_mod.trial_id(config)}")
     teacher = load_config_teacher(config.teacher, progress=not args.no_progress)
     embedded = config.teacher.startswith("embedded:")
     captions = world.heldout_captions()

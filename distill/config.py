@@ -93,12 +93,26 @@ def config_hash(config: Any, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+# Revision of what one trial computes for a given config. Bump it when the loop's numbers
+# change for the same config (revision 2: prompt dropout only in the fake-score update, a
+# prompt batch per update, the EMA counting images before the step), so trial ids change and finished trials or checkpoints of the
+# old loop are never reused as if they were current.
+ALGORITHM_REVISION = 2
+
+
+def trial_id(config: DistillConfig) -> str:
+    """A trial's stable id: the hash of its resolved config and :data:`ALGORITHM_REVISION`."""
+    blob = json.dumps({"algorithm_revision": ALGORITHM_REVISION,
+                       "config": dataclasses.asdict(config)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """One distillation trial, fully resolved. Names follow the paper's symbols.
 
     Guidance: ``strategy`` maps κ to (kappa1, kappa2 = kappa3, kappa4) as in
-    DESIGN.md §2 (see :func:`distill.guidance.guidance_scales`).
+    docs/algorithm.md, "Guidance strategies" (see :func:`distill.guidance.guidance_scales`).
     """
 
     teacher: str = "embedded:default"  # "embedded:<size>" or a path to an SD-layout directory

@@ -1,4 +1,4 @@
-"""Guidance strategies and the ε / x0 algebra of SiD-LSG (DESIGN.md §2), as pure functions.
+"""Guidance strategies and the ε / x0 algebra of SiD-LSG (docs/algorithm.md), as pure functions.
 
 Everything here is vectorised over the batch: per-sample timesteps index a
 precomputed table (no per-sample Python loop, no scheduler ``step`` calls),
@@ -26,13 +26,15 @@ class GuidanceScales:
 
     @property
     def uses_prompt_dropout(self) -> bool:
-        # The official code drops prompts whenever the fake score is guided:
-        # ψ's unconditional branch is only learned if it sees empty prompts.
+        # Prompts are dropped in the fake-score update only, and only when ψ is read guided
+        # in either update (κ1 or κ2 ≠ 1): ψ must learn the unconditional branch those guided
+        # calls read. The generator update never drops prompts (docs/algorithm.md,
+        # "Prompt dropout"; the official flag use_context_dropout_train_fake).
         return self.kappa1 != 1 or self.kappa2 != 1
 
 
 def guidance_scales(strategy: str, kappa: float) -> GuidanceScales:
-    """(κ1, κ2, κ3, κ4) of a strategy at scale κ: the table of DESIGN.md §2."""
+    """(κ1, κ2, κ3, κ4) of a strategy at scale κ: docs/algorithm.md, "Guidance strategies"."""
     if not kappa > 0:
         raise ValueError(f"kappa = {kappa!r}: the guidance scale must be > 0")
     table = {

@@ -175,7 +175,10 @@ class SiD:
 
     @torch.no_grad()
     def update_ema(self, images_seen: int) -> None:
-        """EDM's EMA: half-life in images, ramped in as a fraction of images seen so far."""
+        """EDM's EMA: half-life in images, ramped in as a fraction of images seen so far.
+
+        ``images_seen`` counts the images before this iteration's step (the official loop's
+        ``cur_nimg``), so with ramp-up the first update copies G into the EMA outright."""
         cfg = self.config
         halflife_images = cfg.ema_halflife_kimg * 1000
         if cfg.ema_rampup_ratio is not None:
@@ -356,7 +359,7 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
                 report({"diverged": 1.0}, step + 1)
                 bar.close()
                 return DistillResult("diverged", step, {"diverged": 1.0}, checkpoint_dir)
-            sid.update_ema((step + 1) * config.batch_size)
+            sid.update_ema(step * config.batch_size)
             step += 1
             train_seconds += time.perf_counter() - started
             train_images += config.batch_size

@@ -1,4 +1,4 @@
-"""SiD's two losses as pure functions of tensors (DESIGN.md §2).
+"""SiD's two losses as pure functions of tensors (docs/algorithm.md, "Symbols").
 
 Both sum over the sample's elements and average over the batch, as the
 official code does (``loss.sum() / batch``), and compute in (at least) float32 even when

@@ -16,9 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.config import ConfigError, DistillConfig, config_hash, from_dict, load_yaml
+from distill.config import ConfigError, DistillConfig, from_dict, load_yaml, trial_id
 
 SIZES = ("smoke", "default")
+# Three seeds unless a plan says otherwise: one seed is an anecdote, and a 95% t-interval
+# needs at least two (RESULTS.md shows how far single seeds disagree).
+DEFAULT_SEEDS = (0, 1, 2)
+# torch.Generator.manual_seed takes a 64-bit integer.
+MAX_SEED = 2**63 - 1
 # Keys the plan sets through its own sections, so an axis or base override of
 # them would be silently shadowed; they are rejected where they appear.
 _PLAN_OWNED = {"seed": "seeds", "eval_every": "evaluation.eval_every",
@@ -84,7 +89,7 @@ class Plan:
     base: tuple[tuple[str, Any], ...]
     axes: tuple[tuple[str, tuple[Any, ...]], ...]
     zip_groups: tuple[tuple[tuple[str, tuple[Any, ...]], ...], ...]
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # the fastest-varying dimension; default DEFAULT_SEEDS
     resources: Resources
     evaluation: Evaluation
     sizes: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
@@ -132,6 +137,37 @@ def _check_values(source: str, key: str, values: Any, distinct: bool = True) -> 
             _fail(source, key, f"duplicate value {value!r}; each value may appear once")
         seen.append(value)
     return tuple(values)
+
+
+def _check_seeds(source: str, key: str, seeds: Any) -> tuple[int, ...]:
+    seeds = _check_values(source, key, seeds)
+    for seed in seeds:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+            _fail(source, key, f"seeds must be integers in 0..2^63-1, got {seed!r}")
+    return seeds
+
+
+def parse_seeds(text: str, source: str = "--seeds") -> tuple[int, ...]:
+    """``"0,1,2"`` -> (0, 1, 2); a non-integer, negative or duplicate value raises
+    :class:`ConfigError` naming it."""
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            values.append(int(part))
+        except ValueError:
+            raise ConfigError(f"{source} {text}: {part!r} is not an integer; give "
+                              "comma-separated integers >= 0, e.g. --seeds 0,1,2") from None
+    try:
+        return _check_seeds(source, text, values)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; e.g. --seeds 0,1,2") from None
+
+
+def with_seeds(plan: Plan, seeds: tuple[int, ...]) -> Plan:
+    """The plan with its ``seeds`` replaced (``ablate run --seeds``), checked like the file's."""
+    seeds = _check_seeds(plan.source, "seeds", list(seeds))
+    return dataclasses.replace(plan, seeds=seeds)
 
 
 def _check_field(source: str, key: str, field: str) -> None:
@@ -204,11 +240,7 @@ def plan_from_dict(data: dict, source: str = "<plan>") -> Plan:
     if repeated:
         _fail(source, repeated[0], "varies in more than one axis or zip group")
 
-    seeds = data.get("seeds", [0])
-    seeds = _check_values(source, "seeds", seeds)
-    for seed in seeds:
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            _fail(source, "seeds", f"seeds must be integers >= 0, got {seed!r}")
+    seeds = _check_seeds(source, "seeds", data.get("seeds", list(DEFAULT_SEEDS)))
 
     resources = from_dict(Resources, _check_mapping(source, "resources", data.get("resources", {})),
                           source, "resources.")
@@ -315,7 +347,7 @@ def expand(plan: Plan, size: str = "default") -> list[Trial]:
         config = _build(plan, values, where, size)
         varied = {k: getattr(config, k) for k in varied}
         name = ",".join(f"{k}={_label(getattr(config, k))}" for k in plan.name_keys)
-        trials.append(Trial(config=config, trial_id=config_hash(config), name=name,
+        trials.append(Trial(config=config, trial_id=trial_id(config), name=name,
                             varied=tuple(varied.items())))
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.config import ConfigError, DistillConfig, config_hash, from_dict, load_yaml
+from distill.config import ConfigError, DistillConfig, from_dict, load_yaml, trial_id
 
 PROFILE_NAMES = ("embedded", "sd15", "sd21base")
 PROFILES_ENV = "ABLATE_PROFILES"
@@ -53,12 +53,13 @@ LAYOUT = {
     },
 }
 
-# The paper's training settings at SD scale (DESIGN.md §2). micro_batch_size is per worker:
-# 2 fits an 80 GB GPU in fp32 (benchmarks/gpu_sd15.py measures it).
+# The paper's training settings at SD scale (docs/algorithm.md, "Optimiser and EMA").
+# micro_batch_size is per worker: 2 fits an 80 GB GPU in fp32 (benchmarks/gpu_sd15.py
+# measures it).
 SD_TRAINING_DEFAULTS: dict[str, Any] = {
     "t_init": 625, "alpha": 1.0, "lr_generator": 1e-6, "lr_fake_score": 1e-6,
     "adam_beta1": 0.0, "adam_beta2": 0.999, "adam_eps": 1e-8, "batch_size": 512,
-    "micro_batch_size": 2, "ema_halflife_kimg": 50.0, "precision": "fp32",
+    "micro_batch_size": 2, "ema_halflife_kimg": 50.0, "ema_rampup_ratio": 0.05, "precision": "fp32",
     "iterations": 20000, "log_every": 10, "checkpoint_every": 200,
 }
 SD_EVAL_NUM_IMAGES = 30000  # COCO-2014 val captions, as in the paper
@@ -235,7 +236,7 @@ def apply_profile(plan, trials: list, size: str, profile: Profile) -> list:
             config = from_dict(DistillConfig, values, plan.source)
         except ConfigError as exc:
             raise ConfigError(f"{exc} (under {profile.settings})") from None
-        resolved.append(Trial(config=config, trial_id=config_hash(config), name=trial.name,
+        resolved.append(Trial(config=config, trial_id=trial_id(config), name=trial.name,
                               varied=trial.varied))
     return resolved
 

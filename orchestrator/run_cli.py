@@ -47,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="root folder for trial workdirs, checkpoints and Ray Tune files "
                         "(default: $ABLATE_STORAGE, else the output folder $ABLATE_HOME); "
                         "give a shared folder when trials run on several machines")
+    p.add_argument("--seeds", default=None, metavar="0,1,2",
+                   help="comma-separated seeds that replace the plan's `seeds:` for this "
+                        "run (plans default to 0,1,2); each seed is one more trial per "
+                        "configuration, and tables show mean ± 95%% t-interval over them. "
+                        "A different seed set is a different set of trials: finished "
+                        "trials with the same config and seed are reused")
     p.set_defaults(handler=_run)
 
     ui = sub.add_parser(
@@ -60,10 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from orchestrator.plan import parse_seeds
     from orchestrator.runner import run_plan
 
-    return run_plan(args.plan, size=args.size, profile=args.profile,
-                    storage=args.storage).exit_code
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    return run_plan(args.plan, size=args.size, profile=args.profile, storage=args.storage,
+                    seeds=seeds).exit_code
 
 
 def _mlflow_ui(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from typing import TextIO
 from distill.config import ConfigError
 from distill.paths import output_root
 from orchestrator import preflight, profiles, tracking
-from orchestrator.plan import Plan, Trial, expand, load_plan, trial_set_hash
+from orchestrator.plan import Plan, Trial, expand, load_plan, trial_set_hash, with_seeds
 from orchestrator.run_cli import PROFILES
 from orchestrator.trainable import read_result, run_trial
 from results import schema
@@ -158,12 +158,17 @@ def _raise_interrupted(signum, frame):
 
 
 def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embedded",
-             storage: str | None = None, out: TextIO = sys.stdout) -> RunOutcome:
-    """Run every unfinished trial of a plan; return the exit code and where results are."""
+             storage: str | None = None, out: TextIO = sys.stdout,
+             seeds: tuple[int, ...] | None = None) -> RunOutcome:
+    """Run every unfinished trial of a plan; return the exit code and where results are.
+
+    ``seeds`` replaces the plan's ``seeds`` (``ablate run --seeds``)."""
     if profile not in PROFILES:
         raise ConfigError(f"--profile {profile}: unknown profile; choose one of "
                           f"{', '.join(PROFILES)}")
     plan = load_plan(plan_path)
+    if seeds is not None:
+        plan = with_seeds(plan, seeds)
     selected = profiles.load_profile(profile)
     trials = profiles.apply_profile(plan, expand(plan, size), size, selected)
     # Every missing weight, prompt, caption and metric file at once, before anything starts.

@@ -1,4 +1,4 @@
-"""Figures for the paper: metrics vs κ with 95% CI bars, the FID–CLIP trade-off per
+"""Figures for the paper: metrics vs κ with 95% CI bands, the FID–CLIP trade-off per
 strategy, and a sample-grid figure from the trials' logged ``samples/grid_final.png``.
 
 Figures are built as ``matplotlib.figure.Figure`` objects without pyplot, so no GUI
@@ -74,8 +74,8 @@ def _err(values: pd.Series) -> np.ndarray:
 
 
 def kappa_figure(runs: pd.DataFrame) -> Figure | None:
-    """FID and CLIP (and adherence, when logged) against κ: one errorbar series per
-    strategy, bars = 95% t-interval over seeds; teacher baselines as dashed lines.
+    """FID and CLIP (and adherence, when logged) against κ: one line per strategy with
+    its 95% t-interval over seeds as a band; teacher baselines as dashed lines.
     None when κ does not vary across the plan's trials."""
     trials = runs[runs["role"] == "trial"]
     if "kappa" not in trials or trials["kappa"].nunique() < 2:
@@ -90,9 +90,13 @@ def kappa_figure(runs: pd.DataFrame) -> Figure | None:
     for ax, metric in zip(axes, metrics):
         fmt = metric_format(metric)
         for label, colour, rows in _series_groups(agg, keys):
-            ax.errorbar(rows["kappa"], rows[f"{metric}_mean"] * fmt.scale,
-                        yerr=_err(rows[f"{metric}_ci95"]) * fmt.scale, marker="o",
-                        capsize=3, color=colour, label=label)
+            mean = rows[f"{metric}_mean"].to_numpy(dtype=float) * fmt.scale
+            half = _err(rows[f"{metric}_ci95"]) * fmt.scale
+            ax.plot(rows["kappa"], mean, marker="o", color=colour, label=label)
+            # The 95% t-interval as a band: where bands overlap, the κ values are not
+            # told apart by this many seeds (the verdict line gives the Welch test).
+            ax.fill_between(rows["kappa"].to_numpy(dtype=float), mean - half, mean + half,
+                            color=colour, alpha=0.2, linewidth=0)
         for _, row in teacher.iterrows():
             if math.isfinite(row[f"{metric}_mean"]):
                 ax.axhline(row[f"{metric}_mean"] * fmt.scale, color="0.4", linestyle="--",

@@ -13,6 +13,7 @@ from results import schema
 from results.load import load_runs
 from results.plots import kappa_figure, sample_grid_figure, save_figure, tradeoff_figure
 from results.tables import build_table, to_latex, to_markdown
+from results.verdict import verdict
 
 REPORT_ARTIFACT_DIR = "report"
 # Every file a report may write; all are removed first so a figure that no longer
@@ -45,8 +46,9 @@ class ReportPaths:
     csv: Path  # the aggregated numbers behind the table (unrounded, with p-values)
     runs_csv: Path  # one row per run, as read from MLflow
     figures: tuple[Path, ...]  # PNG and PDF of each figure that applies
-    markdown_text: str
+    markdown_text: str  # the table, the figures' names and, last, the verdict line
     parent_run_id: str
+    verdict: str  # one line: which differences are significant (results/verdict.py)
 
 
 def fetch_grid(client, run_id: str, dst_dir: Path) -> Path | None:
@@ -97,9 +99,12 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
 
     text = to_markdown(table)
     if figures:
-        text += ("\nFigures (PNG and PDF; error bars are 95% t-intervals over seeds): "
+        text += ("\nFigures (PNG and PDF; bars and bands are 95% t-intervals over seeds): "
                  + ", ".join(p.name for p in figures if p.suffix == ".png") + "\n")
+    line = verdict(plan, runs)
+    text += f"\n{line}\n"
     markdown.write_text(text)
     for path in (latex, markdown, csv, runs_csv, *figures):
         client.log_artifact(parent, str(path), REPORT_ARTIFACT_DIR)
-    return ReportPaths(out_dir, latex, markdown, csv, runs_csv, tuple(figures), text, parent)
+    return ReportPaths(out_dir, latex, markdown, csv, runs_csv, tuple(figures), text, parent,
+                       line)

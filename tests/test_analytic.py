@@ -80,7 +80,7 @@ def _train(strategy, kappa, iterations=400):
         classes_fake = torch.randint(1, len(MEANS), (config.batch_size,), generator=rng)
         classes_gen = torch.randint(1, len(MEANS), (config.batch_size,), generator=rng)
         assert sid.iteration(_onehot(classes_fake), _onehot(classes_gen), rng) is not None
-        sid.update_ema((step + 1) * config.batch_size)
+        sid.update_ema(step * config.batch_size)
     return sid
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import ConfigError, config_hash
+from distill.config import ConfigError, trial_id
 from distill.guidance import guidance_scales
 from orchestrator import runner, tracking
 from orchestrator.plan import expand, load_plan
@@ -122,7 +122,7 @@ def test_child_runs_carry_params_and_tags(e2e):
         assert isinstance(row[f"tags.{tag}"], str) and len(row[f"tags.{tag}"]) >= 8
     assert row[f"tags.{schema.TEACHER_ID}"].startswith("smoke-")
     assert row[f"tags.{schema.PLAN}"] == "e2e"
-    assert trial.trial_id == config_hash(trial.config)
+    assert trial.trial_id == trial_id(trial.config)
     teacher = runs[runs[f"tags.{schema.ROLE}"] == "teacher"].iloc[0]
     assert (teacher["params.sampler_steps"], teacher["params.kappa"]) == ("2", "2.0")
     assert teacher["metrics.fid48"] > 0

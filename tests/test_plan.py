@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import SIZE_PRESETS, ConfigError, DistillConfig, config_hash
+from distill.config import SIZE_PRESETS, ConfigError, DistillConfig, trial_id
 from orchestrator import cli
-from orchestrator.plan import expand, load_plan, plan_from_dict, trial_set_hash
+from orchestrator.plan import (
+    DEFAULT_SEEDS,
+    expand,
+    load_plan,
+    parse_seeds,
+    plan_from_dict,
+    trial_set_hash,
+    with_seeds,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,14 +44,18 @@ def test_shipped_plans_expand_to_the_issue_counts():
     lsg = load_plan(REPO / "ablations/lsg.yaml")
     kappa = load_plan(REPO / "ablations/kappa.yaml")
     for size in ("smoke", "default"):
+        # Three seeds by default: 9 trials and 18 trials, seeds varying fastest.
         trials = expand(lsg, size)
-        assert [t.config.strategy for t in trials] == ["lsg", "cfg", "none"]
+        assert [(t.config.strategy, t.config.seed) for t in trials] == [
+            (s, seed) for s in ("lsg", "cfg", "none") for seed in (0, 1, 2)]
         assert len({t.config.kappa for t in trials}) == 1
         trials = expand(kappa, size)
-        assert [t.config.kappa for t in trials] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+        assert [(t.config.kappa, t.config.seed) for t in trials] == [
+            (k, seed) for k in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0) for seed in (0, 1, 2)]
         assert {t.config.strategy for t in trials} == {"lsg"}
-    assert [t.name for t in expand(kappa, "smoke")][:2] == [
-        "strategy=lsg,kappa=0.5,seed=0", "strategy=lsg,kappa=1,seed=0"]
+    assert [t.name for t in expand(kappa, "smoke")][:4] == [
+        "strategy=lsg,kappa=0.5,seed=0", "strategy=lsg,kappa=0.5,seed=1",
+        "strategy=lsg,kappa=0.5,seed=2", "strategy=lsg,kappa=1,seed=0"]
     assert expand(lsg, "smoke")[0].config.teacher == "embedded:smoke"
 
 
@@ -53,8 +65,8 @@ def test_kappa_plan_is_one_line_away_from_crossing_with_strategy(tmp_path):
     assert line in text.splitlines()
     crossed = write(tmp_path, text.replace(line, line.replace("# ", "")), "kappa.yaml")
     trials = expand(load_plan(crossed), "default")
-    assert len(trials) == 6 * 3
-    assert len({t.trial_id for t in trials}) == 18
+    assert len(trials) == 6 * 3 * 3  # κ x strategy x seeds
+    assert len({t.trial_id for t in trials}) == 54
 
 
 def test_expand_counts_product_zip_and_seeds(tmp_path):
@@ -82,7 +94,7 @@ def test_trial_ids_are_stable_hashes_of_the_resolved_config(tmp_path):
     first, again = expand(plan, "smoke"), expand(load_plan(write(tmp_path, MINIMAL)), "smoke")
     assert [t.trial_id for t in first] == [t.trial_id for t in again]
     for t in first:
-        assert t.trial_id == config_hash(t.config)
+        assert t.trial_id == trial_id(t.config)
     # Key order in the file does not matter; a value that changes the result does.
     reordered = write(tmp_path, MINIMAL.replace("base: {kappa: 1.5}", "base: {kappa: 1.5}\n"
                                                 "    description: x"), "r.yaml")
@@ -127,9 +139,9 @@ def test_plan_sections_are_typed_and_frozen(tmp_path):
     assert plan.evaluation.teacher_baseline is None and plan.max_failures == 3
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.resources.cpu = 4  # type: ignore[misc]
-    trial, = expand(plan, "default")
-    assert trial.config == DistillConfig()
-    assert trial.name == "strategy=lsg,kappa=2,seed=0"
+    trials = expand(plan, "default")
+    assert [t.config for t in trials] == [DistillConfig(seed=s) for s in DEFAULT_SEEDS]
+    assert [t.name for t in trials] == [f"strategy=lsg,kappa=2,seed={s}" for s in (0, 1, 2)]
 
 
 BAD_PLANS = [
@@ -151,6 +163,7 @@ BAD_PLANS = [
     ("seed as an axis", "name: b\naxes: {seed: [0, 1]}\n", "axes.seed"),
     ("negative seed", "name: b\nseeds: [0, -1]\n", "seeds"),
     ("duplicate seeds", "name: b\nseeds: [0, 0]\n", "seeds"),
+    ("seed beyond 64 bits", "name: b\nseeds: [18446744073709551616]\n", "seeds"),
     ("fractional multi-GPU", "name: b\nresources: {gpu: 1.5}\n", "gpu"),
     ("zero CPUs", "name: b\nresources: {cpu: 0}\n", "cpu"),
     ("unknown resources key", "name: b\nresources: {memory: 4}\n", "resources.memory"),
@@ -209,3 +222,35 @@ def test_unknown_profile_exits_2_naming_the_choices(capsys):
 def test_plan_from_dict_reports_its_source():
     with pytest.raises(ConfigError, match=r"^my-source: axes.kappa: is empty"):
         plan_from_dict({"name": "x", "axes": {"kappa": []}}, "my-source")
+
+
+def test_seeds_flag_parses_and_replaces_the_plans_seeds():
+    assert parse_seeds("0,1,2,3,4") == (0, 1, 2, 3, 4)
+    assert parse_seeds(" 7 , 3") == (7, 3)
+    plan = with_seeds(load_plan(REPO / "ablations/lsg.yaml"), parse_seeds("3,4"))
+    trials = expand(plan, "smoke")
+    assert [(t.config.strategy, t.config.seed) for t in trials] == [
+        (s, seed) for s in ("lsg", "cfg", "none") for seed in (3, 4)]
+    # The same config and seed is the same trial, whichever way the seed was chosen.
+    default = {t.name: t.trial_id for t in expand(load_plan(REPO / "ablations/lsg.yaml"), "smoke")}
+    assert all(t.trial_id != default.get(t.name) for t in trials)  # seeds 3, 4: new trials
+    again = expand(with_seeds(load_plan(REPO / "ablations/lsg.yaml"), (0, 1)), "smoke")
+    assert all(t.trial_id == default[t.name] for t in again)
+
+
+@pytest.mark.parametrize("value, named", [
+    ("0,x,2", "'x' is not an integer"), ("1.5", "'1.5' is not an integer"),
+    ("0,-1", "-1"), ("0,1,1", "duplicate value 1"), ("", "'' is not an integer"),
+    ("0,,1", "'' is not an integer"), (str(2**64), str(2**64)),
+])
+def test_bad_seeds_flag_exits_2_naming_the_value(value, named, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path / "home"))
+    from orchestrator import runner
+
+    monkeypatch.setattr(runner, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    code = cli.main(["run", str(REPO / "ablations/lsg.yaml"), "--size", "smoke", "--seeds", value])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: --seeds") and named in err and "Traceback" not in err, err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "home").exists()

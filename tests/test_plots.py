@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from matplotlib.collections import PolyCollection
 from matplotlib.container import ErrorbarContainer
 from PIL import Image
 from test_results import T975_DF1, shared_store
@@ -48,28 +49,41 @@ def _check_files(paths, size_at_least=(200, 200)):
     assert b"/Type /Page" in data
 
 
-def test_metrics_vs_kappa_one_series_per_strategy_with_ci_bars(kappa_runs, tmp_path):
+def _series_lines(ax):
+    """The κ plot's per-series lines (solid), not the teacher's dashed reference."""
+    return [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+
+
+def _bands(ax):
+    return [c for c in ax.collections if isinstance(c, PolyCollection)]
+
+
+def test_metrics_vs_kappa_one_series_per_strategy_with_ci_bands(kappa_runs, tmp_path):
     fig = kappa_figure(kappa_runs)
     axes = fig.axes
     assert [ax.get_ylabel() for ax in axes] == ["FID (2k) ↓", "CLIP ↑", "Adherence (%) ↑"]
     for ax in axes:
-        bars = _errorbars(ax)
-        assert len(bars) == 2  # lsg and cfg
+        assert len(_series_lines(ax)) == 2 and len(_bands(ax)) == 2  # lsg and cfg, each with its band
         # Teacher baseline: one dashed horizontal reference line per axis.
         dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
         assert len(dashed) == 1
     fid_ax = axes[0]
-    lsg, cfg = _errorbars(fid_ax)
+    lsg, cfg = _series_lines(fid_ax)
     assert lsg.get_label() == "lsg (diverged 1/6)" and cfg.get_label() == "cfg"
-    x, y = lsg.lines[0].get_data()
+    x, y = lsg.get_data()
     # lsg FID: κ=1 -> 14, 15; κ=2 -> 18, 19; κ=3 -> 22 (seed 1 diverged).
     assert list(x) == [1.0, 2.0, 3.0]
     assert list(y) == pytest.approx([14.5, 18.5, 22.0])
-    # The error bar at κ=1 spans mean ± t_{0.975,1} * 0.7071 / sqrt(2) = ± 6.353.
-    segments = lsg.lines[2][0].get_segments()
-    assert segments[0][:, 1] == pytest.approx([14.5 - T975_DF1 * 0.5, 14.5 + T975_DF1 * 0.5])
-    # One finished seed at κ=3: no interval, so a zero-length bar.
-    assert segments[2][0, 1] == segments[2][1, 1] == pytest.approx(22.0)
+    # The band at κ=1 spans mean ± t_{0.975,1} * 0.7071 / sqrt(2) = ± 6.353; at κ=3 one
+    # finished seed has no interval, so the band closes to the mean.
+    band = _bands(fid_ax)[0].get_paths()[0].vertices
+    at = {round(float(vx), 6): [] for vx in (1.0, 3.0)}
+    for vx, vy in band:
+        if round(float(vx), 6) in at:
+            at[round(float(vx), 6)].append(float(vy))
+    assert min(at[1.0]) == pytest.approx(14.5 - T975_DF1 * 0.5)
+    assert max(at[1.0]) == pytest.approx(14.5 + T975_DF1 * 0.5)
+    assert min(at[3.0]) == pytest.approx(22.0) and max(at[3.0]) == pytest.approx(22.0)
     _check_files(save_figure(fig, tmp_path / "kappa"))
 
 
@@ -148,9 +162,9 @@ def test_sample_grid_panel_explains_a_group_without_finished_runs(store, kappa_r
     assert [t.get_text() for t in fig.axes[4].texts] == ["failed 2/2"]  # cfg κ=2
     assert sum(1 for ax in fig.axes if ax.images) == 4
     # In the κ plot the failed point is a gap (NaN), and the legend says why.
-    cfg = _errorbars(kappa_figure(runs).axes[0])[1]
+    cfg = _series_lines(kappa_figure(runs).axes[0])[1]
     assert cfg.get_label() == "cfg (failed 2/6)"
-    fid = cfg.lines[0].get_data()[1]
+    fid = cfg.get_data()[1]
     assert fid[0] == pytest.approx(19.5) and math.isnan(fid[1]) and fid[2] == pytest.approx(27.5)
 
 
@@ -166,6 +180,6 @@ def test_single_strategy_sweep_is_one_named_series(kappa_runs):
     lsg_only = kappa_runs[kappa_runs["strategy"] != "cfg"].copy()
     lsg_only.attrs.update(kappa_runs.attrs)
     for ax in kappa_figure(lsg_only).axes:
-        (series,) = _errorbars(ax)
+        (series,) = _series_lines(ax)
         assert series.get_label() == "lsg (diverged 1/6)"
-        assert series.lines[0].get_color() == "tab:blue"
+        assert series.get_color() == "tab:blue"

@@ -101,7 +101,8 @@ def build_store(root: Path) -> dict:
         return run.info.run_id
 
     def trial_params(strategy, kappa, seed):
-        # DESIGN.md §2: lsg guides all four, cfg the teacher only (κ4), none nothing.
+        # docs/algorithm.md, "Guidance strategies": lsg guides all four, cfg the teacher
+        # only (κ4), none nothing.
         k1, k2, k3, k4 = {"lsg": (kappa,) * 4, "cfg": (1.0, 1.0, 1.0, kappa),
                           "none": (1.0,) * 4}[strategy]
         return {"strategy": strategy, "kappa": kappa, "kappa1": k1, "kappa2": k2,
