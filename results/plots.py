@@ -108,6 +108,35 @@ def kappa_figure(runs: pd.DataFrame) -> Figure | None:
     return fig
 
 
+def curve_figure(history: pd.DataFrame, metrics: list[str]) -> Figure | None:
+    """Each metric against training iterations: one line per arm (strategy, or κ) with its
+    95% t-interval over seeds as a band. None without evaluations at two or more iterations."""
+    from results.convergence import arm_key, curve, has_curve
+
+    if not has_curve(history):
+        return None
+    key = arm_key(history)
+    fig = Figure(figsize=(4.0 * len(metrics), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        fmt = metric_format(metric)
+        points = curve(history, metric)
+        for index, arm in enumerate(ordered_values(points[key])):
+            rows = points[points[key] == arm].sort_values("step")
+            mean = rows["mean"].to_numpy(dtype=float) * fmt.scale
+            half = _err(rows["ci95"]) * fmt.scale
+            colour = _COLOURS.get(arm, f"C{index}") if key == "strategy" else f"C{index}"
+            label = str(arm) if key == "strategy" else f"κ={arm:g}"
+            ax.plot(rows["step"], mean, marker="o", color=colour, label=label)
+            ax.fill_between(rows["step"].to_numpy(dtype=float), mean - half, mean + half,
+                            color=colour, alpha=0.2, linewidth=0)
+        ax.set_xlabel("training iteration")
+        ax.set_ylabel(fmt.header)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return fig
+
+
 def _teacher_agg(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     teacher = runs[runs["role"] == "teacher"]
     keys = [p for p in ("sampler", "sampler_steps", "kappa")

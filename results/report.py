@@ -10,16 +10,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from results import schema
+from results.convergence import curve_metrics, has_curve, load_history, ordering_table
 from results.load import load_runs
-from results.plots import kappa_figure, sample_grid_figure, save_figure, tradeoff_figure
+from results.plots import (
+    curve_figure,
+    kappa_figure,
+    sample_grid_figure,
+    save_figure,
+    tradeoff_figure,
+)
 from results.tables import build_table, to_latex, to_markdown
 from results.verdict import verdict
 
 REPORT_ARTIFACT_DIR = "report"
 # Every file a report may write; all are removed first so a figure that no longer
 # applies (κ stopped varying, say) cannot linger from an older report.
-_FILES = ("table.tex", "table.md", "table.csv", "runs.csv",
-          *(f"{stem}.{ext}" for stem in ("metrics_vs_kappa", "fid_clip_tradeoff", "samples")
+_FILES = ("table.tex", "table.md", "table.csv", "runs.csv", "convergence.md",
+          *(f"{stem}.{ext}" for stem in ("metrics_vs_kappa", "fid_clip_tradeoff", "samples",
+                                         "metrics_vs_iteration")
             for ext in ("png", "pdf")))
 
 
@@ -96,6 +104,15 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
             fig = build(runs)
             if fig is not None:
                 figures += save_figure(fig, out_dir / stem)
+    # Plans that evaluate during training (eval_every > 0) also get the curve and the
+    # iteration from which the arms' order has settled.
+    extra: list[Path] = []
+    metrics = curve_metrics(runs)
+    history = load_history(runs, metrics) if metrics else None
+    if history is not None and has_curve(history):
+        figures += save_figure(curve_figure(history, metrics), out_dir / "metrics_vs_iteration")
+        (out_dir / "convergence.md").write_text(ordering_table(history, metrics))
+        extra.append(out_dir / "convergence.md")
 
     text = to_markdown(table)
     if figures:
@@ -104,7 +121,7 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
     line = verdict(plan, runs)
     text += f"\n{line}\n"
     markdown.write_text(text)
-    for path in (latex, markdown, csv, runs_csv, *figures):
+    for path in (latex, markdown, csv, runs_csv, *extra, *figures):
         client.log_artifact(parent, str(path), REPORT_ARTIFACT_DIR)
     return ReportPaths(out_dir, latex, markdown, csv, runs_csv, tuple(figures), text, parent,
                        line)

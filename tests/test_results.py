@@ -340,9 +340,19 @@ def test_cli_all_plans_writes_every_output_logs_to_parent_and_prints_markdown(
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["kappa", "lsg"]
     folder = tmp_path / "tables" / "lsg"
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["fid_clip_tradeoff.pdf", "fid_clip_tradeoff.png", "runs.csv",
+    # Every run logged an evaluation at step 50 and the final one at 100: the report adds
+    # the metrics-vs-iteration curve and the order of the arms per evaluation.
+    assert names == ["convergence.md", "fid_clip_tradeoff.pdf", "fid_clip_tradeoff.png",
+                     "metrics_vs_iteration.pdf", "metrics_vs_iteration.png", "runs.csv",
                      "samples.pdf", "samples.png", "table.csv", "table.md", "table.tex"]
     assert (tmp_path / "tables" / "kappa" / "metrics_vs_kappa.pdf").is_file()
+    # Step 50 holds 3x+1 of each final value, so FID's order is the same at both steps:
+    # lsg (mean 12) < cfg (21) < none (32, its diverged seed left out).
+    convergence = (folder / "convergence.md").read_text()
+    assert "| 50 | lsg < cfg < none (2/2) |" in convergence
+    assert "FID from iteration 50" in convergence
+    # The verdict closes the printed report.
+    assert out.out.rstrip().splitlines()[-1].startswith("verdict (two-sided Welch t-test")
     logged = {f.path for f in MlflowClient(store["uri"]).list_artifacts(store["lsg_parent"],
                                                                         "report")}
     assert logged == {f"report/{n}" for n in names}
