@@ -12,7 +12,11 @@ in one process, on the same networks and shapes:
 * ``official``: a faithful re-implementation of the official loop's
   per-iteration work on the same networks: prompts re-tokenised and re-encoded
   on every network call (the empty prompt too), x0 converted per sample through
-  the scheduler in a Python loop, and NaN masking of losses and gradients.
+  the scheduler in a Python loop, and NaN masking of losses and gradients;
+* ``before``: the loop as it was before issue 11 (one prompt batch for both updates),
+  loaded from git revision ``--reference`` (default :data:`REFERENCE_REVISION`), so the
+  table carries the per-iteration cost of each strategy as a ratio to that code, measured
+  in the same run. Skipped, with a note, where git or the revision is not available.
 
 It prints a Markdown table (ratio ours/bare, goal <= 1.10; speedup
 official/ours, goal >= 1.15) and a torch.profiler summary of where our
@@ -23,9 +27,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import platform
 import statistics
+import subprocess
+import sys
 import time
+import types
+from pathlib import Path
 
 import torch
 
@@ -35,6 +44,40 @@ from distill.loop import SiD, draw_prompts, load_config_teacher, load_prompts
 from distill.losses import sid_generator_loss
 
 STRATEGIES = ("lsg", "cfg", "none")
+# The last commit before issue 11 changed the loop (prompt dropout in both updates, one
+# prompt batch per iteration): "today's code" when that issue was opened.
+REFERENCE_REVISION = "91d24a3"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def reference_sid_class(revision: str):
+    """``SiD`` as ``distill/loop.py`` defined it at ``revision`` (None if git cannot say)."""
+    try:
+        source = subprocess.run(["git", "show", f"{revision}:distill/loop.py"], cwd=REPO,
+                                capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if source.returncode:
+        return None
+    module = types.ModuleType(f"loop_at_{revision}")
+    sys.modules[module.__name__] = module  # its dataclasses look their module up there
+    # The repository's own history, not outside input: it is what the column measures.
+    exec(compile(source.stdout, f"{revision}:distill/loop.py", "exec"), module.__dict__)  # noqa: S102
+    return module.SiD
+
+
+def before(sid, teacher, prompts: list[str], rng: torch.Generator):
+    """One iteration of the reference loop: one prompt batch encoded once for both updates."""
+    config = sid.config
+    step = [0]
+
+    def iteration():
+        cond = teacher.encode_prompts(draw_prompts(prompts, config.batch_size, rng))
+        assert sid.iteration(cond, rng) is not None
+        step[0] += 1
+        sid.update_ema(step[0] * config.batch_size)
+
+    return iteration
 
 
 def _time(fn, iterations: int, warmup: int = 2) -> tuple[float, float]:
@@ -168,6 +211,9 @@ def official(sid: SiD, teacher, prompts: list[str], rng: torch.Generator):
         sid.opt_fake_score.step()
         sid.opt_generator.zero_grad(set_to_none=True)
         sid.fake_score.requires_grad_(False)
+        # The official loop draws a fresh prompt batch for the G update.
+        picks = torch.randint(len(prompts), (config.batch_size,), generator=rng).tolist()
+        texts = [prompts[i] for i in picks]
         for start in range(0, config.batch_size, b):
             chunk = texts[start:start + b]
             x_g = generator_x0(chunk, torch.randn(b, *sid.sample_shape, generator=rng), True)
@@ -196,10 +242,10 @@ def profile_summary(fn, rows: int = 12) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-def _fresh_sid(teacher, config, uncond):
+def _fresh_sid(teacher, config, uncond, cls=SiD):
     # Each measurement starts from the teacher's weights and fresh optimisers.
-    return SiD(copy.deepcopy(teacher.unet), NoiseSchedule(teacher.alphas_cumprod), teacher.sample_shape,
-               uncond, config)
+    return cls(copy.deepcopy(teacher.unet), NoiseSchedule(teacher.alphas_cumprod),
+               teacher.sample_shape, uncond, config)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -208,7 +254,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations per row")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--reference", default=REFERENCE_REVISION,
+                        help="git revision whose loop is the 'before' column "
+                             f"(default {REFERENCE_REVISION}, the loop before issue 11)")
     args = parser.parse_args(argv)
+    reference = reference_sid_class(args.reference)
     if args.threads:
         torch.set_num_threads(args.threads)
     # The CPU is what this benchmark is about; a CUDA machine's GPU is left alone.
@@ -222,9 +272,12 @@ def main(argv: list[str] | None = None) -> dict:
     print("Seconds per iteration; ratio and speedup from process CPU time (robust to other "
           "jobs sharing the machine).")
     print()
+    if reference is None:
+        print(f"(no 'before' column: git revision {args.reference} is not available here)\n")
     print("| strategy | UNet passes (fwd+bwd) | ours wall s/it | ours CPU s/it | bare UNet CPU s/it "
-          "| ours/bare (goal <= 1.10) | official CPU s/it | speedup (goal >= 1.15) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| ours/bare (goal <= 1.10) | official CPU s/it | speedup (goal >= 1.15) "
+          f"| before ({args.reference}) CPU s/it | ours/before |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     results = {}
     passes = {"lsg": "8 + 7", "cfg": "6 + 5", "none": "5 + 4"}
     for strategy in STRATEGIES:
@@ -235,10 +288,15 @@ def main(argv: list[str] | None = None) -> dict:
         _, s_bare = _time(bare(_fresh_sid(teacher, config, uncond), teacher), args.iterations)
         _, s_official = _time(official(_fresh_sid(teacher, config, uncond), teacher, prompts, rng),
                               args.iterations)
+        s_before = math.nan
+        if reference is not None:
+            _, s_before = _time(before(_fresh_sid(teacher, config, uncond, reference), teacher,
+                                       prompts, rng), args.iterations)
         results[strategy] = {"ours_wall": wall, "ours": s_ours, "bare": s_bare,
-                             "official": s_official}
+                             "official": s_official, "before": s_before}
         print(f"| {strategy} | {passes[strategy]} | {wall:.3f} | {s_ours:.3f} | {s_bare:.3f} | "
-              f"{s_ours / s_bare:.2f} | {s_official:.3f} | {s_official / s_ours:.2f}x |", flush=True)
+              f"{s_ours / s_bare:.2f} | {s_official:.3f} | {s_official / s_ours:.2f}x "
+              f"| {s_before:.3f} | {s_ours / s_before:.2f} |", flush=True)
     if not args.no_profile:
         config = DistillConfig(strategy="lsg", kappa=2.0, teacher=args.teacher)
         fn = ours(_fresh_sid(teacher, config, uncond), teacher, prompts,

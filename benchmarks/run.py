@@ -10,7 +10,8 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("bench_teacher", "bench_core", "bench_eval", "bench_orchestrator", "bench_results")
+BENCHMARKS = ("bench_teacher", "bench_core", "bench_levers", "bench_eval", "bench_orchestrator",
+              "bench_results")
 
 
 def main() -> int:
@@ -26,7 +27,7 @@ def main() -> int:
         print(f"== {name}", flush=True)
         start = time.perf_counter()
         try:
-            module.main() if name != "bench_core" else module.main([])
+            module.main() if name not in ("bench_core", "bench_levers") else module.main([])
         except Exception as exc:  # noqa: BLE001 -- one broken benchmark must not hide the others' numbers
             failed.append(name)
             print(f"== {name} FAILED: {exc!r}", flush=True)
