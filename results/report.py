@@ -20,12 +20,12 @@ from results.plots import (
     tradeoff_figure,
 )
 from results.tables import build_table, to_latex, to_markdown
-from results.verdict import verdict
+from results.verdict import power_table, verdict
 
 REPORT_ARTIFACT_DIR = "report"
 # Every file a report may write; all are removed first so a figure that no longer
 # applies (κ stopped varying, say) cannot linger from an older report.
-_FILES = ("table.tex", "table.md", "table.csv", "runs.csv", "convergence.md",
+_FILES = ("table.tex", "table.md", "table.csv", "runs.csv", "convergence.md", "power.md",
           *(f"{stem}.{ext}" for stem in ("metrics_vs_kappa", "fid_clip_tradeoff", "samples",
                                          "metrics_vs_iteration")
             for ext in ("png", "pdf")))
@@ -118,6 +118,10 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
     if figures:
         text += ("\nFigures (PNG and PDF; bars and bands are 95% t-intervals over seeds): "
                  + ", ".join(p.name for p in figures if p.suffix == ".png") + "\n")
+    power = power_table(runs)
+    if power is not None:
+        (out_dir / "power.md").write_text(power)
+        extra.append(out_dir / "power.md")
     line = verdict(plan, runs)
     text += f"\n{line}\n"
     markdown.write_text(text)

@@ -119,3 +119,29 @@ def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str] | None = None)
     out = pd.DataFrame(rows)
     out.attrs.update(df.attrs, group_keys=keys, metrics=metrics)
     return out
+
+
+def seeds_for_power(delta: float, sd_a: float, sd_b: float, alpha: float = 0.05,
+                    power: float = 0.8, most: int = 10_000) -> int | None:
+    """Seeds per arm a two-sided two-sample t-test needs to detect a true difference
+    ``delta`` between arms with these per-seed spreads at level ``alpha`` with ``power``.
+
+    Equal seeds per arm; the noncentral t distribution with the pooled spread (exact for
+    the equal-variance test, and Welch's test is close to it with equal n). None when the
+    difference is 0 or the spreads are unknown; ``most`` + 1 stands for "more than ``most``".
+    """
+    sd = math.sqrt((sd_a ** 2 + sd_b ** 2) / 2)
+    if not (math.isfinite(delta) and math.isfinite(sd)) or delta == 0:
+        return None
+    if sd == 0:
+        return 2  # no spread: the smallest sample with a variance already tells them apart
+    effect = abs(delta) / sd
+    for n in range(2, most + 1):
+        df = 2 * n - 2
+        critical = stats.t.ppf(1 - alpha / 2, df)
+        noncentrality = effect * math.sqrt(n / 2)
+        achieved = (1 - stats.nct.cdf(critical, df, noncentrality)
+                    + stats.nct.cdf(-critical, df, noncentrality))
+        if achieved >= power:
+            return n
+    return most + 1

@@ -15,10 +15,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from results import schema
-from results.stats import finished_values, lower_is_better, metric_columns, welch_p_value
+from results.stats import (
+    finished_values,
+    lower_is_better,
+    metric_columns,
+    seeds_for_power,
+    welch_p_value,
+)
 from results.tables import (
     PARAM_HEADERS,
     SIGNIFICANCE_P,
@@ -158,3 +165,43 @@ def verdict(plan: str, runs: pd.DataFrame) -> str:
         if found:
             parts.append((f"{prefix}: " if prefix else "") + "; ".join(found))
     return f"{head}: " + " | ".join(parts) if parts else f"{head}: nothing to compare"
+
+
+def power_table(runs: pd.DataFrame) -> str | None:
+    """Markdown, for plans whose strategy varies: per arm and metric against lsg, the means'
+    difference, each arm's per-seed standard deviation, the Welch p-value, and how many seeds
+    per arm would detect a true difference of that size with 80% power at p < 0.05
+    (:func:`results.stats.seeds_for_power`). None when no two arms have two finished seeds."""
+    trials = runs[(runs["role"] == "trial") & (runs["status"] == "finished")]
+    if "strategy" not in trials or not (trials["strategy"] == "lsg").any():
+        return None
+    metrics = [m for m in metric_columns(trials)
+               if m.startswith("fid") or m in (schema.CLIP_SCORE, schema.ADHERENCE)]
+    blocks = [k for k in ("kappa",) if k in trials and trials[k].nunique() > 1]
+    lines = []
+    for block in combos(trials, blocks):
+        scope = _select(trials, blocks, block)
+        reference = scope[scope["strategy"] == "lsg"]
+        for other in (s for s in STRATEGY_ORDER if s != "lsg"):
+            mine = scope[scope["strategy"] == other]
+            for metric in metrics:
+                a, b = finished_values(reference, metric), finished_values(mine, metric)
+                if len(a) < 2 or len(b) < 2:
+                    continue
+                sd_a, sd_b = float(np.std(a, ddof=1)), float(np.std(b, ddof=1))
+                delta = float(b.mean() - a.mean())
+                needed = seeds_for_power(delta, sd_a, sd_b)
+                fmt = metric_format(metric)
+                where = "".join(f"κ={param_text(k, v)} " for k, v in zip(blocks, block))
+                lines.append(
+                    f"| {where}{other} − lsg | {_name(metric)} | {_delta_text(metric, delta)} "
+                    f"| {fmt.number(sd_a)} | {fmt.number(sd_b)} | {_p(welch_p_value(a, b))} "
+                    f"| {needed if needed is not None else '—'} |")
+    if not lines:
+        return None
+    header = [("| comparison | metric | Δ of means | sd lsg | sd other | Welch p "
+               "| seeds per arm for 80% power |"), "|---|---|---|---|---|---|---|"]
+    return "\n".join(header + lines) + (
+        "\n\nsd: per-seed standard deviation. Seeds for 80% power: how many seeds per arm a "
+        "two-sided t-test at p < 0.05 needs to detect a true difference of the measured size "
+        "with these spreads.\n")

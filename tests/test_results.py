@@ -342,9 +342,11 @@ def test_cli_all_plans_writes_every_output_logs_to_parent_and_prints_markdown(
     names = sorted(p.name for p in folder.iterdir())
     # Every run logged an evaluation at step 50 and the final one at 100: the report adds
     # the metrics-vs-iteration curve and the order of the arms per evaluation.
+    # power.md: seeds per arm for 80% power of each comparison with lsg.
     assert names == ["convergence.md", "fid_clip_tradeoff.pdf", "fid_clip_tradeoff.png",
-                     "metrics_vs_iteration.pdf", "metrics_vs_iteration.png", "runs.csv",
-                     "samples.pdf", "samples.png", "table.csv", "table.md", "table.tex"]
+                     "metrics_vs_iteration.pdf", "metrics_vs_iteration.png", "power.md",
+                     "runs.csv", "samples.pdf", "samples.png", "table.csv", "table.md",
+                     "table.tex"]
     assert (tmp_path / "tables" / "kappa" / "metrics_vs_kappa.pdf").is_file()
     # Step 50 holds 3x+1 of each final value, so FID's order is the same at both steps:
     # lsg (mean 12) < cfg (21) < none (32, its diverged seed left out).

@@ -5,8 +5,10 @@ results.load_runs returns; expected t statistics are worked out in the comments.
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
-from results.verdict import verdict
+from results.stats import seeds_for_power
+from results.verdict import power_table, verdict
 
 
 def _runs(rows: list[dict]) -> pd.DataFrame:
@@ -81,3 +83,35 @@ def test_kappa_verdict_names_the_best_and_what_it_beats():
     assert ("FID best at κ=2 (3.10), significantly better than κ=1, not significantly "
             "better than κ=3") in line
     assert "CLIP best at κ=3 (0.610), significantly better than κ=1, κ=2" in line
+
+
+@pytest.mark.parametrize("effect, seeds", [(2.0, 6), (1.0, 17), (0.8, 26), (0.5, 64)])
+def test_seeds_for_power_matches_the_two_sample_t_test_tables(effect, seeds):
+    # Cohen's tables for a two-sided two-sample t-test at alpha 0.05, power 0.8: d = 0.5 needs
+    # 64 per group, 0.8 needs 26, 1.0 needs 17.
+    assert seeds_for_power(effect * 3.0, 3.0, 3.0) == seeds
+    # Unequal spreads pool as the root mean square: sds 1 and 7 pool to 5.
+    assert seeds_for_power(effect * 5.0, 1.0, 7.0) == seeds
+
+
+def test_seeds_for_power_edge_cases():
+    assert seeds_for_power(0.0, 1.0, 1.0) is None
+    assert seeds_for_power(1.0, float("nan"), 1.0) is None
+    assert seeds_for_power(1.0, 0.0, 0.0) == 2
+    assert seeds_for_power(1e-6, 1.0, 1.0, most=50) == 51
+
+
+def test_power_table_rows_per_arm_and_metric():
+    runs = _lsg_plan(fid={"lsg": [10.0, 12.0, 14.0], "cfg": [20.0, 21.0, 22.0]},
+                     clip={"lsg": [0.30, 0.31, 0.32], "cfg": [0.32, 0.30, 0.31]},
+                     adherence={"lsg": [0.8, 0.9, 1.0], "cfg": [0.5, 0.6, 0.7]})
+    text = power_table(runs)
+    # FID: Δ +9, sds 2 and 1 pool to sqrt(2.5) = 1.58, d = 5.7: 2 seeds per arm suffice.
+    assert "| cfg − lsg | FID | +9.00 | 2.00 | 1.00 | p=0.0065 | 2 |" in text
+    # CLIP: equal means, no difference to detect.
+    assert "| cfg − lsg | CLIP | +0.000 | 0.010 | 0.010 | p=1 | — |" in text
+    # Adherence: Δ -30 pts, sd 10 each, d = 3: 4 seeds per arm.
+    assert "| cfg − lsg | adherence | -30.0 pts | 10.0 | 10.0 | p=0.021 | 4 |" in text
+    one_seed = _lsg_plan(fid={"lsg": [3.0], "cfg": [8.0]}, clip={"lsg": [0.6], "cfg": [0.5]},
+                         adherence={"lsg": [0.9], "cfg": [0.5]})
+    assert power_table(one_seed) is None
