@@ -45,7 +45,7 @@ def judge(teacher, num_prompts: int, scales=(1.0, 2.0, 3.0), steps: int = 25, se
                                           for r, c in zip(readings, captions)]))
                for a in ATTRIBUTES}
         row["all_acc"] = float(np.mean([r.as_caption() == c for r, c in zip(readings, captions)]))
-        # Without position, which the teacher does not learn (see BENCHMARKS.md), so the
+        # Without position, which the teacher does not learn (see RESULTS.md), so the
         # combined number shows what guidance changes rather than a chance-level factor.
         row["colour_shape_size_acc"] = float(np.mean([
             (r.colour, r.shape, r.size) == (c.colour, c.shape, c.size)

@@ -16,7 +16,7 @@ A caption names four attributes, so guidance has something to do beyond colour
 
 The shipped teacher learns colour, shape and size but not position: with SD's
 schedule at 16x16 the object's place is readable from x_t even at t = 999, so the
-prompt's position word is never needed (BENCHMARKS.md, embedded teacher). Position
+prompt's position word is never needed (RESULTS.md, "The embedded teacher"). Position
 stays in the grammar and the metrics, as "on the left" does in SD's prompts.
 
 Images are float tensors in [-1, 1], shape (N, 3, H, W), the diffusion

@@ -33,7 +33,7 @@ STATUSES = ("finished", "diverged", "failed")
 # 1-image FID can never be confused with fid2k/fid30k.
 CLIP_SCORE = "clip_score"  # raw mean cosine, not x100
 # Colour, shape and size all right (embedded world). Not position: the embedded teacher
-# leaves it at chance (BENCHMARKS.md), which would cut every row to a third.
+# leaves it at chance (RESULTS.md), which would cut every row to a third.
 ADHERENCE = "colour_shape_size_acc"
 COLOUR_ACC = "colour_acc"
 SHAPE_ACC = "shape_acc"
