@@ -1,7 +1,8 @@
 """Train embedded-teacher candidates on a lent GPU and judge them with the analyzer.
 
-This is how the shipped teacher was made (RESULTS.md, "The embedded teacher", judges it; BENCHMARKS.md times its training): the 2-core CPU
-machine was saturated by other work, so the candidates were trained with the
+This is how the shipped teacher was made (RESULTS.md, "The embedded teacher", judges it;
+BENCHMARKS.md times its training): the 2-core CPU machine was saturated by other work,
+so the candidates were trained with the
 project's own `train_embedded` on CUDA, and each was judged by the model-free
 analyzer on 25-step DDIM samples of held-out prompts at CFG 1 and 3.
 

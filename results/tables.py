@@ -45,6 +45,7 @@ REPLICATE_PARAMS = ("seed",)
 PARAM_HEADERS = {"kappa": "κ", "strategy": "Strategy", "alpha": "α"}
 SIGNIFICANCE_P = 0.05
 SIGNIFICANCE_MARK = "†"
+NOT_SIGNIFICANT = "n.s."
 # Metrics a table shows (the CSV keeps every final metric): how to print them.
 TABLE_METRICS = (schema.CLIP_SCORE, schema.ADHERENCE)
 
@@ -257,6 +258,10 @@ def _delta_cell(delta: float, p_value: float, metric: str) -> Cell:
     fmt = metric_format(metric)
     text = fmt.number(delta)
     text = text if text.startswith("-") else "+" + text
+    if math.isfinite(p_value) and p_value >= SIGNIFICANCE_P:
+        # Said in the cell, not only by a missing mark: a reader skimming the Δ column
+        # must not take a difference inside the seed noise for a result.
+        text += f" {NOT_SIGNIFICANT}"
     return Cell(text, mark=bool(p_value < SIGNIFICANCE_P), numeric=True)
 
 
@@ -457,7 +462,8 @@ def _caption(plan: str, kind: str, parent: str, trials: pd.DataFrame, shown: lis
         parts.append("One seed per row: no intervals.")
     if with_delta:
         parts.append(f"Δ: difference of means vs lsg; {SIGNIFICANCE_MARK}: two-sided Welch "
-                     f"t-test p < {SIGNIFICANCE_P:g} (needs ≥ 2 finished seeds on both sides).")
+                     f"t-test p < {SIGNIFICANCE_P:g}, {NOT_SIGNIFICANT}: not significant (needs "
+                     "≥ 2 finished seeds on both sides; neither mark without them).")
     parts.append("Best distilled value per column in bold. Diverged or failed runs are "
                  "counted under Seeds and left out of every mean.")
     parts.append(f"MLflow parent run {parent}.")

@@ -443,3 +443,13 @@ def test_only_seeds_vary_gives_one_row_with_all_trials():
         "all trials", "0.310 ± 0.127", "failed 1/3"]
     assert table.label_headers == ["Configuration"]
     assert "all trials & 0.310{\\scriptsize" in to_latex(table)
+
+
+def test_delta_cells_say_not_significant_where_the_welch_test_says_so():
+    from results.tables import _delta_cell
+
+    assert _delta_cell(1.0, 0.30, "fid2k").markdown() == "+1.00 n.s."
+    assert _delta_cell(-0.05, 0.01, "clip_score").markdown() == "-0.050†"
+    # One seed on a side: no test, so neither mark nor "n.s.".
+    assert _delta_cell(2.0, math.nan, "fid2k").markdown() == "+2.00"
+    assert _delta_cell(1.0, 0.30, "fid2k").latex() == "$+$1.00 n.s."
