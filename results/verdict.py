@@ -3,7 +3,7 @@
 Significance is the tables' own test (two-sided Welch t-test over seeds, p < 0.05,
 :data:`results.tables.SIGNIFICANCE_P`), so the line never claims more than the table marks.
 
-- LSG plan (strategy varies): each other arm against ``lsg``, per metric.
+- Plans whose strategy varies (with an ``lsg`` arm): each other arm against ``lsg``, per metric.
 - Any other plan (κ sweep, generic): per metric, the best row by mean, and which rows it is
   significantly better than and which it cannot be told apart from.
 
@@ -41,6 +41,11 @@ _SHORT = {schema.CLIP_SCORE: "CLIP", schema.ADHERENCE: "adherence"}
 
 def _name(metric: str) -> str:
     return "FID" if metric.startswith("fid") else _SHORT.get(metric, metric)
+
+
+def _short(key: str, value) -> str:
+    """A row's name in the line: 'lsg' for a strategy, 'κ=2' for anything else."""
+    return str(value) if key == "strategy" else f"{PARAM_HEADERS.get(key, key)}={param_text(key, value)}"
 
 
 def _delta_text(metric: str, delta: float) -> str:
@@ -134,13 +139,12 @@ def verdict(plan: str, runs: pd.DataFrame) -> str:
                 "rerun with --seeds 0,1,2")
     head = (f"verdict (two-sided Welch t-test, p < {SIGNIFICANCE_P:g}, "
             f"up to {most_seeds} finished seeds per row)")
-    if plan == "lsg" and "strategy" in varying:
+    if "strategy" in varying and (trials["strategy"] == "lsg").any():
         blocks = [p for p in varying if p != "strategy"]
         parts = []
         for block in combos(trials, blocks):
             scope = _select(trials, blocks, block)
-            prefix = "".join(f"{PARAM_HEADERS.get(k, k)}={param_text(k, v)} " for k, v in
-                             zip(blocks, block))
+            prefix = "".join(f"{_short(k, v)} " for k, v in zip(blocks, block))
             reference = scope[scope["strategy"] == "lsg"]
             if reference.empty:
                 continue
@@ -155,12 +159,9 @@ def verdict(plan: str, runs: pd.DataFrame) -> str:
     parts = []
     for block in combos(trials, blocks):
         scope = _select(trials, blocks, block)
-        rows = [(", ".join(f"{PARAM_HEADERS.get(k, k)}={param_text(k, v)}"
-                           for k, v in zip(row_keys, values)), _select(scope, row_keys, values))
-                for values in combos(scope, row_keys)]
-        prefix = ", ".join(param_text(k, v) if k == "strategy" else
-                           f"{PARAM_HEADERS.get(k, k)}={param_text(k, v)}"
-                           for k, v in zip(blocks, block))
+        rows = [(", ".join(_short(k, v) for k, v in zip(row_keys, values)),
+                 _select(scope, row_keys, values)) for values in combos(scope, row_keys)]
+        prefix = ", ".join(_short(k, v) for k, v in zip(blocks, block))
         found = [t for t in (_best_of(rows, m) for m in metrics) if t]
         if found:
             parts.append((f"{prefix}: " if prefix else "") + "; ".join(found))
