@@ -114,6 +114,7 @@ def test_resolution_order_base_then_size_then_axes(tmp_path):
         base: {iterations: 100, kappa: 1.5, lr_generator: 1.0e-3}
         axes: {lr_generator: [2.0e-3]}
         evaluation: {eval_every: 50, eval_num_images: 500}
+        seeds: [0]
         sizes:
           smoke: {iterations: 6, eval_num_images: 8}
     """))
