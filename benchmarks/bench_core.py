@@ -80,6 +80,27 @@ def before(sid, teacher, prompts: list[str], rng: torch.Generator):
     return iteration
 
 
+def time_interleaved(fns: dict, iterations: int, warmup: int = 2) -> dict[str, tuple[float, float]]:
+    """Median (wall, process CPU) seconds per call of each of ``fns``, timed round-robin.
+
+    One call of each in turn, ``iterations`` rounds: a drift of the machine (clock, cache,
+    allocator, another job) then reaches every variant alike, where timing them one block
+    after another put it all on whichever ran first (measured: 10% between identical loops).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(iterations):
+        for name, fn in fns.items():
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - start_wall)
+            cpu[name].append(time.process_time() - start_cpu)
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in fns}
+
+
 def _time(fn, iterations: int, warmup: int = 2) -> tuple[float, float]:
     """Median (wall, process CPU) seconds per call.
 
@@ -283,15 +304,16 @@ def main(argv: list[str] | None = None) -> dict:
     for strategy in STRATEGIES:
         config = DistillConfig(strategy=strategy, kappa=2.0, teacher=args.teacher)
         rng = torch.Generator().manual_seed(0)
-        wall, s_ours = _time(ours(_fresh_sid(teacher, config, uncond), teacher, prompts, rng),
-                             args.iterations)
-        _, s_bare = _time(bare(_fresh_sid(teacher, config, uncond), teacher), args.iterations)
-        _, s_official = _time(official(_fresh_sid(teacher, config, uncond), teacher, prompts, rng),
-                              args.iterations)
-        s_before = math.nan
+        fns = {"ours": ours(_fresh_sid(teacher, config, uncond), teacher, prompts, rng),
+               "bare": bare(_fresh_sid(teacher, config, uncond), teacher),
+               "official": official(_fresh_sid(teacher, config, uncond), teacher, prompts, rng)}
         if reference is not None:
-            _, s_before = _time(before(_fresh_sid(teacher, config, uncond, reference), teacher,
-                                       prompts, rng), args.iterations)
+            fns["before"] = before(_fresh_sid(teacher, config, uncond, reference), teacher,
+                                   prompts, rng)
+        timed = time_interleaved(fns, args.iterations)
+        wall, s_ours = timed["ours"]
+        s_bare, s_official = timed["bare"][1], timed["official"][1]
+        s_before = timed["before"][1] if "before" in timed else math.nan
         results[strategy] = {"ours_wall": wall, "ours": s_ours, "bare": s_bare,
                              "official": s_official, "before": s_before}
         print(f"| {strategy} | {passes[strategy]} | {wall:.3f} | {s_ours:.3f} | {s_bare:.3f} | "

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from benchmarks.bench_core import _time
+from benchmarks.bench_core import _time, time_interleaved
 from distill import loop
 from distill.config import DistillConfig
 from distill.guidance import NoiseSchedule
@@ -56,14 +56,18 @@ def iteration_levers(teacher, prompts, iterations: int, compile_unets: bool) -> 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     config = DistillConfig(strategy="lsg", kappa=2.0)
-    rows = {}
-    rows["plain"] = _time(_iteration(_sid(teacher, config), teacher, prompts), iterations)[1]
+    plain = _iteration(_sid(teacher, config), teacher, prompts)
     # Channels-last weights make every convolution's output channels-last too.
-    rows["channels-last"] = _time(_iteration(_sid(teacher, config, True), teacher, prompts),
-                                  iterations)[1]
-    with sdpa_kernel(SDPBackend.MATH):
-        rows["math attention"] = _time(_iteration(_sid(teacher, config), teacher, prompts),
-                                       iterations)[1]
+    channels_last = _iteration(_sid(teacher, config, True), teacher, prompts)
+    math_run = _iteration(_sid(teacher, config), teacher, prompts)
+
+    def math_attention():
+        with sdpa_kernel(SDPBackend.MATH):
+            math_run()
+
+    timed = time_interleaved({"plain": plain, "channels-last": channels_last,
+                              "math attention": math_attention}, iterations)
+    rows = {name: cpu for name, (_, cpu) in timed.items()}
     if compile_unets:
         sid = _sid(teacher, config)
         for name in ("generator", "fake_score", "teacher"):
