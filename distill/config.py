@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -93,6 +94,13 @@ def config_hash(config: Any, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+# torch.Generator.manual_seed takes a 64-bit integer.
+MAX_SEED = 2**63 - 1
+# FID needs the covariance of at least two images; beyond a million images an evaluation
+# is a typo (the paper's protocol is 30,000) that would exhaust memory.
+MIN_EVAL_IMAGES = 2
+MAX_EVAL_IMAGES = 1_000_000
+
 # Revision of what one trial computes for a given config. Bump it when the loop's numbers
 # change for the same config (revision 2: prompt dropout only in the fake-score update, a
 # prompt batch per update, the EMA counting images before the step), so trial ids change and finished trials or checkpoints of the
@@ -152,14 +160,19 @@ class DistillConfig:
 
         if self.strategy not in STRATEGIES:
             bad("strategy", f"unknown strategy; choose one of {', '.join(STRATEGIES)}")
+        # inf and nan pass every comparison below one way or another; a trial would then
+        # "diverge" at its first iteration (or never get a GPU) after Ray has started.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                bad(f.name, "must be a finite number")
         if not self.kappa > 0:
             bad("kappa", "the guidance scale must be > 0")
         if not 1 <= self.t_init <= 999:
             bad("t_init", "must be in 1..999")
         if not 0 <= self.t_min < self.t_max <= 999:
             bad("t_max", f"need 0 <= t_min ({self.t_min}) < t_max <= 999")
-        for key in ("batch_size", "micro_batch_size", "iterations", "log_every",
-                    "eval_num_images"):
+        for key in ("batch_size", "micro_batch_size", "iterations", "log_every"):
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1")
         if self.batch_size % self.micro_batch_size:
@@ -167,6 +180,16 @@ class DistillConfig:
         for key in ("lr_generator", "lr_fake_score", "ema_halflife_kimg", "adam_eps"):
             if not getattr(self, key) > 0:
                 bad(key, "must be > 0")
+        for key in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                bad(key, "Adam's betas must be in [0, 1)")
+        if self.ema_rampup_ratio is not None and not self.ema_rampup_ratio > 0:
+            bad("ema_rampup_ratio", "must be > 0, or null for no ramp-up")
+        if not 0 <= self.seed <= MAX_SEED:
+            bad("seed", "must be in 0..2^63-1 (torch.Generator.manual_seed takes 64 bits)")
+        if not MIN_EVAL_IMAGES <= self.eval_num_images <= MAX_EVAL_IMAGES:
+            bad("eval_num_images", f"must be in {MIN_EVAL_IMAGES}..{MAX_EVAL_IMAGES:,}: FID needs a "
+                "covariance of at least 2 images, and the paper's protocol is 30,000")
         if not 0 <= self.prompt_dropout < 1:
             bad("prompt_dropout", "must be in [0, 1)")
         if self.checkpoint_every < 0 or self.eval_every < 0:
@@ -184,17 +207,89 @@ SIZE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# A plan, profile or distill config is a page of YAML; anything larger is a mistake (or an
+# attack), refused before it is parsed.
+MAX_CONFIG_BYTES = 1 << 20
+# Error messages quote at most this much of a parser's own text.
+MAX_QUOTED = 300
+
+
+def read_text_file(path: str | Path, what: str, max_bytes: int | None = None) -> str:
+    """A UTF-8 text file's contents; every way it can be unreadable is a :class:`ConfigError`
+    that names the file and says what to do."""
+    path = Path(path).expanduser()
+    try:
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder; give a {what} file")
+        size = path.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise ConfigError(f"{path}: {size:,} bytes; a {what} file is at most "
+                              f"{max_bytes:,} bytes")
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied; make the {what} file readable "
+                          f"(chmod u+r {path})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is "
+                          f"{exc.object[exc.start]:#04x}); the {what} must be a text file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc}); give a readable "
+                          f"{what} file") from None
+
+
+def _strict_loader():
+    """PyYAML's safe loader, refusing what a hand-written config never needs and what
+    makes a config mean something other than it reads: duplicate keys (the last would
+    silently win) and aliases (``*name``; a few lines of them expand to gigabytes)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, f"YAML aliases (*{event.anchor}) are not allowed in a config "
+                    "file; write the value out", event.start_mark)
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # an unhashable key; the base class says so
+                    break
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}: each key may appear once in a "
+                        "mapping", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
+
+
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; missing file or bad YAML -> ConfigError naming the file."""
+    """Read a YAML mapping; a missing, unreadable, oversized, binary or invalid file, a
+    duplicate key or an alias -> ConfigError naming the file, on one line."""
     import yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
+    text = read_text_file(path, "config", MAX_CONFIG_BYTES)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(text, Loader=_strict_loader())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None)
+        detail = " ".join(str(problem if problem else exc).split())
+        if mark is not None:
+            detail += f" (line {mark.line + 1}, column {mark.column + 1})"
+        if len(detail) > MAX_QUOTED:
+            detail = detail[:MAX_QUOTED] + "…"
+        raise ConfigError(f"{path}: not valid YAML: {detail}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

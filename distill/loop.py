@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from distill import checkpoint, parallel, scale, world
-from distill.config import ConfigError, DistillConfig
+from distill.config import ConfigError, DistillConfig, read_text_file
 from distill.generator import generate
 from distill.guidance import NoiseSchedule, add_noise, denoise, guidance_scales, predict_eps
 from distill.losses import fake_score_loss, sid_generator_loss
@@ -252,7 +252,8 @@ def load_prompts(spec: str) -> list[str]:
     if not path.is_file():
         raise ConfigError(f"prompts = {spec!r}: file {path} not found; give a text file with one "
                           "prompt per line, or 'embedded:train'")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    text = read_text_file(path, "prompts")
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ConfigError(f"prompts = {spec!r}: {path} holds no prompts (one per line expected)")
     return prompts

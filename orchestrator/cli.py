@@ -60,13 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# An error is read by a person: a parser quoting its whole input is cut (a list of missing
+# files from the preflight keeps its lines).
+MAX_ERROR_CHARS = 1000
+MAX_ERROR_LINES = 60
+
+
+def _readable(message: str) -> str:
+    lines = [line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS] + "…"
+             for line in message.splitlines()[:MAX_ERROR_LINES]]
+    if len(message.splitlines()) > MAX_ERROR_LINES:
+        lines.append(f"… ({len(message.splitlines()) - MAX_ERROR_LINES} more lines)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except _expected_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_readable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -12,18 +12,28 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.config import ConfigError, DistillConfig, from_dict, load_yaml, trial_id
+from distill.config import (
+    MAX_SEED,
+    ConfigError,
+    DistillConfig,
+    from_dict,
+    load_yaml,
+    trial_id,
+)
 
 SIZES = ("smoke", "default")
 # Three seeds unless a plan says otherwise: one seed is an anecdote, and a 95% t-interval
 # needs at least two (RESULTS.md shows how far single seeds disagree).
 DEFAULT_SEEDS = (0, 1, 2)
-# torch.Generator.manual_seed takes a 64-bit integer.
-MAX_SEED = 2**63 - 1
+# A plan name becomes an MLflow experiment and a folder name: keep it readable.
+MAX_NAME_LENGTH = 64
+# More trials than this is almost always a typo in an axis; `ablate run --max-trials` raises it.
+MAX_TRIALS = 1000
 # Keys the plan sets through its own sections, so an axis or base override of
 # them would be silently shadowed; they are rejected where they appear.
 _PLAN_OWNED = {"seed": "seeds", "eval_every": "evaluation.eval_every",
@@ -47,7 +57,8 @@ class Resources:
     def __post_init__(self):
         if self.cpu < 1:
             raise ConfigError(f"cpu = {self.cpu}: a trial needs at least 1 CPU thread")
-        if self.gpu < 0 or (self.gpu > 1 and not float(self.gpu).is_integer()):
+        if not math.isfinite(self.gpu) or self.gpu < 0 or (
+                self.gpu > 1 and not float(self.gpu).is_integer()):
             raise ConfigError(
                 f"gpu = {self.gpu}: use a fraction in [0, 1] or a whole number of GPUs")
 
@@ -164,10 +175,12 @@ def parse_seeds(text: str, source: str = "--seeds") -> tuple[int, ...]:
         raise ConfigError(f"{exc}; e.g. --seeds 0,1,2") from None
 
 
-def with_seeds(plan: Plan, seeds: tuple[int, ...]) -> Plan:
+def with_seeds(plan: Plan, seeds: tuple[int, ...], max_trials: int = MAX_TRIALS) -> Plan:
     """The plan with its ``seeds`` replaced (``ablate run --seeds``), checked like the file's."""
     seeds = _check_seeds(plan.source, "seeds", list(seeds))
-    return dataclasses.replace(plan, seeds=seeds)
+    plan = dataclasses.replace(plan, seeds=seeds)
+    _check_trial_count(plan, max_trials)
+    return plan
 
 
 def _check_field(source: str, key: str, field: str) -> None:
@@ -184,23 +197,46 @@ def _check_mapping(source: str, key: str, value: Any) -> dict:
     return value
 
 
-def load_plan(path: str | Path) -> Plan:
+def load_plan(path: str | Path, max_trials: int = MAX_TRIALS) -> Plan:
     """Read and check a plan file; every size it can run at is expanded once as a check.
 
     Raises :class:`ConfigError` naming the file and the dotted key.
     """
     source = str(path)
     data = load_yaml(path)
-    return plan_from_dict(data, source)
+    return plan_from_dict(data, source, max_trials)
 
 
-def plan_from_dict(data: dict, source: str = "<plan>") -> Plan:
+def trial_count(plan: Plan) -> int:
+    """How many trials the plan expands to (at any size), without expanding it."""
+    count = len(plan.seeds)
+    for _, values in plan.axes:
+        count *= len(values)
+    for group in plan.zip_groups:
+        count *= len(group[0][1])
+    return count
+
+
+def _check_trial_count(plan: Plan, max_trials: int) -> None:
+    count = trial_count(plan)
+    if count > max_trials:
+        raise ConfigError(
+            f"{plan.source}: axes x zip x seeds give {count:,} trials, more than the limit of "
+            f"{max_trials:,}; check the axes for a typo, or raise the limit with "
+            f"`ablate run --max-trials {count}`")
+
+
+def plan_from_dict(data: dict, source: str = "<plan>", max_trials: int = MAX_TRIALS) -> Plan:
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         _fail(source, ", ".join(unknown), f"unknown key; known keys: {', '.join(sorted(_TOP_KEYS))}")
     name = data.get("name")
-    if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
-        _fail(source, "name", f"must be a non-empty name of letters, digits, - and _; got {name!r}")
+    if (not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH
+            or not name.replace("-", "").replace("_", "").isascii()
+            or not name.replace("-", "").replace("_", "").isalnum()):
+        shown = name if not isinstance(name, str) or len(name) <= 80 else name[:80] + "…"
+        _fail(source, "name", f"must be 1 to {MAX_NAME_LENGTH} ASCII letters, digits, - and _; "
+              f"got {shown!r}")
     description = data.get("description", "")
     if not isinstance(description, str):
         _fail(source, "description", "must be a string")
@@ -273,6 +309,7 @@ def plan_from_dict(data: dict, source: str = "<plan>") -> Plan:
     plan = Plan(name=name, description=description, source=source, base=tuple(base.items()),
                 axes=tuple(axes), zip_groups=tuple(zip_groups), seeds=seeds, resources=resources,
                 evaluation=evaluation, sizes=tuple(sizes), max_failures=max_failures)
+    _check_trial_count(plan, max_trials)  # before expanding: a typo can mean millions
     _check_every_value(plan)
     return plan
 

@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "configuration, and tables show mean ± 95%% t-interval over them. "
                         "A different seed set is a different set of trials: finished "
                         "trials with the same config and seed are reused")
+    p.add_argument("--max-trials", type=int, default=None, metavar="N",
+                   help="refuse a plan of more than N trials (default 1000: more is almost "
+                        "always a typo in an axis)")
     p.set_defaults(handler=_run)
 
     ui = sub.add_parser(
@@ -66,12 +69,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from orchestrator.plan import parse_seeds
+    from distill.config import ConfigError
+    from orchestrator.plan import MAX_TRIALS, parse_seeds
     from orchestrator.runner import run_plan
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    max_trials = MAX_TRIALS if args.max_trials is None else args.max_trials
+    if max_trials < 1:
+        raise ConfigError(f"--max-trials {args.max_trials}: must be >= 1")
     return run_plan(args.plan, size=args.size, profile=args.profile, storage=args.storage,
-                    seeds=seeds).exit_code
+                    seeds=seeds, max_trials=max_trials).exit_code
 
 
 def _mlflow_ui(args: argparse.Namespace) -> int:

@@ -25,7 +25,15 @@ from typing import TextIO
 from distill.config import ConfigError
 from distill.paths import output_root
 from orchestrator import preflight, profiles, tracking
-from orchestrator.plan import Plan, Trial, expand, load_plan, trial_set_hash, with_seeds
+from orchestrator.plan import (
+    MAX_TRIALS,
+    Plan,
+    Trial,
+    expand,
+    load_plan,
+    trial_set_hash,
+    with_seeds,
+)
 from orchestrator.run_cli import PROFILES
 from orchestrator.trainable import read_result, run_trial
 from results import schema
@@ -159,16 +167,17 @@ def _raise_interrupted(signum, frame):
 
 def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embedded",
              storage: str | None = None, out: TextIO = sys.stdout,
-             seeds: tuple[int, ...] | None = None) -> RunOutcome:
+             seeds: tuple[int, ...] | None = None, max_trials: int = MAX_TRIALS) -> RunOutcome:
     """Run every unfinished trial of a plan; return the exit code and where results are.
 
-    ``seeds`` replaces the plan's ``seeds`` (``ablate run --seeds``)."""
+    ``seeds`` replaces the plan's ``seeds`` (``ablate run --seeds``); a plan of more than
+    ``max_trials`` trials is refused (``--max-trials``)."""
     if profile not in PROFILES:
         raise ConfigError(f"--profile {profile}: unknown profile; choose one of "
                           f"{', '.join(PROFILES)}")
-    plan = load_plan(plan_path)
+    plan = load_plan(plan_path, max_trials)
     if seeds is not None:
-        plan = with_seeds(plan, seeds)
+        plan = with_seeds(plan, seeds, max_trials)
     selected = profiles.load_profile(profile)
     trials = profiles.apply_profile(plan, expand(plan, size), size, selected)
     # Every missing weight, prompt, caption and metric file at once, before anything starts.

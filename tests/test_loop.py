@@ -34,6 +34,16 @@ def _sid(teacher, **overrides):
     ({"t_init": 0}, "t_init"),
     ({"t_init": 1000}, "t_init"),
     ({"batch_size": 16, "micro_batch_size": 5}, "batch_size"),
+    ({"kappa": float("inf")}, "kappa"),
+    ({"lr_generator": float("nan")}, "lr_generator"),
+    ({"alpha": float("-inf")}, "alpha"),
+    ({"adam_beta1": 5.0}, "adam_beta1"),
+    ({"adam_beta2": 1.0}, "adam_beta2"),
+    ({"ema_rampup_ratio": 0.0}, "ema_rampup_ratio"),
+    ({"seed": 2**64}, "seed"),
+    ({"seed": -1}, "seed"),
+    ({"eval_num_images": 1}, "eval_num_images"),
+    ({"eval_num_images": 10**12}, "eval_num_images"),
 ])
 def test_bad_config_names_the_field(values, field):
     with pytest.raises(ConfigError, match=f"^trial.yaml: {field} = "):
@@ -218,6 +228,10 @@ def test_prompt_sources(tmp_path):
     assert load_prompts(str(good)) == ["a cat", "a dog"]
     with pytest.raises(ConfigError, match="prompts = .*missing.txt.*not found"):
         load_prompts(str(tmp_path / "missing.txt"))
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"a cat\n\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="binary.txt: not UTF-8 text"):
+        load_prompts(str(binary))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
     with pytest.raises(ConfigError, match="prompts = .*holds no prompts"):

@@ -178,6 +178,25 @@ BAD_PLANS = [
     ("not a mapping", "- a\n- b\n", "mapping"),
     ("missing file", None, "file not found"),
     ("resources exceeding the machine", "name: b\nresources: {cpu: 4096}\n", "resources.cpu"),
+    # Hostile or mistyped input, refused before Ray starts, in bounded time and memory.
+    ("axes written twice (the last would win)",
+     "name: b\naxes: {kappa: [1.0]}\naxes: {kappa: [2.0, 3.0]}\n", "duplicate key 'axes'"),
+    ("a base key written twice", "name: b\nbase:\n  kappa: 1.0\n  kappa: 2.0\n",
+     "duplicate key 'kappa'"),
+    ("YAML alias bomb", "name: b\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a]\n"
+     "c: [*b, *b, *b, *b, *b, *b]\n", "aliases"),
+    ("infinite kappa", "name: b\nbase: {kappa: .inf}\n", "kappa"),
+    ("infinite learning rate", "name: b\nbase: {lr_generator: .inf}\n", "lr_generator"),
+    ("NaN learning rate in an axis", "name: b\naxes: {lr_fake_score: [1.0e-4, .nan]}\n",
+     "lr_fake_score"),
+    ("Adam beta outside [0, 1)", "name: b\nbase: {adam_beta1: 5}\n", "adam_beta1"),
+    ("NaN GPUs", "name: b\nresources: {gpu: .nan}\n", "gpu"),
+    ("a 300-character plan name", "name: " + "x" * 300 + "\n", "name"),
+    ("one evaluation image", "name: b\nevaluation: {eval_num_images: 1}\n", "eval_num_images"),
+    ("10^12 evaluation images", "name: b\nevaluation: {eval_num_images: 1000000000000}\n",
+     "eval_num_images"),
+    ("100,000 trials", "name: b\naxes:\n  kappa: " + str(list(range(1, 1001))) + "\nseeds: "
+     + str(list(range(100))) + "\n", "100,000 trials"),
 ]
 
 
@@ -255,3 +274,43 @@ def test_bad_seeds_flag_exits_2_naming_the_value(value, named, tmp_path, monkeyp
     assert err.startswith("error: --seeds") and named in err and "Traceback" not in err, err
     assert err.count("\n") == 1
     assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("content, named", [
+    (bytes(range(256)) * 8, "not UTF-8 text"),
+    (b"# padding\n" * 120_000, "bytes; a config file is at most"),
+])
+def test_binary_or_oversized_plan_exits_2(content, named, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path / "home"))
+    path = tmp_path / "plan.yaml"
+    path.write_bytes(content)
+    assert cli.main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ") and named in err and err.count("\n") == 1
+
+
+def test_unreadable_plan_names_the_fix(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "plan.yaml"
+    path.write_text("name: b\n")
+
+    # Root reads files whatever their mode, so the refusal the OS gives other users is
+    # raised here as the OS would raise it.
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    assert cli.main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: permission denied" in err and "chmod u+r" in err
+
+
+def test_max_trials_flag_raises_the_limit(tmp_path):
+    text = "name: b\naxes:\n  kappa: " + str(list(range(1, 41))) + "\nseeds: " + str(
+        list(range(30))) + "\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match="1,200 trials, more than the limit of 1,000; .*"
+                                          "--max-trials 1200"):
+        load_plan(path)
+    assert len(expand(load_plan(path, max_trials=1200), "default")) == 1200
+    with pytest.raises(ConfigError, match="1,200 trials"):
+        with_seeds(load_plan(path, max_trials=1200), tuple(range(30)), max_trials=1000)
