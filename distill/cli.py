@@ -82,6 +82,9 @@ def _distill(args: argparse.Namespace) -> int:
     config = config_mod.from_dict(config_mod.DistillConfig, values, source=str(args.config))
     workdir = args.workdir or (paths.output_root() / "distill"
                                / f"{Path(args.config).stem}-{config_mod.trial_id(config)}")
+    if workdir.exists() and not workdir.is_dir():
+        raise config_mod.ConfigError(f"--workdir {workdir}: is a file, not a folder; give a "
+                                     "folder for the checkpoints")
     teacher = load_config_teacher(config.teacher, progress=not args.no_progress)
     embedded = config.teacher.startswith("embedded:")
     captions = world.heldout_captions()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 
@@ -101,12 +102,19 @@ def _metric_models(args: argparse.Namespace) -> int:
 
 
 def _suite(args: argparse.Namespace):
+    from distill.config import MAX_EVAL_IMAGES, MIN_EVAL_IMAGES
     from evaluation.clip_score import EMBEDDED_PROMPT_PREFIX, REAL_PROMPT_PREFIX
     from evaluation.fid import EvalError
     from evaluation.suite import embedded_suite, real_suite
 
-    if args.num_images < 1:
-        raise EvalError(f"--num-images must be >= 1, got {args.num_images}")
+    if not MIN_EVAL_IMAGES <= args.num_images <= MAX_EVAL_IMAGES:
+        raise EvalError(f"--num-images {args.num_images}: must be in {MIN_EVAL_IMAGES}.."
+                        f"{MAX_EVAL_IMAGES:,} (FID needs a covariance; the paper uses 30,000)")
+    if args.steps < 1:
+        raise EvalError(f"--steps {args.steps}: the teacher's DDIM sampler needs >= 1 step")
+    if args.guidance_scale is not None and not (math.isfinite(args.guidance_scale)
+                                                and args.guidance_scale > 0):
+        raise EvalError(f"--guidance-scale {args.guidance_scale}: must be a finite number > 0")
     if args.real:
         missing = [f"--{n.replace('_', '-')}" for n in ("captions", "reference", "clip_checkpoint")
                    if getattr(args, n) is None]

@@ -82,11 +82,20 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _mlflow_ui(args: argparse.Namespace) -> int:
+    from distill.config import ConfigError
     from distill.paths import output_root
     from orchestrator import tracking
     from results import schema
+    from results.load import ResultsError, resolve_tracking_uri
 
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: a TCP port is 1..65535")
     uri = tracking.tracking_uri()
+    try:
+        # MLflow would create an empty SQLite store there and show nothing.
+        resolve_tracking_uri(uri)
+    except ResultsError as exc:
+        raise ConfigError(str(exc)) from None
     command = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(args.port),
                "--backend-store-uri", uri]
     if uri.startswith("sqlite:"):

@@ -60,7 +60,15 @@ def storage_root(storage: str | None) -> Path:
     """Where trial workdirs and Tune's files go: --storage, $ABLATE_STORAGE or the output folder."""
     chosen = storage or os.environ.get("ABLATE_STORAGE")
     root = Path(chosen).expanduser().resolve() if chosen else output_root()
-    root.mkdir(parents=True, exist_ok=True)
+    where = "--storage" if storage else "ABLATE_STORAGE"
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{where}={chosen}: {root} is a file, not a folder; give a folder "
+                          "for trial workdirs and checkpoints")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{where}={chosen}: cannot create {root} ({exc.strerror or exc}); "
+                          "give a writable folder") from None
     return root
 
 

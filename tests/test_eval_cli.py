@@ -157,3 +157,16 @@ def test_metric_models_cli_verifies_the_shipped_clip(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == str(SHIPPED_CLIP_DIR)
     assert out[-2].startswith("weights_hash ")
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--num-images", "1"], "--num-images 1: must be in 2..1,000,000"),
+    (["--num-images", "1000000000000"], "--num-images 1000000000000"),
+    (["--steps", "0"], "--steps 0"),
+    (["--guidance-scale", "nan"], "--guidance-scale nan: must be a finite number > 0"),
+    (["--guidance-scale", "-1"], "--guidance-scale -1.0"),
+])
+def test_bad_eval_arguments_exit_2_before_any_work(args, named, capsys):
+    assert main(["eval", "--teacher", "embedded:smoke", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and named in err and err.count("\n") == 1, err

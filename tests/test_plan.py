@@ -183,8 +183,8 @@ BAD_PLANS = [
      "name: b\naxes: {kappa: [1.0]}\naxes: {kappa: [2.0, 3.0]}\n", "duplicate key 'axes'"),
     ("a base key written twice", "name: b\nbase:\n  kappa: 1.0\n  kappa: 2.0\n",
      "duplicate key 'kappa'"),
-    ("YAML alias bomb", "name: b\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a]\n"
-     "c: [*b, *b, *b, *b, *b, *b]\n", "aliases"),
+    ("YAML alias bomb", ("name: b\na: &a [x, x, x, x, x, x, x, x, x]\n"
+                         "b: &b [*a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b]\n"), "aliases"),
     ("infinite kappa", "name: b\nbase: {kappa: .inf}\n", "kappa"),
     ("infinite learning rate", "name: b\nbase: {lr_generator: .inf}\n", "lr_generator"),
     ("NaN learning rate in an axis", "name: b\naxes: {lr_fake_score: [1.0e-4, .nan]}\n",
@@ -314,3 +314,31 @@ def test_max_trials_flag_raises_the_limit(tmp_path):
     assert len(expand(load_plan(path, max_trials=1200), "default")) == 1200
     with pytest.raises(ConfigError, match="1,200 trials"):
         with_seeds(load_plan(path, max_trials=1200), tuple(range(30)), max_trials=1000)
+
+
+def test_storage_or_workdir_naming_a_file_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path / "home"))
+    from orchestrator import runner
+
+    monkeypatch.setattr(runner, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder\n")
+    code = cli.main(["run", str(REPO / "ablations/lsg.yaml"), "--size", "smoke",
+                     "--storage", str(a_file)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--storage={a_file}: {a_file} is a file, not a folder" in err
+    config = write(tmp_path, "teacher: 'embedded:smoke'\n", "distill.yaml")
+    assert cli.main(["distill", str(config), "--workdir", str(a_file)]) == 2
+    assert f"--workdir {a_file}: is a file" in capsys.readouterr().err
+
+
+def test_mlflow_ui_refuses_a_missing_store_and_a_bad_port(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr("os.execv", lambda *a: pytest.fail("the server was started"))
+    assert cli.main(["mlflow-ui"]) == 2
+    err = capsys.readouterr().err
+    assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in err and "make ablation-lsg" in err
+    assert list(tmp_path.iterdir()) == []  # nothing created
+    assert cli.main(["mlflow-ui", "--port", "70000"]) == 2
+    assert "--port 70000: a TCP port is 1..65535" in capsys.readouterr().err
