@@ -43,8 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _tables(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
     from distill.paths import output_root
-    from results.load import ResultsError, list_plans, resolve_tracking_uri
+    from results.load import ResultsError, list_plans, resolve_tracking_uri, store_error
     from results.report import write_report
 
     try:
@@ -80,6 +83,8 @@ def _tables(args: argparse.Namespace) -> int:
             written += 1
     except ResultsError as exc:
         raise TablesError(str(exc)) from None
+    except (SQLAlchemyError, MlflowException) as exc:
+        raise TablesError(str(store_error(uri, exc))) from None
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     if not written:

@@ -33,6 +33,7 @@ class ResultsError(RuntimeError):
 
 
 INCOMPLETE = "incomplete"
+SQLITE_HEADER = b"SQLite format 3\x00"
 # Columns of every frame load_runs returns, before the params and metrics.
 RUN_COLUMNS = ("run_id", "run_name", "role", "status", "trial_id", "eval_protocol")
 
@@ -49,7 +50,25 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
                 f"no MLflow store at {path} (tracking URI {uri}); run a plan first "
                 "(`make ablation-lsg` or `ablate run ablations/lsg.yaml`), or point "
                 "MLFLOW_TRACKING_URI / --tracking-uri at the store that holds the runs")
+        # MLflow would turn an empty or foreign file into a new store (it writes its schema
+        # on first use), so a file that is not an SQLite database is refused untouched.
+        try:
+            with path.open("rb") as f:
+                header = f.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise ResultsError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        if header != SQLITE_HEADER:
+            what = "is empty" if not header else "is not an SQLite database"
+            raise ResultsError(f"{path} {what}, so it holds no MLflow runs; restore the store "
+                               "from a backup or point --tracking-uri at another one")
     return uri
+
+
+def store_error(uri: str, exc: BaseException) -> ResultsError:
+    """A store that opened but failed to answer (truncated, corrupt, wrong schema)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return ResultsError(f"the MLflow store {uri} cannot be read ({first}); it may be truncated "
+                        "or corrupt: restore it from a backup, or rerun the plans")
 
 
 def _client(tracking_uri: str):

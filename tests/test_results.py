@@ -215,6 +215,34 @@ def test_missing_store_is_a_clear_error_not_an_empty_new_store(tmp_path):
     assert not db.exists()
 
 
+@pytest.mark.parametrize("damage, named", [
+    ("empty", "is empty, so it holds no MLflow runs"),
+    ("random", "is not an SQLite database"),
+    ("truncated", "cannot be read ((sqlite3.DatabaseError) database disk image is malformed)"),
+])
+def test_damaged_store_exits_2_and_is_left_as_it_was(store, damage, named, tmp_path,
+                                                      monkeypatch, capsys):
+    import shutil
+
+    from orchestrator.cli import main
+
+    db = tmp_path / "mlflow.db"
+    if damage == "empty":
+        db.write_bytes(b"")
+    elif damage == "random":
+        db.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    else:
+        shutil.copy(store["uri"].removeprefix("sqlite:///"), db)
+        with db.open("r+b") as f:
+            f.truncate(db.stat().st_size // 2)
+    before = db.read_bytes()
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path))
+    assert main(["tables", "--tracking-uri", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert db.read_bytes() == before  # a read that failed wrote nothing
+
+
 # --------------------------------------------------------------------------- aggregation
 
 
