@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -286,6 +288,16 @@ def _resume(directory: Path, sid: SiD, rng: torch.Generator, config: DistillConf
     return meta
 
 
+def _set_aside(directory: Path) -> Path:
+    """Rename an unusable checkpoint folder to a free ``<name>.unreadable-<n>``."""
+    for n in itertools.count(1):
+        aside = directory.with_name(f"{directory.name}.unreadable-{n}")
+        if not aside.exists():
+            directory.rename(aside)
+            return aside
+    raise AssertionError("unreachable")
+
+
 def _evaluate_on_main(evaluate, sample_fn: SampleFn, step: int) -> dict[str, float]:
     """Rank 0 evaluates; the other data-parallel ranks report nothing, but still report,
     so every rank calls ``report`` equally often (Ray Train's report is a barrier)."""
@@ -323,9 +335,21 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
     count = 0
     last_losses: dict[str, float] = {}
     if checkpoint.exists(checkpoint_dir):
-        meta = _resume(checkpoint_dir, sid, rng, config, teacher.teacher_hash)
-        step, sums, count = meta["step"], meta["loss_sums"], meta["loss_count"]
-        last_losses = meta["last_losses"]
+        try:
+            meta = _resume(checkpoint_dir, sid, rng, config, teacher.teacher_hash)
+        except checkpoint.UnreadableCheckpoint as exc:
+            # Nothing readable to resume from (files lost with a node, say): keep the
+            # remains for inspection and start over, which on CPU ends bit-identical.
+            # One rank renames (the others find no checkpoint and start over alike).
+            aside = _set_aside(checkpoint_dir) if parallel.is_main() else "rank 0's copy"
+            print(f"{exc}; starting from scratch (the unreadable files are in {aside})",
+                  file=sys.stderr, flush=True)
+            meta = None
+        if meta is not None:
+            if "fallback" in meta:
+                print(f"{checkpoint_dir}: {meta['fallback']}", file=sys.stderr, flush=True)
+            step, sums, count = meta["step"], meta["loss_sums"], meta["loss_count"]
+            last_losses = meta["last_losses"]
 
     def save_checkpoint() -> None:
         if not parallel.is_main():  # every rank holds the same state; one writes it

@@ -200,6 +200,54 @@ def test_resume_after_a_fault_is_bit_identical_to_an_uninterrupted_run(teacher, 
         distill(dataclasses.replace(config, kappa=3.0), tmp_path / "a", teacher=teacher)
 
 
+@pytest.mark.parametrize("damage", ["truncate newest", "truncate both", "empty record"])
+def test_a_damaged_checkpoint_is_survived_with_nothing_lost(teacher, tmp_path, damage, capsys):
+    """A node lost mid-write can leave the newest checkpoint truncated: the run resumes from
+    the one kept before it (or, with none readable, starts over), saying so, and on CPU ends
+    bit-identical to an uninterrupted run."""
+    config = DistillConfig(**{**SMOKE, "iterations": 6, "checkpoint_every": 2})
+    reference = distill(config, tmp_path / "a", teacher=teacher)
+    final_a = _tensors(reference.checkpoint_dir)
+
+    partial = distill(dataclasses.replace(config, iterations=4), tmp_path / "b", teacher=teacher)
+    folder = partial.checkpoint_dir
+    files = sorted(folder.glob("state-*.safetensors"))
+    assert [f.name for f in files] == ["state-00000002.safetensors", "state-00000004.safetensors"]
+    if damage == "empty record":
+        (folder / checkpoint.STATE_JSON).write_text("[]")
+    else:
+        for victim in (files if damage == "truncate both" else files[-1:]):
+            with victim.open("r+b") as f:
+                f.truncate(victim.stat().st_size // 3)
+    capsys.readouterr()
+    resumed = distill(config, tmp_path / "b", teacher=teacher)
+    err = capsys.readouterr().err
+    if damage == "truncate both":
+        assert "no readable checkpoint" in err and "starting from scratch" in err
+        assert (tmp_path / "b" / "checkpoint.unreadable-1").is_dir()
+    elif damage == "truncate newest":
+        assert "state-00000004.safetensors is" in err and "(truncated)" in err
+        assert "resumed from step 2" in err
+    else:  # state.json unusable, but the newest per-step record and its tensors are fine
+        assert "state.json is not a checkpoint record" in err and "resumed from step 4" in err
+    assert resumed.status == "finished" and resumed.iterations == 6
+    final_b = _tensors(resumed.checkpoint_dir)
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+def test_eval_of_a_broken_checkpoint_exits_2_with_one_line(teacher, tmp_path, capsys):
+    from orchestrator.cli import main
+
+    folder = distill(DistillConfig(**SMOKE), tmp_path / "run", teacher=teacher).checkpoint_dir
+    for stale in folder.glob("state-*.json"):
+        stale.unlink()  # only state.json left to read
+    (folder / checkpoint.STATE_JSON).write_text("[]")
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--num-images", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "no readable checkpoint" in err and "is not a checkpoint record" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_nan_loss_marks_the_run_diverged_and_stops(teacher, tmp_path):
     broken = dataclasses.replace(teacher, unet=copy.deepcopy(teacher.unet))
     with torch.no_grad():
