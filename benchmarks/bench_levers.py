@@ -5,7 +5,7 @@
 At the embedded default config, one process, median process-CPU seconds:
 
 * one lsg iteration as the loop runs it, then the same with each lever: channels-last
-  networks, PyTorch's math attention instead of the fused CPU kernel, and
+  networks, bf16 autocast (``precision: bf16``; it pays only where the CPU has bf16 units), PyTorch's math attention instead of the fused CPU kernel, and
   (``--compile``, about two minutes of compiling) ``torch.compile`` of all three UNets;
 * one evaluation of 2000 held-out images, split into generation, FID features, CLIP score
   and adherence, at three sampling chunk sizes;
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -60,13 +61,16 @@ def iteration_levers(teacher, prompts, iterations: int, compile_unets: bool) -> 
     # Channels-last weights make every convolution's output channels-last too.
     channels_last = _iteration(_sid(teacher, config, True), teacher, prompts)
     math_run = _iteration(_sid(teacher, config), teacher, prompts)
+    bf16 = _iteration(_sid(teacher, dataclasses.replace(config, precision="bf16")), teacher,
+                      prompts)
 
     def math_attention():
         with sdpa_kernel(SDPBackend.MATH):
             math_run()
 
     timed = time_interleaved({"plain": plain, "channels-last": channels_last,
-                              "math attention": math_attention}, iterations)
+                              "math attention": math_attention, "bf16 autocast": bf16},
+                             iterations)
     rows = {name: cpu for name, (_, cpu) in timed.items()}
     if compile_unets:
         sid = _sid(teacher, config)

@@ -305,7 +305,7 @@ def _drive(plan: Plan, trials: list[Trial], done: dict[str, dict | None],
             if record is not None:
                 _close_finished_child(mlflow_client, uri, child_ids[t.trial_id], record, existing,
                                       t.trial_id)
-        baseline = None
+        baseline_done = None
         tune_done, cancel, reported = threading.Event(), threading.Event(), threading.Event()
         if plan.evaluation.teacher_baseline is not None:
             args = (mlflow_client, uri, exp_id, parent_id, plan, trials, teachers, suites,
@@ -315,9 +315,8 @@ def _drive(plan: Plan, trials: list[Trial], done: dict[str, dict | None],
                 # reported (the workers are past their start-up, which it would slow) and
                 # shares the CPUs with them, so no core waits for it at either end. Not on
                 # GPUs, where it would compete with the trials for memory.
-                baseline = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-                baseline_done = baseline.submit(_baseline_beside_trials, plan, reported,
-                                                tune_done, cancel, args)
+                baseline_done = _in_daemon_thread(_baseline_beside_trials, plan, reported,
+                                                  tune_done, cancel, args)
             else:
                 _teacher_baseline_run(*args)
         failed: dict[str, str] = {}
@@ -334,11 +333,11 @@ def _drive(plan: Plan, trials: list[Trial], done: dict[str, dict | None],
         done = {t.trial_id: read_result(trial_workdir(storage_dir, plan, t)) for t in trials}
         # Tune stops on Ctrl-C by itself and returns normally with trials left unfinished.
         unfinished = [t for t in pending if done[t.trial_id] is None and t.trial_id not in failed]
-        if baseline is not None:
+        if baseline_done is not None:
             if unfinished:
-                cancel.set()
-            baseline_done.result()  # re-raises the baseline's error, if any
-            baseline.shutdown()
+                cancel.set()  # not waited for: an interrupted run exits now
+            else:
+                baseline_done.result()  # re-raises the baseline's error, if any
         for trial_id, error in failed.items():
             tracking.finish(mlflow_client, child_ids[trial_id], "FAILED", outcome="failed")
             tracking.retry_locked(mlflow_client.set_tag, child_ids[trial_id], "ablate.error",
@@ -442,11 +441,14 @@ def _teacher_baseline_run(mlflow_client, uri, exp_id, parent_id, plan, trials, t
 
         previous = torch.get_num_threads()
         torch.set_num_threads(max(1, plan.resources.cpu))
+        started = time.perf_counter()
         try:
             metrics = evaluation.teacher_baseline(teacher, suite, num_steps=baseline.steps,
                                                   guidance_scale=baseline.guidance_scale, seed=0)
         finally:
             torch.set_num_threads(previous)
+        print(f"teacher baseline: done in {time.perf_counter() - started:.0f} s", file=out,
+              flush=True)
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
         tmp.write_text(json.dumps(metrics, sort_keys=True, default=str))
@@ -463,6 +465,23 @@ def _teacher_baseline_run(mlflow_client, uri, exp_id, parent_id, plan, trials, t
                     "kappa": baseline.guidance_scale})
     tracking.RunLogger(uri, run_id).log_metrics(metrics, 0)
     tracking.finish(mlflow_client, run_id, "FINISHED", outcome="finished")
+
+
+def _in_daemon_thread(fn, *args) -> concurrent.futures.Future:
+    """``fn(*args)`` in a daemon thread. An interrupted run then exits at once instead of
+    waiting minutes for a teacher baseline whose numbers nobody will read (a pool's worker
+    thread is joined at exit: SIGTERM used to leave the driver alive until it finished).
+    Nothing is half-written: the baseline caches and logs its metrics only once complete."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="teacher-baseline", daemon=True).start()
+    return future
 
 
 class _SetEvent:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from distill.config import ConfigError
 from distill.paths import REPO_ROOT, output_root
@@ -79,6 +80,14 @@ def check_reachable(uri: str) -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    if uri.startswith("sqlite:///"):
+        # SQLite in a folder that is missing or read-only: MLflow retries for minutes.
+        folder = Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0])).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            what = "does not exist" if not folder.is_dir() else "is not writable"
+            raise ConfigError(
+                f"MLFLOW_TRACKING_URI={uri}: the folder {folder} {what}; create it, fix the "
+                "URI, or unset MLFLOW_TRACKING_URI to use the SQLite store in the output folder")
     try:
         retry_locked(client(uri).search_experiments, max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure means unusable; its text is kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def _tables(args: argparse.Namespace) -> int:
     from results.load import ResultsError, list_plans, resolve_tracking_uri, store_error
     from results.report import write_report
 
+    # A tracking server that does not answer is an error now, not after minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
         uri = resolve_tracking_uri(args.tracking_uri)
         if args.parent_run:

@@ -342,3 +342,25 @@ def test_mlflow_ui_refuses_a_missing_store_and_a_bad_port(tmp_path, monkeypatch,
     assert list(tmp_path.iterdir()) == []  # nothing created
     assert cli.main(["mlflow-ui", "--port", "70000"]) == 2
     assert "--port 70000: a TCP port is 1..65535" in capsys.readouterr().err
+
+
+def test_sqlite_store_in_a_missing_folder_exits_2_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path / "home"))
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing}")
+    code = cli.main(["run", str(REPO / "ablations/lsg.yaml"), "--size", "smoke"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"the folder {missing.parent} does not exist" in err, err
+    assert not missing.parent.exists() and not (tmp_path / "home" / "trials").exists()
+
+
+def test_tables_on_a_closed_port_exits_2_at_once(tmp_path, monkeypatch, capsys):
+    import time
+
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    started = time.monotonic()
+    assert cli.main(["tables", "--tracking-uri", "http://127.0.0.1:9"]) == 2
+    assert time.monotonic() - started < 60  # not minutes of retries
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "127.0.0.1:9" in err and "Traceback" not in err

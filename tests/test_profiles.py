@@ -91,7 +91,10 @@ def test_paper_defaults_sit_under_the_plan_and_the_profile_pins_its_world(env):
         assert (c.t_init, c.alpha, c.lr_generator, c.lr_fake_score) == (625, 1.0, 1e-6, 1e-6)
         assert (c.adam_beta1, c.adam_beta2, c.batch_size, c.precision) == (0.0, 0.999, 512, "fp32")
         assert c.eval_num_images == 30000 and c.kappa == 2.0  # the plan's base still wins
-    assert [t.config.strategy for t in trials] == ["lsg", "cfg", "none"]
+    assert [t.config.strategy for t in trials] == [s for s in ("lsg", "cfg", "none")
+                                                   for _ in range(3)]
+    # The embedded budget is DistillConfig's, so the paper's length reaches SD runs.
+    assert {t.config.iterations for t in trials} == {20000}
     # Smoke scales the same SD plan down: the size preset beats the profile's defaults,
     # the teacher stays the profile's.
     smoke = profiles.apply_profile(plan, expand(plan, "smoke"), "smoke", p)
