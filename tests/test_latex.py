@@ -71,7 +71,9 @@ def test_report_tables_and_figures_compile(store, tmp_path):
     assert "diverged 1/3" in reports["lsg"].latex.read_text()
     assert "Welch t-test p \\textless{} 0.05" in reports["lsg"].latex.read_text()
     figures = [p for r in reports.values() for p in r.figures if p.suffix == ".pdf"]
-    assert len(figures) == 5  # lsg: trade-off, samples; kappa: + metrics vs κ
+    # lsg: trade-off, samples, metrics vs iteration (the store logs an evaluation at step 50
+    # before the final one); kappa: the same + metrics vs κ.
+    assert len(figures) == 7
     body = "\n\n".join(
         [r"\input{lsg/table.tex}", r"\input{kappa/table.tex}", r"\clearpage"]
         + [rf"\includegraphics[width=0.8\linewidth]{{{p.relative_to(tmp_path)}}}"
