@@ -88,10 +88,14 @@ def from_dict(cls: type, data: dict[str, Any], source: str = "<config>", prefix:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def _json_hash(value: Any, length: int) -> str:
+    blob = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
 def config_hash(config: Any, length: int = 12) -> str:
     """Stable short hash of a dataclass config (its JSON with sorted keys)."""
-    blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+    return _json_hash(dataclasses.asdict(config), length)
 
 
 # torch.Generator.manual_seed takes a 64-bit integer.
@@ -103,16 +107,15 @@ MAX_EVAL_IMAGES = 1_000_000
 
 # Revision of what one trial computes for a given config. Bump it when the loop's numbers
 # change for the same config (revision 2: prompt dropout only in the fake-score update, a
-# prompt batch per update, the EMA counting images before the step), so trial ids change and finished trials or checkpoints of the
-# old loop are never reused as if they were current.
+# prompt batch per update, the EMA counting images before the step), so trial ids change
+# and finished trials or checkpoints of the old loop are never reused as if they were current.
 ALGORITHM_REVISION = 2
 
 
 def trial_id(config: DistillConfig) -> str:
     """A trial's stable id: the hash of its resolved config and :data:`ALGORITHM_REVISION`."""
-    blob = json.dumps({"algorithm_revision": ALGORITHM_REVISION,
-                       "config": dataclasses.asdict(config)}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return _json_hash({"algorithm_revision": ALGORITHM_REVISION,
+                       "config": dataclasses.asdict(config)}, 12)
 
 
 @dataclass(frozen=True)

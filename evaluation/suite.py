@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from distill import world
+from distill.config import read_text_file
 from evaluation.clip_score import (
     EMBEDDED_PROMPT_PREFIX,
     REAL_PROMPT_PREFIX,
@@ -135,7 +136,8 @@ def read_captions(path: str | Path, num_images: int) -> list[str]:
     if not path.is_file():
         raise EvalError(f"{path}: caption file missing (one caption per line, e.g. the COCO-2014 "
                         "val captions the paper evaluates on)")
-    captions = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    text = read_text_file(path, "caption")
+    captions = [line.strip() for line in text.splitlines() if line.strip()]
     if len(captions) < num_images:
         raise EvalError(f"{path}: {len(captions)} captions but num_images={num_images}; "
                         "give a longer caption file or fewer images")

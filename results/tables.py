@@ -280,7 +280,7 @@ def _bold_best(block: Block, column: int, metric: str) -> None:
             row.cells[column] = dataclasses.replace(old, bold=True)
 
 
-def _select(runs: pd.DataFrame, keys: list[str], values) -> pd.DataFrame:
+def select_rows(runs: pd.DataFrame, keys: list[str], values) -> pd.DataFrame:
     """Runs whose params equal ``values`` (compared as text, as MLflow stored them)."""
     for key, value in zip(keys, values):
         runs = runs[runs[key].map(str) == str(value)]
@@ -376,8 +376,8 @@ def build_table(plan: str, runs: pd.DataFrame) -> Table:
     blocks = []
     for block_values in combos(agg, block_keys):
         block = Block(_block_title(block_keys, block_values))
-        block_agg = _select(agg, block_keys, block_values)
-        block_runs = _select(trials, block_keys, block_values)
+        block_agg = select_rows(agg, block_keys, block_values)
+        block_runs = select_rows(trials, block_keys, block_values)
         reference = block_runs[block_runs["strategy"] == "lsg"] if spec.with_delta else None
         rows = sorted(block_agg.iterrows(),
                       key=lambda item: tuple(sort_key(item[1][k]) for k in row_keys))
@@ -388,7 +388,7 @@ def build_table(plan: str, runs: pd.DataFrame) -> Table:
                 Cell("all trials")]
             block.rows.append(_make_row(
                 spec, label, agg_row,
-                _select(block_runs, row_keys, values), reference, csv_rows,
+                select_rows(block_runs, row_keys, values), reference, csv_rows,
                 {"role": "trial", **dict(zip(block_keys, block_values)),
                  **dict(zip(row_keys, values))}))
         blocks.append(block)
@@ -403,7 +403,7 @@ def build_table(plan: str, runs: pd.DataFrame) -> Table:
         for _, agg_row in aggregate(teacher, teacher_keys, metrics).iterrows():
             values = [agg_row[k] for k in teacher_keys]
             label = [Cell(teacher_label(agg_row))] + [Cell("")] * (len(label_headers) - 1)
-            row = _make_row(spec, label, agg_row, _select(teacher, teacher_keys, values),
+            row = _make_row(spec, label, agg_row, select_rows(teacher, teacher_keys, values),
                             reference, csv_rows,
                             {"role": "teacher", **dict(zip(teacher_keys, values))})
             row.is_teacher = True

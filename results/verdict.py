@@ -33,6 +33,7 @@ from results.tables import (
     combos,
     metric_format,
     param_text,
+    select_rows,
     varying_params,
 )
 
@@ -57,12 +58,6 @@ def _delta_text(metric: str, delta: float) -> str:
 
 def _p(p_value: float) -> str:
     return f"p={p_value:.2g}" if p_value >= 0.001 else "p<0.001"
-
-
-def _select(runs: pd.DataFrame, keys: list[str], values) -> pd.DataFrame:
-    for key, value in zip(keys, values):
-        runs = runs[runs[key].map(str) == str(value)]
-    return runs
 
 
 def _versus(reference: pd.DataFrame, other: pd.DataFrame, metrics: list[str],
@@ -143,7 +138,7 @@ def verdict(plan: str, runs: pd.DataFrame) -> str:
         blocks = [p for p in varying if p != "strategy"]
         parts = []
         for block in combos(trials, blocks):
-            scope = _select(trials, blocks, block)
+            scope = select_rows(trials, blocks, block)
             prefix = "".join(f"{_short(k, v)} " for k, v in zip(blocks, block))
             reference = scope[scope["strategy"] == "lsg"]
             if reference.empty:
@@ -158,9 +153,9 @@ def verdict(plan: str, runs: pd.DataFrame) -> str:
     blocks = [p for p in varying if p not in row_keys]
     parts = []
     for block in combos(trials, blocks):
-        scope = _select(trials, blocks, block)
+        scope = select_rows(trials, blocks, block)
         rows = [(", ".join(_short(k, v) for k, v in zip(row_keys, values)),
-                 _select(scope, row_keys, values)) for values in combos(scope, row_keys)]
+                 select_rows(scope, row_keys, values)) for values in combos(scope, row_keys)]
         prefix = ", ".join(_short(k, v) for k, v in zip(blocks, block))
         found = [t for t in (_best_of(rows, m) for m in metrics) if t]
         if found:
@@ -181,7 +176,7 @@ def power_table(runs: pd.DataFrame) -> str | None:
     blocks = [k for k in ("kappa",) if k in trials and trials[k].nunique() > 1]
     lines = []
     for block in combos(trials, blocks):
-        scope = _select(trials, blocks, block)
+        scope = select_rows(trials, blocks, block)
         reference = scope[scope["strategy"] == "lsg"]
         for other in (s for s in STRATEGY_ORDER if s != "lsg"):
             mine = scope[scope["strategy"] == other]
