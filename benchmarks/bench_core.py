@@ -62,7 +62,7 @@ def reference_sid_class(revision: str):
     module = types.ModuleType(f"loop_at_{revision}")
     sys.modules[module.__name__] = module  # its dataclasses look their module up there
     # The repository's own history, not outside input: it is what the column measures.
-    exec(compile(source.stdout, f"{revision}:distill/loop.py", "exec"), module.__dict__)  # noqa: S102
+    exec(compile(source.stdout, f"{revision}:distill/loop.py", "exec"), module.__dict__)
     return module.SiD
 
 
@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="embedded:default")
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations per row")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's)")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--reference", default=REFERENCE_REVISION,
                         help="git revision whose loop is the 'before' column "
@@ -295,7 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     if reference is None:
         print(f"(no 'before' column: git revision {args.reference} is not available here)\n")
-    print("| strategy | UNet passes (fwd+bwd) | ours wall s/it | ours CPU s/it | bare UNet CPU s/it "
+    print("| strategy | UNet passes (fwd+bwd) | ours wall s/it | ours CPU s/it "
+          "| bare UNet CPU s/it "
           "| ours/bare (goal <= 1.10) | official CPU s/it | speedup (goal >= 1.15) "
           f"| before ({args.reference}) CPU s/it | ours/before |")
     print("|---|---|---|---|---|---|---|---|---|---|")

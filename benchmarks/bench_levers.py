@@ -5,7 +5,8 @@
 At the embedded default config, one process, median process-CPU seconds:
 
 * one lsg iteration as the loop runs it, then the same with each lever: channels-last
-  networks, bf16 autocast (``precision: bf16``; it pays only where the CPU has bf16 units), PyTorch's math attention instead of the fused CPU kernel, and
+  networks, bf16 autocast (``precision: bf16``; it pays only where the CPU has bf16
+  units), PyTorch's math attention instead of the fused CPU kernel, and
   (``--compile``, about two minutes of compiling) ``torch.compile`` of all three UNets;
 * one evaluation of 2000 held-out images, split into generation, FID features, CLIP score
   and adherence, at three sampling chunk sizes;

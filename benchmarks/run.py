@@ -28,7 +28,7 @@ def main() -> int:
         start = time.perf_counter()
         try:
             module.main() if name not in ("bench_core", "bench_levers") else module.main([])
-        except Exception as exc:  # noqa: BLE001 -- one broken benchmark must not hide the others' numbers
+        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others' numbers
             failed.append(name)
             print(f"== {name} FAILED: {exc!r}", flush=True)
         print(f"== {name}: {time.perf_counter() - start:.1f} s", flush=True)

@@ -134,7 +134,8 @@ def _read(directory: Path, record_file: Path, device: str) -> tuple[dict[str, to
     return tensors, meta
 
 
-def load(directory: Path, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+def load(directory: Path,
+         device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, meta) of the newest readable checkpoint in ``directory``.
 
     If the committed one (``state.json``) is unreadable, the one kept before it is used, and
@@ -142,7 +143,7 @@ def load(directory: Path, device: torch.device | str = "cpu") -> tuple[dict[str,
     :class:`CheckpointError` naming each problem.
     """
     directory = Path(directory)
-    candidates = [directory / STATE_JSON] + sorted(directory.glob("state-*.json"), reverse=True)
+    candidates = [directory / STATE_JSON, *sorted(directory.glob("state-*.json"), reverse=True)]
     problems: list[str] = []
     for record_file in candidates:
         try:

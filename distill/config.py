@@ -66,7 +66,8 @@ def from_dict(cls: type, data: dict[str, Any], source: str = "<config>", prefix:
     """Build a frozen dataclass from a mapping; unknown keys and wrong types raise
     :class:`ConfigError` naming ``source`` and the dotted key."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {prefix or 'config'} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{source}: {prefix or 'config'} must be a mapping, "
+                          f"got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - fields)
@@ -80,7 +81,8 @@ def from_dict(cls: type, data: dict[str, Any], source: str = "<config>", prefix:
         if not _type_ok(value, annotation):
             expected = getattr(annotation, "__name__", str(annotation))
             raise ConfigError(
-                f"{source}: {prefix}{key} must be {expected}, got {value!r} ({type(value).__name__})")
+                f"{source}: {prefix}{key} must be {expected}, "
+                f"got {value!r} ({type(value).__name__})")
         values[key] = _coerce(value, annotation)
     try:
         return cls(**values)
@@ -194,8 +196,8 @@ class DistillConfig:
         if not 0 <= self.seed <= MAX_SEED:
             bad("seed", "must be in 0..2^63-1 (torch.Generator.manual_seed takes 64 bits)")
         if not MIN_EVAL_IMAGES <= self.eval_num_images <= MAX_EVAL_IMAGES:
-            bad("eval_num_images", f"must be in {MIN_EVAL_IMAGES}..{MAX_EVAL_IMAGES:,}: FID needs a "
-                "covariance of at least 2 images, and the paper's protocol is 30,000")
+            bad("eval_num_images", f"must be in {MIN_EVAL_IMAGES}..{MAX_EVAL_IMAGES:,}: "
+                "FID needs a covariance of at least 2 images, and the paper's protocol is 30,000")
         if not 0 <= self.prompt_dropout < 1:
             bad("prompt_dropout", "must be in [0, 1)")
         if self.checkpoint_every < 0 or self.eval_every < 0:
@@ -239,7 +241,8 @@ def read_text_file(path: str | Path, what: str, max_bytes: int | None = None) ->
                           f"(chmod u+r {path})") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is "
-                          f"{exc.object[exc.start]:#04x}); the {what} must be a text file") from None
+                          f"{exc.object[exc.start]:#04x}); the {what} must be a text "
+                          "file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc}); give a readable "
                           f"{what} file") from None

@@ -57,7 +57,8 @@ class NoiseSchedule:
         self.sqrt_alpha = alphas.sqrt().to(device=device, dtype=torch.float32)
         self.sigma = (1.0 - alphas).sqrt().to(device=device, dtype=torch.float32)
 
-    def coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def coefficients(self, t: torch.Tensor,
+                     like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sqrt(ᾱ_t), sqrt(1-ᾱ_t)) per sample, shaped to broadcast against ``like``."""
         shape = (-1,) + (1,) * (like.ndim - 1)
         return self.sqrt_alpha[t].view(shape), self.sigma[t].view(shape)

@@ -77,8 +77,8 @@ class SiD:
         scale.enable_gradient_checkpointing(config, self.teacher, self.fake_score, self.generator)
         betas = (config.adam_beta1, config.adam_beta2)
         # Fused Adam (CPU and CUDA): one kernel over all parameters instead of a loop of small ops.
-        self.opt_fake_score = torch.optim.Adam(self.fake_score.parameters(), lr=config.lr_fake_score,
-                                               betas=betas, eps=config.adam_eps, fused=True)
+        self.opt_fake_score = torch.optim.Adam(self.fake_score.parameters(),
+                                               lr=config.lr_fake_score, betas=betas, eps=config.adam_eps, fused=True)
         self.opt_generator = torch.optim.Adam(self.generator.parameters(), lr=config.lr_generator,
                                               betas=betas, eps=config.adam_eps, fused=True)
         self.device = uncond.device

@@ -30,7 +30,8 @@ def sid_weight(x_g: torch.Tensor, y_real: torch.Tensor) -> torch.Tensor:
     """w = mean over C,H,W of |x_g - y_real|, clipped at 1e-5, gradient stopped; (B, 1, 1, 1)."""
     dims = tuple(range(1, x_g.ndim))
     with torch.no_grad():
-        return (_at_least_fp32(x_g) - _at_least_fp32(y_real)).abs().mean(dim=dims, keepdim=True).clamp_min(MIN_WEIGHT)
+        error = (_at_least_fp32(x_g) - _at_least_fp32(y_real)).abs()
+        return error.mean(dim=dims, keepdim=True).clamp_min(MIN_WEIGHT)
 
 
 def sid_generator_loss(y_real: torch.Tensor, y_fake: torch.Tensor, x_g: torch.Tensor,

@@ -120,7 +120,8 @@ def parse_caption(text: str) -> Caption:
 
 
 def mislabel(caption: Caption, rng: np.random.Generator, probability: float) -> Caption:
-    """``caption`` with each attribute independently replaced, with ``probability``, by another value.
+    """``caption`` with each attribute independently replaced by another value, with
+    ``probability``.
 
     The embedded analogue of web alt-text that does not quite describe its
     image. It is why classifier-free guidance matters here as it does for Stable
@@ -220,7 +221,8 @@ def sample_captions(pool: list[Caption], count: int, seed: int) -> list[Caption]
     return [pool[i] for i in rng.integers(0, len(pool), size=count)]
 
 
-def reference_set(count: int, resolution: int = 16, seed: int = 0) -> tuple[list[Caption], torch.Tensor]:
+def reference_set(count: int, resolution: int = 16,
+                  seed: int = 0) -> tuple[list[Caption], torch.Tensor]:
     """Held-out captions and their rendered images: the embedded COCO-2014-val.
 
     Captions cycle through the held-out set so every caption is equally

@@ -117,7 +117,8 @@ def adherence(images: torch.Tensor | np.ndarray, captions: list[world.Caption]) 
     colour_shape_size_acc, foreground_area, background_deviation}``; ``all_acc``
     counts an image right only when every attribute is right,
     ``colour_shape_size_acc`` when all but position are: the embedded teacher does
-    not learn position (RESULTS.md, "The embedded teacher"), so that is the adherence the tables show.
+    not learn position (RESULTS.md, "The embedded teacher"), so that is the adherence the
+    tables show.
     """
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")

@@ -12,7 +12,8 @@ DEFAULT_TEACHER_STEPS = 25
 
 
 def teacher_baseline(teacher, suite, num_steps: int = DEFAULT_TEACHER_STEPS,
-                     guidance_scale: float = DistillConfig.kappa, seed: int = 0) -> dict[str, float]:
+                     guidance_scale: float = DistillConfig.kappa,
+                     seed: int = 0) -> dict[str, float]:
     """Evaluate the teacher's ``num_steps``-step DDIM samples with CFG scale ``guidance_scale``
     (default: the distillation's default κ) under ``suite``'s protocol."""
     return suite.evaluate_sample_fn(teacher_sample_fn(teacher, num_steps, guidance_scale),

@@ -223,7 +223,8 @@ def train_clip(config: ClipConfig, out_dir: Path, progress: bool = True,
     model, tokenizer = _build(config, token_ids)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    no_decay = [p for n, p in model.named_parameters()
+                if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=config.learning_rate)
@@ -306,7 +307,8 @@ def retrieval_accuracy(clip: EmbeddedClip, count: int = 576, seed: int = 12345) 
         right = [getattr(captions[b], attribute) == getattr(c, attribute)
                  for b, c in zip(best.tolist(), pool)]
         out[f"{attribute}_acc"] = round(float(np.mean(right)), 4)
-    out["caption_acc"] = round(float(np.mean([captions[b] == c for b, c in zip(best.tolist(), pool)])), 4)
+    hits = [captions[b] == c for b, c in zip(best.tolist(), pool)]
+    out["caption_acc"] = round(float(np.mean(hits)), 4)
     return out
 
 

@@ -111,9 +111,8 @@ class FeatureExtractor:
         for start in range(0, len(images), self.batch_size):
             batch = []
             for image in images[start:start + self.batch_size]:
-                if self.image_transform is not None:
-                    image = self.image_transform(image)
-                batch.append(np.asarray(self.fn_resize(image), dtype=np.float32))
+                shown = image if self.image_transform is None else self.image_transform(image)
+                batch.append(np.asarray(self.fn_resize(shown), dtype=np.float32))
             # clean-fid's ResizeDataset: float32 HWC -> CHW tensor, values kept in [0, 255].
             tensor = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
             chunks.append(get_batch_features(tensor, self.model_fn, torch.device("cpu")))

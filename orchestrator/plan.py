@@ -162,8 +162,8 @@ def parse_seeds(text: str, source: str = "--seeds") -> tuple[int, ...]:
     """``"0,1,2"`` -> (0, 1, 2); a non-integer, negative or duplicate value raises
     :class:`ConfigError` naming it."""
     values = []
-    for part in text.split(","):
-        part = part.strip()
+    for raw in text.split(","):
+        part = raw.strip()
         try:
             values.append(int(part))
         except ValueError:
@@ -188,7 +188,8 @@ def _check_field(source: str, key: str, field: str) -> None:
     if field in _PLAN_OWNED:
         _fail(source, key, f"set {field} through {_PLAN_OWNED[field]}, not here")
     if field not in fields:
-        _fail(source, key, f"unknown DistillConfig field {field!r}; known: {', '.join(sorted(fields))}")
+        _fail(source, key,
+              f"unknown DistillConfig field {field!r}; known: {', '.join(sorted(fields))}")
 
 
 def _check_mapping(source: str, key: str, value: Any) -> dict:
@@ -229,7 +230,8 @@ def _check_trial_count(plan: Plan, max_trials: int) -> None:
 def plan_from_dict(data: dict, source: str = "<plan>", max_trials: int = MAX_TRIALS) -> Plan:
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
-        _fail(source, ", ".join(unknown), f"unknown key; known keys: {', '.join(sorted(_TOP_KEYS))}")
+        _fail(source, ", ".join(unknown),
+              f"unknown key; known keys: {', '.join(sorted(_TOP_KEYS))}")
     name = data.get("name")
     if (not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH
             or not name.replace("-", "").replace("_", "").isascii()

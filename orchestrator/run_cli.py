@@ -96,8 +96,8 @@ def _mlflow_ui(args: argparse.Namespace) -> int:
         resolve_tracking_uri(uri)
     except ResultsError as exc:
         raise ConfigError(str(exc)) from None
-    command = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(args.port),
-               "--backend-store-uri", uri]
+    command = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1",
+               "--port", str(args.port), "--backend-store-uri", uri]
     if uri.startswith("sqlite:"):
         command += ["--default-artifact-root", (output_root() / schema.ARTIFACT_DIR).as_uri()]
     print(f"MLflow dashboard: http://127.0.0.1:{args.port}  (store: {uri}); Ctrl-C stops it",

@@ -42,7 +42,8 @@ class StatusLine(Callback):
     def __init__(self, out: TextIO, iterations: dict[str, int], min_interval_s: float = 5.0,
                  on_result=None):
         self.out = out
-        self.on_result = on_result  # called at every trial result (the driver's baseline waits on it)
+        # Called at every trial result (the driver's baseline waits on it).
+        self.on_result = on_result
         self.iterations = iterations  # trial id -> total iterations
         self.min_interval_s = min_interval_s
         self.start = time.monotonic()

@@ -199,7 +199,8 @@ def varying_params(trials: pd.DataFrame, params: list[str]) -> list[str]:
             continue
         # A param with a different value for every seed (a run name, an output folder)
         # identifies runs, not configurations: grouping by it would average nothing.
-        if seeds_vary and _ngroups(trials, keys) == _ngroups(trials, [*keys, "seed"]) == len(trials):
+        one_per_group = _ngroups(trials, keys) == _ngroups(trials, [*keys, "seed"]) == len(trials)
+        if seeds_vary and one_per_group:
             continue
         chosen.append(param)
     return chosen
@@ -500,8 +501,8 @@ def to_latex(table: Table) -> str:
                 top.append(latex_escape(group[0]))
                 sub.append("")
             column += len(group)
-        header_lines = [" & ".join(top + [""]) + " \\\\", "".join(rules),
-                        " & ".join(latex_escape(h) for h in sub + [table.headers[-1]]) + " \\\\"]
+        header_lines = [" & ".join([*top, ""]) + " \\\\", "".join(rules),
+                        " & ".join(latex_escape(h) for h in [*sub, table.headers[-1]]) + " \\\\"]
     else:
         header_lines = [" & ".join(latex_escape(h)
                                    for h in table.label_headers + table.headers) + " \\\\"]

@@ -46,7 +46,9 @@ def _name(metric: str) -> str:
 
 def _short(key: str, value) -> str:
     """A row's name in the line: 'lsg' for a strategy, 'κ=2' for anything else."""
-    return str(value) if key == "strategy" else f"{PARAM_HEADERS.get(key, key)}={param_text(key, value)}"
+    if key == "strategy":
+        return str(value)
+    return f"{PARAM_HEADERS.get(key, key)}={param_text(key, value)}"
 
 
 def _delta_text(metric: str, delta: float) -> str:

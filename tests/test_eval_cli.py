@@ -68,7 +68,7 @@ def test_bad_evaluation_input_is_a_clear_error(suite):
     captions, images = world.reference_set(NUM_IMAGES)
     texts = [c.text for c in captions]
     big = torch.nn.functional.interpolate(images, scale_factor=2)
-    with pytest.raises(EvalError, match="images are 32x32 but protocol .* evaluates 16x16"):
+    with pytest.raises(EvalError, match=r"images are 32x32 but protocol .* evaluates 16x16"):
         suite.evaluate(big, texts)
     with pytest.raises(EvalError, match="no captions"):
         suite.evaluate(images, [])

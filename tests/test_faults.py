@@ -25,7 +25,8 @@ PYTHON = sys.executable
 WRITER = textwrap.dedent("""\
     import pathlib, sys, time
     from orchestrator import tracking
-    uri, run_id, barrier, steps = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3]), int(sys.argv[4])
+    uri, run_id = sys.argv[1], sys.argv[2]
+    barrier, steps = pathlib.Path(sys.argv[3]), int(sys.argv[4])
     logger = tracking.RunLogger(uri, run_id)
     (barrier / run_id).touch()
     while not (barrier / "go").exists():  # all four writers hit the file at the same moment

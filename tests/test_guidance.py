@@ -49,7 +49,7 @@ def test_scales_are_frozen_and_bad_input_names_the_field():
         guidance_scales("lsg", 2.0).kappa1 = 3.0
     with pytest.raises(ValueError, match="kappa"):
         guidance_scales("lsg", 0.0)
-    with pytest.raises(ValueError, match="strategy.*lsg, cfg, none, short"):
+    with pytest.raises(ValueError, match=r"strategy.*lsg, cfg, none, short"):
         guidance_scales("LSG", 2.0)
     assert isinstance(guidance_scales("none", 3.0), GuidanceScales)
 

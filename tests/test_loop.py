@@ -108,7 +108,8 @@ def test_ema_half_life_with_rampup_hand_values(teacher):
     sid.update_ema(100_000)
     beta = 0.5 ** (16 / 500)
     expected = beta * 0.75 + (1 - beta)
-    assert all(torch.allclose(p, torch.full_like(p, expected)) for p in sid.generator_ema.parameters())
+    assert all(torch.allclose(p, torch.full_like(p, expected))
+               for p in sid.generator_ema.parameters())
 
 
 def test_sample_fn_is_deterministic_chunk_invariant_and_in_pixel_range(teacher, monkeypatch):
@@ -139,8 +140,8 @@ def test_reports_losses_and_evaluations_and_encodes_each_batch_once(teacher, tmp
     config = DistillConfig(**{**SMOKE, "iterations": 3, "log_every": 2, "eval_every": 2,
                               "checkpoint_every": 0})
     try:
-        result = distill(config, tmp_path, teacher=teacher, report=lambda m, s: reports.append((s, m)),
-                         evaluate=evaluate)
+        result = distill(config, tmp_path, teacher=teacher,
+                         report=lambda m, s: reports.append((s, m)), evaluate=evaluate)
     finally:
         hook.remove()
     # the empty prompt once per run, then one batch of 4 per update (two per iteration),
@@ -196,7 +197,7 @@ def test_resume_after_a_fault_is_bit_identical_to_an_uninterrupted_run(teacher, 
                            saved[2]["generator_ema.conv_in.weight"])
 
     # Resuming with a different algorithm config is refused, naming the key.
-    with pytest.raises(checkpoint.CheckpointError, match="kappa: 2.0 -> 3.0"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"kappa: 2.0 -> 3.0"):
         distill(dataclasses.replace(config, kappa=3.0), tmp_path / "a", teacher=teacher)
 
 
@@ -274,15 +275,15 @@ def test_prompt_sources(tmp_path):
     good = tmp_path / "prompts.txt"
     good.write_text("a cat\n\n  a dog  \n")
     assert load_prompts(str(good)) == ["a cat", "a dog"]
-    with pytest.raises(ConfigError, match="prompts = .*missing.txt.*not found"):
+    with pytest.raises(ConfigError, match=r"prompts = .*missing.txt.*not found"):
         load_prompts(str(tmp_path / "missing.txt"))
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"a cat\n\xff\xfe\x00")
-    with pytest.raises(ConfigError, match="binary.txt: not UTF-8 text"):
+    with pytest.raises(ConfigError, match=r"binary.txt: not UTF-8 text"):
         load_prompts(str(binary))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
-    with pytest.raises(ConfigError, match="prompts = .*holds no prompts"):
+    with pytest.raises(ConfigError, match=r"prompts = .*holds no prompts"):
         load_prompts(str(empty))
 
 

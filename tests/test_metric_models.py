@@ -51,7 +51,8 @@ def test_corrupt_or_missing_files_are_clear_errors(home):
     with pytest.raises(MetricModelError, match=rf"{WEIGHTS_FILE}: content hash .* does not match"):
         load_clip(directory)
     (directory / CONFIG_FILE).unlink()
-    with pytest.raises(MetricModelError, match=rf"{CONFIG_FILE}: missing; run `ablate metric-models"):
+    with pytest.raises(MetricModelError,
+                       match=rf"{CONFIG_FILE}: missing; run `ablate metric-models"):
         load_clip(directory)
 
 

@@ -308,7 +308,7 @@ def test_max_trials_flag_raises_the_limit(tmp_path):
     text = "name: b\naxes:\n  kappa: " + str(list(range(1, 41))) + "\nseeds: " + str(
         list(range(30))) + "\n"
     path = write(tmp_path, text)
-    with pytest.raises(ConfigError, match="1,200 trials, more than the limit of 1,000; .*"
+    with pytest.raises(ConfigError, match=r"1,200 trials, more than the limit of 1,000; .*"
                                           "--max-trials 1200"):
         load_plan(path)
     assert len(expand(load_plan(path, max_trials=1200), "default")) == 1200

@@ -63,7 +63,8 @@ def test_metrics_vs_kappa_one_series_per_strategy_with_ci_bands(kappa_runs, tmp_
     axes = fig.axes
     assert [ax.get_ylabel() for ax in axes] == ["FID (2k) ↓", "CLIP ↑", "Adherence (%) ↑"]
     for ax in axes:
-        assert len(_series_lines(ax)) == 2 and len(_bands(ax)) == 2  # lsg and cfg, each with its band
+        # lsg and cfg, each with its band
+        assert len(_series_lines(ax)) == 2 and len(_bands(ax)) == 2
         # Teacher baseline: one dashed horizontal reference line per axis.
         dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
         assert len(dashed) == 1

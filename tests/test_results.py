@@ -119,7 +119,8 @@ def build_store(root: Path) -> dict:
     for (strategy, seed), (status, fid, clip, acc) in LSG_TRIALS.items():
         _log_run(client, lsg, latest, "trial", f"strategy={strategy},seed={seed}",
                  trial_params(strategy, 2.0, seed), status,
-                 {"fid2k": fid, "clip_score": clip, "colour_shape_size_acc": acc, "loss_generator": 0.5},
+                 {"fid2k": fid, "clip_score": clip, "colour_shape_size_acc": acc,
+                  "loss_generator": 0.5},
                  tmp, grid_colour=colours[strategy])
     _log_run(client, lsg, latest, "teacher", "teacher", {"sampler": "ddim", "sampler_steps": 25,
                                                          "kappa": 2.0},
@@ -210,7 +211,7 @@ def test_missing_store_is_a_clear_error_not_an_empty_new_store(tmp_path):
     from results import ResultsError, load_runs
 
     db = tmp_path / "absent.db"
-    with pytest.raises(ResultsError, match="no MLflow store at .*absent.db"):
+    with pytest.raises(ResultsError, match=r"no MLflow store at .*absent.db"):
         load_runs("lsg", f"sqlite:///{db}")
     assert not db.exists()
 
@@ -266,7 +267,8 @@ def test_aggregate_means_cis_and_outcome_counts_match_hand_computation(store):
 
     # none: 30 and 34 finished, the diverged run's 500 is left out (not averaged in).
     none = agg.loc["none"]
-    assert (none["n_runs"], none["n_finished"], none["n_diverged"], none["n_failed"]) == (3, 2, 1, 0)
+    counts = (none["n_runs"], none["n_finished"], none["n_diverged"], none["n_failed"])
+    assert counts == (3, 2, 1, 0)
     assert none["fid2k_mean"] == pytest.approx(32.0)
     assert none["fid2k_std"] == pytest.approx(math.sqrt(8.0))
     assert none["fid2k_ci95"] == pytest.approx(T975_DF1 * math.sqrt(8.0) / math.sqrt(2))
@@ -395,7 +397,8 @@ def test_cli_no_finished_runs_exits_2_with_one_line(store, tmp_path, monkeypatch
     assert main(["tables", "--plan", "broken", "--tracking-uri", store["uri"]]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
-    assert "plan 'broken'" in err and "no finished trials (diverged 1, failed 1, incomplete 1)" in err
+    assert "plan 'broken'" in err
+    assert "no finished trials (diverged 1, failed 1, incomplete 1)" in err
     assert not (tmp_path / "tables" / "broken").exists()
     assert main(["tables", "--plan", "lsg", "--tracking-uri",
                  f"sqlite:///{tmp_path / 'none.db'}"]) == 2

@@ -53,7 +53,8 @@ def test_saved_in_stable_diffusion_layout_and_loads(home):
         assert (directory / rel).is_file(), rel
     t = load_teacher(directory)
     sched = t.scheduler.config
-    assert (sched.beta_schedule, sched.beta_start, sched.beta_end) == ("scaled_linear", 0.00085, 0.012)
+    betas = (sched.beta_schedule, sched.beta_start, sched.beta_end)
+    assert betas == ("scaled_linear", 0.00085, 0.012)
     assert sched.num_train_timesteps == 1000 and sched.prediction_type == "epsilon"
     # scaled_linear: betas are the squares of a linear ramp of square roots.
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
