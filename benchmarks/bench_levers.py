@@ -29,7 +29,7 @@ import time
 import torch
 
 from benchmarks.bench_core import _time, time_interleaved
-from distill import loop
+from distill import generator
 from distill.config import DistillConfig
 from distill.guidance import NoiseSchedule
 from distill.loop import SiD, draw_prompts, load_config_teacher, load_prompts
@@ -95,11 +95,11 @@ def evaluation_cost(teacher) -> dict:
     sample = sid.sample_fn(teacher.encode_prompts, teacher.decode)
     rows = {}
     for chunk in (64, 256, 1024):
-        loop.EVAL_CHUNK = chunk
+        generator.EVAL_CHUNK = chunk
         start = time.process_time()
         images = suite.generate(sample, 0)
         rows[f"generate 2000 (chunk {chunk})"] = time.process_time() - start
-    loop.EVAL_CHUNK = 256
+    generator.EVAL_CHUNK = 256
     for name, fn in (("FID features", lambda: suite.extractor.images_features(images)),
                      ("CLIP score", lambda: suite.clip.score(images, suite.captions)),
                      ("adherence", lambda: adherence(

@@ -37,9 +37,9 @@ def _parse(text: str):
 
 
 def run_variant(out_dir: Path, teacher_dir: str, variant: str) -> None:
-    from distill.cli import adherence_evaluator
     from distill.loop import distill
     from distill.teacher import load_teacher
+    from evaluation.adherence import adherence_evaluator
 
     torch.set_num_threads(1)
     name, config = _parse(variant)

@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from distill.errors import CheckpointError
 
 STATE_JSON = "state.json"
 FORMAT_VERSION = 1
 KEEP = 2  # checkpoints kept: the newest, and one to fall back to
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is unreadable or belongs to a different run (message names it)."""
 
 
 class UnreadableCheckpoint(CheckpointError):
@@ -103,7 +102,8 @@ def exists(directory: Path) -> bool:
     return (Path(directory) / STATE_JSON).is_file()
 
 
-def _read(directory: Path, record_file: Path, device: str) -> tuple[dict[str, torch.Tensor], dict]:
+def _read(directory: Path, record_file: Path, device: str,
+          prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
     """One checkpoint, verified: a well-formed record, a tensors file of the recorded size,
     and a safetensors file that parses. Raises CheckpointError saying what is wrong."""
     try:
@@ -128,15 +128,20 @@ def _read(directory: Path, record_file: Path, device: str) -> tuple[dict[str, to
         raise CheckpointError(f"{path.name} is {size:,} bytes, not the {expected:,} written "
                               "(truncated)")
     try:
-        tensors = load_file(path, device=device)
+        if prefix:
+            with safe_open(path, framework="pt", device=device) as f:
+                tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118 - not a dict
+        else:
+            tensors = load_file(path, device=device)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise CheckpointError(f"{path.name} unreadable ({str(exc)[:200]})") from None
     return tensors, meta
 
 
-def load(directory: Path,
-         device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, meta) of the newest readable checkpoint in ``directory``.
+def load(directory: Path, device: torch.device | str = "cpu",
+         prefix: str = "") -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, meta) of the newest readable checkpoint in ``directory``; with ``prefix``,
+    only the tensors whose names start with it (one network of an SD checkpoint, not 24 GB).
 
     If the committed one (``state.json``) is unreadable, the one kept before it is used, and
     ``meta["fallback"]`` says why. No readable checkpoint at all raises
@@ -147,7 +152,7 @@ def load(directory: Path,
     problems: list[str] = []
     for record_file in candidates:
         try:
-            tensors, meta = _read(directory, record_file, str(device))
+            tensors, meta = _read(directory, record_file, str(device), prefix)
         except CheckpointError as exc:
             problems.append(str(exc))
             continue

@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from distill.errors import ConfigError
+
 STRATEGIES = ("lsg", "cfg", "none", "short")
-
-
-class ConfigError(ValueError):
-    """A bad config value; the message names the source (file) and the key."""
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:

@@ -15,7 +15,6 @@ disturbs it.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import itertools
@@ -29,15 +28,12 @@ import torch
 
 from distill import checkpoint, parallel, scale, world
 from distill.config import ConfigError, DistillConfig, read_text_file
-from distill.generator import generate
+from distill.generator import SampleFn, autocast, generate, sampler
 from distill.guidance import NoiseSchedule, add_noise, denoise, guidance_scales, predict_eps
 from distill.losses import fake_score_loss, sid_generator_loss
 
-SampleFn = Callable[[list[str], int], torch.Tensor]
 Report = Callable[[dict[str, float], int], None]
 
-# Prompts per network call when sampling for evaluation: bounds memory for 2000+ images.
-EVAL_CHUNK = 256
 FAULT_MARKER = ".fault-injected"
 # Config keys that may change between a checkpoint and its resumption: they set how
 # long the run is and how often it is watched, not what one iteration computes.
@@ -78,15 +74,14 @@ class SiD:
         betas = (config.adam_beta1, config.adam_beta2)
         # Fused Adam (CPU and CUDA): one kernel over all parameters instead of a loop of small ops.
         self.opt_fake_score = torch.optim.Adam(self.fake_score.parameters(),
-                                               lr=config.lr_fake_score, betas=betas, eps=config.adam_eps, fused=True)
+                                               lr=config.lr_fake_score, betas=betas,
+                                               eps=config.adam_eps, fused=True)
         self.opt_generator = torch.optim.Adam(self.generator.parameters(), lr=config.lr_generator,
                                               betas=betas, eps=config.adam_eps, fused=True)
         self.device = uncond.device
 
     def autocast(self):
-        if self.config.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.config.precision, self.device)
 
     def _draw(self, cond: torch.Tensor, rng: torch.Generator, dropout: bool):
         """Per micro-batch randomness, in a fixed order: dropout mask (if ``dropout``), z, t, ε."""
@@ -211,23 +206,8 @@ class SiD:
     def sample_fn(self, encode: Callable[[list[str]], torch.Tensor],
                   decode: Callable[[torch.Tensor], torch.Tensor]) -> SampleFn:
         """(prompts, seed) -> images in [-1, 1] on CPU from the EMA generator in one step."""
-
-        @torch.no_grad()
-        def sample(prompts: list[str], seed: int) -> torch.Tensor:
-            noise = torch.randn((len(prompts), *self.sample_shape),
-                                generator=torch.Generator().manual_seed(seed))
-            images = []
-            for start in range(0, len(prompts), EVAL_CHUNK):
-                chunk = list(prompts[start:start + EVAL_CHUNK])
-                z = noise[start:start + len(chunk)].to(self.device)
-                with self.autocast():
-                    x = generate(self.generator_ema, z, encode(chunk), self.config.t_init,
-                                 self.schedule)
-                    pixels = decode(x)
-                images.append(pixels.float().clamp(-1, 1).cpu())
-            return torch.cat(images)
-
-        return sample
+        return sampler(self.generator_ema, self.schedule, self.sample_shape,
+                       self.config.t_init, self.config.precision, encode, decode)
 
 
 def load_config_teacher(spec: str, progress: bool = False):

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from distill.errors import OutputFolderError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,10 +30,6 @@ def output_root() -> Path:
             "set ABLATE_HOME to a writable folder"
         ) from exc
     return root
-
-
-class OutputFolderError(RuntimeError):
-    pass
 
 
 def cache_dir(kind: str) -> Path:

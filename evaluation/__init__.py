@@ -13,7 +13,7 @@ _EXPORTS = {
     "fid_from_features": "evaluation.fid",
     "fid_from_stats": "evaluation.fid",
     "fid_key": "evaluation.keys",
-    "EvalError": "evaluation.fid",
+    "EvalError": "evaluation.errors",
     "EvalSuite": "evaluation.suite",
     "embedded_suite": "evaluation.suite",
     "real_suite": "evaluation.suite",

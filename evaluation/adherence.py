@@ -143,3 +143,17 @@ def adherence(images: torch.Tensor | np.ndarray, captions: list[world.Caption]) 
     out["foreground_area"] = float(np.mean(areas))
     out["background_deviation"] = float(np.nanmean(deviations))
     return out
+
+
+def adherence_evaluator(num_images: int, seed: int = 0):
+    """evaluate(sample_fn, step) -> the analyzer's adherence on ``num_images`` held-out
+    captions (cycling through all of them, so each is equally represented); the same
+    ``seed`` for every run, so runs are compared on equal noise."""
+    pool = world.heldout_captions()
+    captions = [pool[i % len(pool)] for i in range(num_images)]
+
+    def evaluate(sample_fn, step: int) -> dict[str, float]:
+        del step
+        return adherence(sample_fn([c.text for c in captions], seed), captions)
+
+    return evaluate

@@ -8,23 +8,6 @@ import math
 from pathlib import Path
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    # Resolved lazily by the dispatcher: importing these modules pulls in torch.
-    from distill.checkpoint import CheckpointError
-    from evaluation.clip_model import MetricModelError
-    from evaluation.fid import EvalError
-
-    return (EvalError, MetricModelError, CheckpointError)
-
-
-def __getattr__(name: str):
-    # The dispatcher reads EXPECTED_ERRORS only while handling an error, so
-    # registering the subcommands stays free of torch imports.
-    if name == "EXPECTED_ERRORS":
-        return _expected_errors()
-    raise AttributeError(name)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
@@ -104,7 +87,7 @@ def _metric_models(args: argparse.Namespace) -> int:
 def _suite(args: argparse.Namespace):
     from distill.config import MAX_EVAL_IMAGES, MIN_EVAL_IMAGES
     from evaluation.clip_score import EMBEDDED_PROMPT_PREFIX, REAL_PROMPT_PREFIX
-    from evaluation.fid import EvalError
+    from evaluation.errors import EvalError
     from evaluation.suite import embedded_suite, real_suite
 
     if not MIN_EVAL_IMAGES <= args.num_images <= MAX_EVAL_IMAGES:
@@ -134,37 +117,6 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def checkpoint_sample_fn(workdir: Path):
-    """(sample_fn, description) of the EMA generator in a distillation checkpoint."""
-
-    from distill import checkpoint
-    from distill.config import DistillConfig, from_dict
-    from distill.guidance import NoiseSchedule
-    from distill.loop import SiD, load_config_teacher
-
-    directory = workdir / "checkpoint" if (workdir / "checkpoint").is_dir() else workdir
-    if not checkpoint.exists(directory):
-        raise checkpoint.CheckpointError(
-            f"{directory}: no checkpoint here ({checkpoint.STATE_JSON} missing); give a "
-            "distillation workdir or its checkpoint/ folder")
-    tensors, meta = checkpoint.load(directory)
-    config = from_dict(DistillConfig, meta["config"], source=str(directory / checkpoint.STATE_JSON))
-    teacher = load_config_teacher(config.teacher)
-    if meta.get("teacher_hash") != teacher.teacher_hash:
-        raise checkpoint.CheckpointError(
-            f"{directory}: distilled from teacher {meta.get('teacher_hash')}, but "
-            f"{config.teacher} is now {teacher.teacher_hash}; evaluate with that teacher")
-    device = next(teacher.unet.parameters()).device
-    sid = SiD(teacher.unet, NoiseSchedule(teacher.alphas_cumprod, device), teacher.sample_shape,
-              teacher.encode_prompts([""]), config)
-    prefix = "generator_ema."
-    sid.generator_ema.load_state_dict(
-        {k[len(prefix):]: v.to(device) for k, v in tensors.items() if k.startswith(prefix)})
-    del tensors
-    return (sid.sample_fn(teacher.encode_prompts, teacher.decode),
-            f"generator {directory} (step {meta['step']}, {config.strategy}, kappa {config.kappa})")
-
-
 def _eval(args: argparse.Namespace) -> int:
     from distill.config import DistillConfig
 
@@ -177,7 +129,10 @@ def _eval(args: argparse.Namespace) -> int:
         sample_fn = teacher_sample_fn(load_config_teacher(args.teacher), args.steps, kappa)
         what = f"teacher {args.teacher} (DDIM {args.steps} steps, kappa {kappa})"
     else:
-        sample_fn, what = checkpoint_sample_fn(args.checkpoint)
+        from distill.restore import load_generator
+
+        generator = load_generator(args.checkpoint)
+        sample_fn, what = generator.sample, generator.describe()
     # What suite.evaluate_sample_fn does, keeping the images for the grid.
     images = suite.generate(sample_fn, args.seed)
     metrics = suite.evaluate(images, suite.captions)

@@ -36,6 +36,7 @@ import torch
 
 from distill import paths, world
 from distill.config import config_hash
+from evaluation.errors import MetricModelError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -49,10 +50,6 @@ MANIFEST_FILE = "embedded_clip.json"
 # (49407, the largest BPE id) stays the largest compact id, which is what open_clip's
 # "argmax" text pooling relies on to find the end of the prompt.
 PAD_ID, UNKNOWN_ID = 0, 1
-
-
-class MetricModelError(RuntimeError):
-    """A metric model directory that is missing, incomplete or corrupt (message names the file)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.fid import EvalError, file_hash
+from evaluation.errors import EvalError
+from evaluation.fid import file_hash
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

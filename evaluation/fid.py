@@ -32,13 +32,10 @@ import numpy as np
 import torch
 
 from distill import paths, world
+from evaluation.errors import EvalError
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-class EvalError(RuntimeError):
-    """Bad evaluation input or a missing metric file (the message names it and the fix)."""
 
 
 def feature_stats(features: np.ndarray, what: str = "features") -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from distill import world
-from evaluation.fid import EvalError
+from evaluation.errors import EvalError
 
 CELL_PIXELS = 64  # 16x16 images are upscaled 4x with nearest: every pixel stays visible
 MAX_ROWS = 16  # an artifact to look at, not the evaluation set

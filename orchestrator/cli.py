@@ -3,7 +3,7 @@
 Each package that owns a subcommand exposes ``register(subparsers)`` in its
 ``cli`` module; registering must stay cheap (no torch/ray imports) so that
 ``ablate --help`` answers at once. Handlers return an exit code. Expected
-failures (bad config, missing files) raise a ``UserError``-like exception with a
+failures (bad config, missing files) raise a :class:`distill.errors.UserError` with a
 message naming the file and the fix; they print one line and exit 2.
 """
 
@@ -15,28 +15,12 @@ import sys
 
 # (module, why it is separate): the order is the order in --help.
 _COMMAND_MODULES = (
-    "distill.cli",  # teacher, distill
+    "distill.cli",  # teacher
+    "orchestrator.distill_cli",  # distill (core + evaluation)
     "evaluation.cli",  # eval, metric-models
     "orchestrator.run_cli",  # run, mlflow-ui
     "results.cli",  # tables
 )
-
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = ()
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from distill.config import ConfigError
-    from distill.errors import TeacherError
-    from distill.paths import OutputFolderError
-
-    errors = [ConfigError, OutputFolderError, TeacherError, FileNotFoundError]
-    for module_name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError:
-            continue
-        errors.extend(getattr(module, "EXPECTED_ERRORS", ()))
-    return tuple(errors)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,13 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
@@ -77,9 +55,11 @@ def _readable(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from distill.errors import UserError
+
     try:
         return int(args.handler(args) or 0)
-    except _expected_errors() as exc:
+    except (UserError, FileNotFoundError) as exc:
         print(f"error: {_readable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ matplotlib (a second on 2 cores) just to print ``--help``.
 import importlib
 
 _WHERE = {"aggregate": "results.stats", "load_runs": "results.load",
-          "ResultsError": "results.load", "write_report": "results.report",
+          "ResultsError": "results.errors", "write_report": "results.report",
           "ReportPaths": "results.report"}
 
 __all__ = ["ReportPaths", "ResultsError", "aggregate", "load_runs", "write_report"]

@@ -7,15 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-
-class TablesError(RuntimeError):
-    """No store, no such plan or parent run, no finished runs: one line, exit 2.
-
-    results.ResultsError is re-raised as this, so that importing this module (which
-    the dispatcher does for every command) need not import pandas and MLflow."""
-
-
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (TablesError,)
+from results.errors import ResultsError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,52 +40,64 @@ def _tables(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from distill.paths import output_root
-    from results.load import ResultsError, list_plans, resolve_tracking_uri, store_error
-    from results.report import write_report
+    from results.load import resolve_tracking_uri, store_error
 
     # A tracking server that does not answer is an error now, not after minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    uri = resolve_tracking_uri(args.tracking_uri)
     try:
-        uri = resolve_tracking_uri(args.tracking_uri)
-        if args.parent_run:
-            plan = _plan_of(args.parent_run, uri, args.plan)
-            plans = [plan]
-        elif args.plan == "all":
-            plans = list_plans(uri)
-            if not plans:
-                raise TablesError(f"no plan has runs in the MLflow store {uri}; run one first "
-                                  "(`make ablation-lsg` or `make sweep-kappa`)")
-        else:
-            plans = [args.plan]
+        plans = _plans(args, uri)
         base = args.out or output_root() / "tables"
         try:
             base.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise TablesError(f"cannot create the report folder {base} ({exc.strerror}); "
-                              "pass --out a writable folder") from None
-        written, skipped = 0, []
-        for plan in plans:
-            try:
-                report = write_report(plan, base / plan, uri, args.parent_run)
-            except ResultsError as exc:
-                if len(plans) == 1:
-                    raise
-                skipped.append(f"{plan}: {exc}")
-                continue
-            print(report.markdown_text)
-            print(f"wrote {report.out_dir} (logged to parent run {report.parent_run_id} "
-                  "under report/)", file=sys.stderr)
-            written += 1
-    except ResultsError as exc:
-        raise TablesError(str(exc)) from None
+            raise ResultsError(f"cannot create the report folder {base} ({exc.strerror}); "
+                               "pass --out a writable folder") from None
+        skipped = _write_reports(plans, base, uri, args.parent_run)
     except (SQLAlchemyError, MlflowException) as exc:
-        raise TablesError(str(store_error(uri, exc))) from None
+        raise ResultsError(str(store_error(uri, exc))) from None
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
-    if not written:
-        raise TablesError("no plan has finished runs to report: " + "; ".join(skipped))
     return 0
+
+
+def _plans(args: argparse.Namespace, uri: str) -> list[str]:
+    """The plans to report: the parent run's, every plan in the store, or the one named."""
+    from results.load import list_plans
+
+    if args.parent_run:
+        return [_plan_of(args.parent_run, uri, args.plan)]
+    if args.plan != "all":
+        return [args.plan]
+    plans = list_plans(uri)
+    if not plans:
+        raise ResultsError(f"no plan has runs in the MLflow store {uri}; run one first "
+                           "(`make ablation-lsg` or `make sweep-kappa`)")
+    return plans
+
+
+def _write_reports(plans: list[str], base: Path, uri: str, parent_run: str | None) -> list[str]:
+    """Write and print each plan's report; return the plans skipped (with why). A single
+    plan that cannot be reported is an error; among several, the others still are."""
+    from results.report import write_report
+
+    written, skipped = 0, []
+    for plan in plans:
+        try:
+            report = write_report(plan, base / plan, uri, parent_run)
+        except ResultsError as exc:
+            if len(plans) == 1:
+                raise
+            skipped.append(f"{plan}: {exc}")
+            continue
+        print(report.markdown_text)
+        print(f"wrote {report.out_dir} (logged to parent run {report.parent_run_id} "
+              "under report/)", file=sys.stderr)
+        written += 1
+    if not written:
+        raise ResultsError("no plan has finished runs to report: " + "; ".join(skipped))
+    return skipped
 
 
 def _plan_of(parent_run_id: str, uri: str, plan_arg: str) -> str:
@@ -105,11 +109,11 @@ def _plan_of(parent_run_id: str, uri: str, plan_arg: str) -> str:
     try:
         run = MlflowClient(tracking_uri=uri).get_run(parent_run_id)
     except MlflowException:
-        raise TablesError(f"no run {parent_run_id!r} in the MLflow store {uri}") from None
+        raise ResultsError(f"no run {parent_run_id!r} in the MLflow store {uri}") from None
     plan = run.data.tags.get(schema.PLAN)
     if not plan:
-        raise TablesError(f"run {parent_run_id} has no {schema.PLAN} tag: not a parent run "
+        raise ResultsError(f"run {parent_run_id} has no {schema.PLAN} tag: not a parent run "
                           "written by `ablate run`")
     if plan_arg not in ("all", plan):
-        raise TablesError(f"run {parent_run_id} belongs to plan {plan!r}, not {plan_arg!r}")
+        raise ResultsError(f"run {parent_run_id} belongs to plan {plan!r}, not {plan_arg!r}")
     return plan

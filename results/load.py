@@ -26,11 +26,7 @@ from urllib.parse import unquote
 import pandas as pd
 
 from results import schema
-
-
-class ResultsError(RuntimeError):
-    """Nothing (usable) to report: no store, no parent run, no finished runs, mixed keys."""
-
+from results.errors import ResultsError
 
 INCOMPLETE = "incomplete"
 SQLITE_HEADER = b"SQLite format 3\x00"

@@ -101,8 +101,8 @@ def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str] | None = None)
         keys = ["role", *keys]
     metrics = metric_columns(df) if metrics is None else list(metrics)
     rows = []
-    for values, group in df.groupby(keys, sort=True, dropna=False) if keys else [((), df)]:
-        group_values = values if isinstance(values, tuple) else (values,)
+    for key_values, group in df.groupby(keys, sort=True, dropna=False) if keys else [((), df)]:
+        group_values = key_values if isinstance(key_values, tuple) else (key_values,)
         row = dict(zip(keys, group_values))
         row["n_runs"] = len(group)
         for outcome in OUTCOMES:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill import checkpoint, loop
+from distill import checkpoint, generator, loop
 from distill.config import SIZE_PRESETS, ConfigError, DistillConfig, from_dict
 from distill.guidance import NoiseSchedule
 from distill.loop import SiD, distill, load_prompts
@@ -121,7 +121,7 @@ def test_sample_fn_is_deterministic_chunk_invariant_and_in_pixel_range(teacher, 
     assert a.min() >= -1 and a.max() <= 1
     assert torch.equal(sample(prompts, 7), a)
     # Chunking changes only the batch shape of each call (float rounding), never the noise.
-    monkeypatch.setattr(loop, "EVAL_CHUNK", 3)
+    monkeypatch.setattr(generator, "EVAL_CHUNK", 3)
     assert torch.allclose(sample(prompts, 7), a, atol=1e-5)
     assert not torch.equal(sample(prompts, 8), a)
 

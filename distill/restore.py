@@ -1,0 +1,63 @@
+"""What a distillation run leaves behind, loaded back: the EMA generator of a checkpoint.
+
+Only that one network is read and built (not the fake score, the training generator or
+their Adam states), so evaluating an SD-size checkpoint costs one UNet, not a whole run.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill import checkpoint
+from distill.config import DistillConfig, from_dict
+from distill.errors import CheckpointError
+from distill.generator import SampleFn, sampler
+from distill.guidance import NoiseSchedule
+from distill.loop import load_config_teacher
+
+EMA_PREFIX = "generator_ema."
+
+
+@dataclass(frozen=True)
+class Generator:
+    """A distilled one-step generator: its config, step, teacher and sampler."""
+
+    directory: Path
+    config: DistillConfig
+    step: int
+    teacher: object  # distill.teacher.Teacher: its text encoder and decoder frame the UNet
+    sample: SampleFn
+
+    def describe(self) -> str:
+        return (f"generator {self.directory} (step {self.step}, {self.config.strategy}, "
+                f"kappa {self.config.kappa})")
+
+
+def load_generator(workdir: Path, progress: bool = False) -> Generator:
+    """The EMA generator of a distillation workdir (or its ``checkpoint/`` folder).
+
+    Refuses (:class:`CheckpointError`, naming the folder) a folder without a checkpoint and
+    a checkpoint distilled from another teacher than its config names now.
+    """
+    workdir = Path(workdir)
+    directory = workdir / "checkpoint" if (workdir / "checkpoint").is_dir() else workdir
+    if not checkpoint.exists(directory):
+        raise CheckpointError(
+            f"{directory}: no checkpoint here ({checkpoint.STATE_JSON} missing); give a "
+            "distillation workdir or its checkpoint/ folder")
+    tensors, meta = checkpoint.load(directory, prefix=EMA_PREFIX)
+    config = from_dict(DistillConfig, meta["config"], source=str(directory / checkpoint.STATE_JSON))
+    teacher = load_config_teacher(config.teacher, progress=progress)
+    if meta.get("teacher_hash") != teacher.teacher_hash:
+        raise CheckpointError(
+            f"{directory}: distilled from teacher {meta.get('teacher_hash')}, but "
+            f"{config.teacher} is now {teacher.teacher_hash}; evaluate with that teacher")
+    device = next(teacher.unet.parameters()).device
+    unet = copy.deepcopy(teacher.unet).requires_grad_(False).eval()
+    unet.load_state_dict({k[len(EMA_PREFIX):]: v.to(device) for k, v in tensors.items()})
+    schedule = NoiseSchedule(teacher.alphas_cumprod, device)
+    sample = sampler(unet, schedule, teacher.sample_shape, config.t_init, config.precision,
+                     teacher.encode_prompts, teacher.decode)
+    return Generator(directory, config, int(meta["step"]), teacher, sample)
