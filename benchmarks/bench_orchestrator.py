@@ -36,7 +36,7 @@ def union_seconds(intervals: list[tuple[float, float]]) -> float:
 def measure(plan: str, home: Path) -> dict:
     from orchestrator import runner
     from orchestrator.plan import expand, load_plan
-    from orchestrator.trainable import read_result
+    from orchestrator.trial import read_result
 
     os.environ["ABLATE_HOME"] = str(home)
     started = time.perf_counter()

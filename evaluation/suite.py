@@ -202,3 +202,54 @@ def real_suite(captions_file: str | Path, reference: str | Path, clip_checkpoint
     return EvalSuite(protocol=protocol, captions=captions, extractor=extractor,
                      reference_mu=mu, reference_sigma=sigma, clip=clip, resolution=None,
                      with_adherence=False, sample_batch_size=16)
+
+
+@dataclass(frozen=True)
+class SuiteFiles:
+    """Where a Stable Diffusion profile's evaluation files are (all local)."""
+
+    label: str  # the profile's name, for the protocol string
+    captions: str
+    reference: str  # clean-fid .npz statistics or a folder of images
+    clip_checkpoint: str | None = None  # open_clip ViT-g-14 (paper metrics)
+    inception_dir: str | None = None  # folder holding clean-fid's Inception (paper metrics)
+
+
+def build_suite(metrics: str, size: str, num_images: int, files: SuiteFiles | None = None,
+                device: str | torch.device = "cpu") -> EvalSuite:
+    """The evaluation suite of a run, loading its metric models.
+
+    Without ``files``: the embedded world's suite; at the smoke size it scores with the
+    smoke CLIP (trained in seconds, cached), so a smoke run needs no shipped metric model
+    and its numbers are for wiring, not for reading. With ``files``: ``metrics="paper"``
+    is clean-fid Inception at 256 and ViT-g-14 on the captions; ``metrics="embedded"``
+    scores the captions and reference images with the embedded CLIP (a wiring check of an
+    SD-format teacher on CPU; its protocol string says so).
+    """
+    from evaluation.clip_model import ensure_clip
+
+    if files is None:
+        clip_dir = ensure_clip("smoke", progress=False) if size == "smoke" else None
+        return embedded_suite(num_images, seed=0, clip_dir=clip_dir)
+    if metrics == "paper":
+        return real_suite(files.captions, files.reference, files.clip_checkpoint,
+                          files.inception_dir, num_images, device=device)
+    return _embedded_clip_suite(files, num_images)
+
+
+def _embedded_clip_suite(files: SuiteFiles, num_images: int) -> EvalSuite:
+    from evaluation.clip_model import ensure_clip, load_clip
+    from evaluation.fid import read_image_folder
+
+    clip = load_clip(ensure_clip("default"))
+    extractor = clip_extractor(clip)
+    reference = Path(files.reference)
+    features = cached_features(extractor, f"folder:{reference.resolve()}",
+                               lambda: read_image_folder(reference))
+    mu, sigma = feature_stats(features, f"reference features of {reference}")
+    digest = hashlib.sha256(f"{clip.weights_hash}|{reference.resolve()}".encode()).hexdigest()[:8]
+    return EvalSuite(protocol=f"{files.label}-{num_images}-embedded-clip-{digest}",
+                     captions=read_captions(files.captions, num_images), extractor=extractor,
+                     reference_mu=mu, reference_sigma=sigma,
+                     clip=embedded_scorer(clip, EMBEDDED_PROMPT_PREFIX),
+                     resolution=clip.resolution, with_adherence=False)

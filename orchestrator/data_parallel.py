@@ -1,6 +1,6 @@
 """Data-parallel trials: one Ray Tune trial drives a Ray Train ``TorchTrainer`` of N workers.
 
-Each worker runs the ordinary trial (:func:`orchestrator.trainable.execute_trial`) inside
+Each worker runs the ordinary trial (:func:`orchestrator.trial.execute_trial`) inside
 the process group Ray Train sets up (NCCL on GPUs, gloo on CPUs); the core then splits
 every global batch across the ranks and sums their gradients (``distill/parallel.py``),
 so N workers make the single-worker update. Rank 0 writes MLflow, checkpoints and
@@ -25,7 +25,7 @@ def _worker(spec: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from orchestrator.trainable import execute_trial
+    from orchestrator.trial import execute_trial
 
     if torch.cuda.is_available():
         # Workers of one node may see all of its GPUs; "cuda" must mean this rank's.

@@ -242,41 +242,11 @@ def apply_profile(plan, trials: list, size: str, profile: Profile) -> list:
 
 
 def build_suite(profile: Profile, size: str, num_images: int, device: str = "cpu"):
-    """The evaluation suite of a profile at a sample count (loads the metric models).
+    """The profile's evaluation suite at a sample count (built by the evaluation package)."""
+    from evaluation.suite import SuiteFiles
+    from evaluation.suite import build_suite as build
 
-    ``embedded`` profile: the embedded world's suite. ``paper`` metrics: clean-fid Inception
-    at 256 and ViT-g-14 on the profile's COCO captions. ``embedded`` metrics on an SD
-    profile: the profile's captions and reference images scored by the embedded CLIP.
-    """
-    if profile.is_embedded:
-        from orchestrator.trainable import embedded_suite
-
-        return embedded_suite(size, num_images)
-    if profile.metrics == "paper":
-        from evaluation.suite import real_suite
-
-        return real_suite(profile.captions, profile.reference, profile.clip_checkpoint,
-                          profile.inception_dir, num_images, device=device)
-    return _embedded_metrics_suite(profile, num_images)
-
-
-def _embedded_metrics_suite(profile: Profile, num_images: int):
-    import hashlib
-
-    from evaluation.clip_model import ensure_clip, load_clip
-    from evaluation.clip_score import EMBEDDED_PROMPT_PREFIX, embedded_scorer
-    from evaluation.fid import cached_features, clip_extractor, feature_stats, read_image_folder
-    from evaluation.suite import EvalSuite, read_captions
-
-    clip = load_clip(ensure_clip("default"))
-    extractor = clip_extractor(clip)
-    reference = Path(profile.reference)
-    features = cached_features(extractor, f"folder:{reference.resolve()}",
-                               lambda: read_image_folder(reference))
-    mu, sigma = feature_stats(features, f"reference features of {reference}")
-    digest = hashlib.sha256(f"{clip.weights_hash}|{reference.resolve()}".encode()).hexdigest()[:8]
-    return EvalSuite(protocol=f"{profile.name}-{num_images}-embedded-clip-{digest}",
-                     captions=read_captions(profile.captions, num_images), extractor=extractor,
-                     reference_mu=mu, reference_sigma=sigma,
-                     clip=embedded_scorer(clip, EMBEDDED_PROMPT_PREFIX),
-                     resolution=clip.resolution, with_adherence=False)
+    files = None if profile.is_embedded else SuiteFiles(
+        profile.name, profile.captions, profile.reference, profile.clip_checkpoint,
+        profile.inception_dir)
+    return build(profile.metrics, size, num_images, files, device)

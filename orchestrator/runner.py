@@ -34,8 +34,8 @@ from orchestrator.plan import (
     trial_set_hash,
     with_seeds,
 )
-from orchestrator.run_cli import PROFILES
-from orchestrator.trainable import read_result, run_trial
+from orchestrator.trainable import run_trial
+from orchestrator.trial import read_result
 from results import schema
 
 # Unix socket paths are limited to 107 bytes and Ray nests its sockets 62+ bytes deep
@@ -180,9 +180,6 @@ def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embed
 
     ``seeds`` replaces the plan's ``seeds`` (``ablate run --seeds``); a plan of more than
     ``max_trials`` trials is refused (``--max-trials``)."""
-    if profile not in PROFILES:
-        raise ConfigError(f"--profile {profile}: unknown profile; choose one of "
-                          f"{', '.join(PROFILES)}")
     plan = load_plan(plan_path, max_trials)
     if seeds is not None:
         plan = with_seeds(plan, seeds, max_trials)
@@ -534,7 +531,7 @@ def _tune(plan: Plan, size: str, pending: list[Trial], storage_dir: Path, uri: s
         tune_config=tune.TuneConfig(
             num_samples=1, max_concurrent_trials=0,
             # One worker process runs trial after trial: imports, teacher and evaluation
-            # suite are paid once per process (trainable.py caches them), not per trial.
+            # suite are paid once per process (trial.py caches them), not per trial.
             reuse_actors=True,
             trial_name_creator=lambda trial: trial.config["spec"]["name"],
             trial_dirname_creator=lambda trial: trial.config["spec"]["trial_id"]),

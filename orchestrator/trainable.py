@@ -1,79 +1,15 @@
-"""What one Ray Tune trial runs: the core's ``distill`` with MLflow and Tune wired in.
+"""The Ray Tune trainable: a plain function that runs one trial and reports through Tune.
 
-The trial gets everything through its spec (a JSON-able dict built by the
-driver): the resolved config, its stable workdir, the MLflow run to write to.
-Nothing is read from the driver's environment, so the same trial runs on a
-laptop or on a remote Ray worker that shares the storage folder.
-
-Resume is the core's job: ``distill`` continues from ``workdir/checkpoint/``,
-so Tune's retry after a crash (``FailureConfig.max_failures``) and a rerun after
-the driver was killed both continue where the last checkpoint left off.
+A data-parallel trial (``workers > 1``) drives Ray Train workers instead, each running
+the same :func:`orchestrator.trial.execute_trial` (:mod:`orchestrator.data_parallel`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
-RESULT_FILE = "result.json"
-
-# Per-process caches. The driver asks Tune to reuse actors, so one worker process runs
-# trial after trial; loading the teacher and building the evaluation suite (reference
-# statistics, CLIP) once per process instead of once per trial is most of what a
-# trial's start-up costs at smoke size. Keys hold everything the loaded object depends on.
-_TEACHERS: dict[tuple, Any] = {}
-_SUITES: dict[tuple, Any] = {}
-# Image grids: this many evaluation prompts, one row each, with this many samples per row.
-GRID_PROMPTS = 8
-GRID_SAMPLES_PER_PROMPT = 4
-
-
-def read_result(workdir: Path) -> dict | None:
-    """The finished trial's record, or None if it has not finished."""
-    path = Path(workdir) / RESULT_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def write_result(workdir: Path, record: dict) -> None:
-    """Write result.json atomically: a reader sees the old file or the complete new one."""
-    workdir = Path(workdir)
-    fd, tmp = tempfile.mkstemp(prefix=".result-", suffix=".json", dir=workdir)
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, workdir / RESULT_FILE)
-
-
-def _process_started_at() -> float | None:
-    """When this worker process started (epoch seconds), for the start-up breakdown."""
-    try:
-        import psutil  # a Ray dependency
-
-        return psutil.Process().create_time()
-    except (ImportError, OSError):  # informational only; never fail a trial over it
-        return None
-
-
-def embedded_suite(size: str, num_images: int):
-    """The embedded world's evaluation suite (held-out captions, reference renders, CLIP).
-
-    The smoke size scores with the smoke CLIP (trained in seconds, cached), so a smoke
-    run needs no shipped metric model; its numbers are for wiring, not for reading.
-    """
-    import evaluation
-    from evaluation.clip_model import ensure_clip
-
-    clip_dir = ensure_clip("smoke", progress=False) if size == "smoke" else None
-    return evaluation.embedded_suite(num_images, seed=0, clip_dir=clip_dir)
+from orchestrator.data_parallel import run_workers
+from orchestrator.trial import execute_trial
 
 
 def run_trial(tune_config: dict[str, Any]) -> None:
@@ -82,100 +18,8 @@ def run_trial(tune_config: dict[str, Any]) -> None:
     if spec.get("workers", 1) > 1:
         # N data-parallel workers: a Ray Train TorchTrainer inside this Tune trial; each
         # worker runs execute_trial and their reports reach Tune through it.
-        from orchestrator.data_parallel import run_workers
-
         run_workers(spec)
         return
     from ray import tune
 
     execute_trial(spec, tune.report)
-
-
-def execute_trial(spec: dict[str, Any], send: Any) -> None:
-    """One trial (or one data-parallel rank of it): ``distill`` with MLflow wired in.
-
-    ``send`` forwards progress to Ray (``tune.report``, or ``ray.train.report`` in a
-    data-parallel worker, which every rank must call equally often). Only rank 0 writes
-    to MLflow and result.json and builds the evaluation suite.
-    """
-    entered_at = time.time()
-    # The core caches teachers and metric models under the output folder; point it at the
-    # driver's, which a worker started before this plan (shared Ray session) may not have.
-    os.environ["ABLATE_HOME"] = spec["ablate_home"]
-    import torch
-
-    import evaluation
-    from distill import parallel
-    from distill.config import DistillConfig, from_dict
-    from distill.loop import distill, load_config_teacher
-    from orchestrator import tracking
-    from orchestrator.profiles import Profile, build_suite
-    from results import schema
-
-    imported_at = time.time()
-    torch.set_num_threads(spec["cpu"])
-    main = parallel.is_main()
-    config = from_dict(DistillConfig, spec["config"], source=f"trial {spec['name']}")
-    workdir = Path(spec["workdir"])
-    workdir.mkdir(parents=True, exist_ok=True)
-    logger = tracking.RunLogger(spec["tracking_uri"], spec["run_id"]) if main else None
-    if main:
-        tracking.retry_locked(logger.client.update_run, spec["run_id"], status="RUNNING")
-        profile = Profile.from_dict(spec["profile"]) if "profile" in spec else \
-            Profile(name="embedded", settings="built in")
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        suite_key = (spec["ablate_home"], json.dumps(profile.to_dict(), sort_keys=True),
-                     spec["size"], config.eval_num_images, device)
-        if suite_key not in _SUITES:
-            _SUITES[suite_key] = build_suite(profile, spec["size"], config.eval_num_images, device)
-        suite = _SUITES[suite_key]
-        grid_prompts = [c for c in suite.captions[:GRID_PROMPTS]
-                        for _ in range(GRID_SAMPLES_PER_PROMPT)]
-
-    def report(metrics: dict[str, float], iteration: int) -> None:
-        if main:
-            logger.log_metrics(metrics, iteration)
-        send({**metrics, "iteration": iteration})
-
-    def evaluate(sample_fn, iteration: int) -> dict:
-        """Metrics at an evaluation point (the core reports them) plus a sample grid."""
-        metrics = suite.evaluate_sample_fn(sample_fn, seed=0)
-        final = iteration >= config.iterations
-        name = schema.GRID_FINAL if final else f"samples/grid_{iteration}.png"
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(name).name
-            evaluation.sample_grid(sample_fn(grid_prompts, 0), grid_prompts, path,
-                                   columns=GRID_SAMPLES_PER_PROMPT)
-            logger.log_artifact(path, str(Path(name).parent))
-        return metrics
-
-    # Gradient checkpointing is switched on in the teacher module itself, so it is part
-    # of the key; distill otherwise leaves the teacher as it found it (frozen, eval).
-    teacher_key = (spec["ablate_home"], config.teacher, config.gradient_checkpointing)
-    if teacher_key not in _TEACHERS:
-        _TEACHERS[teacher_key] = load_config_teacher(config.teacher)
-    # Wall-clock span of the trial's own compute, so benchmarks can tell it from overhead.
-    started_at = time.time()
-    result = distill(config, workdir, teacher=_TEACHERS[teacher_key], report=report,
-                     evaluate=evaluate, on_checkpoint=None)
-    finished_at = time.time()
-    final = {**{k: v for k, v in result.final_metrics.items() if isinstance(v, (int, float))},
-             "iteration": result.iterations, "done_status": result.status}
-    if not main:
-        send(final)
-        return
-    logger.log_metrics(result.final_metrics, result.iterations)
-    write_result(workdir, {
-        "trial_id": spec["trial_id"], "name": spec["name"], "run_id": spec["run_id"],
-        # A finished trial is reused on rerun only while its teacher is unchanged (runner).
-        "teacher_hash": _TEACHERS[teacher_key].teacher_hash,
-        "status": result.status, "iterations": result.iterations,
-        "final_metrics": dict(result.final_metrics),
-        "config": dataclasses.asdict(config),
-        "distill_started_at": started_at, "distill_finished_at": finished_at,
-        # Where a trial's start-up went (bench_orchestrator prints it): worker process
-        # start, entry into this function, imports done, suite and teacher ready.
-        "startup": {"process_started_at": _process_started_at(), "entered_at": entered_at,
-                    "imported_at": imported_at, "ready_at": started_at}})
-    tracking.finish(logger.client, spec["run_id"], "FINISHED", outcome=result.status)
-    send(final)
