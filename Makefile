@@ -6,19 +6,34 @@ BIN := $(VENV)/bin
 SIZE ?= default
 PROFILE ?= embedded
 PORT ?= 5000
+LOCK := requirements.lock
 export ABLATE_HOME ?= $(CURDIR)/runs
 
-.PHONY: install test teacher metric-models ablation-lsg sweep-kappa tables mlflow-ui bench lint clean
+.PHONY: install lock test teacher metric-models ablation-lsg sweep-kappa tables mlflow-ui bench lint clean
 
 install: $(VENV)/.installed
 
-# Re-runs only when pyproject.toml changes (the stamp is older than it).
-$(VENV)/.installed: pyproject.toml
+# Every dependency at the version in the lock file, so two installs a month apart compute
+# the same numbers; the project itself on top, without resolving anything again. Re-runs
+# only when pyproject.toml or the lock changes (the stamp is older than them).
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 2; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e '.[dev]'
+	$(BIN)/pip check
 	touch $@
+
+# Refresh the lock: resolve pyproject.toml afresh in a scratch venv and freeze the result.
+# Commit the new requirements.lock with the numbers it changes (RESULTS.md, BENCHMARKS.md).
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q --upgrade pip
+	.venv-lock/bin/pip install -q -e '.[dev]'
+	.venv-lock/bin/pip freeze --exclude-editable > $(LOCK)
+	rm -rf .venv-lock
 
 test: install
 	$(BIN)/python -m pytest tests

@@ -163,6 +163,19 @@ def bare(sid: SiD, teacher):
     return iteration
 
 
+def _nan_masked_mean(per_sample: torch.Tensor) -> torch.Tensor:
+    keep = ~torch.isnan(per_sample)
+    if not keep.all():  # a device sync per loss, as in the official code
+        per_sample = per_sample[keep]
+    return per_sample.mean()
+
+
+def _clean_grads(module: torch.nn.Module) -> None:
+    for p in module.parameters():
+        if p.grad is not None:
+            torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+
+
 def official(sid: SiD, teacher, prompts: list[str], rng: torch.Generator):
     """The official loop's per-iteration work on the same networks (see module docstring)."""
     from diffusers import DDPMScheduler
@@ -178,14 +191,16 @@ def official(sid: SiD, teacher, prompts: list[str], rng: torch.Generator):
         # tokenise + encode on every call, as the official sid_sd_denoise does
         return teacher.encode_prompts(texts)
 
-    def unet_x0(net, x_t, t, texts, kappa):
+    def guided_eps(net, x_t, t, texts, kappa):
         if kappa == 1:
-            eps = net(x_t, t, encoder_hidden_states=encode(texts)).sample
-        else:
-            both = net(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                       encoder_hidden_states=torch.cat([encode(texts), encode([""] * len(texts))]))
-            eps_c, eps_u = both.sample.chunk(2)
-            eps = eps_u + kappa * (eps_c - eps_u)
+            return net(x_t, t, encoder_hidden_states=encode(texts)).sample
+        both = net(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                   encoder_hidden_states=torch.cat([encode(texts), encode([""] * len(texts))]))
+        eps_c, eps_u = both.sample.chunk(2)
+        return eps_u + kappa * (eps_c - eps_u)
+
+    def unet_x0(net, x_t, t, texts, kappa):
+        eps = guided_eps(net, x_t, t, texts, kappa)
         return torch.cat([scheduler.step(eps[i:i + 1], int(t[i]), x_t[i:i + 1])
                           .pred_original_sample for i in range(len(t))])
 
@@ -197,17 +212,6 @@ def official(sid: SiD, teacher, prompts: list[str], rng: torch.Generator):
             return torch.cat([scheduler.step(eps[i:i + 1], config.t_init, x_init[i:i + 1])
                               .pred_original_sample for i in range(len(texts))])
 
-    def nan_masked_mean(per_sample):
-        keep = ~torch.isnan(per_sample)
-        if not keep.all():  # a device sync per loss, as in the official code
-            per_sample = per_sample[keep]
-        return per_sample.mean()
-
-    def clean_grads(module):
-        for p in module.parameters():
-            if p.grad is not None:
-                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
-
     def iteration():
         picks = torch.randint(len(prompts), (config.batch_size,), generator=rng).tolist()
         texts = [prompts[i] for i in picks]
@@ -218,17 +222,10 @@ def official(sid: SiD, teacher, prompts: list[str], rng: torch.Generator):
             t = torch.randint(config.t_min, config.t_max + 1, (b,), generator=rng)
             noise = torch.randn(x_g.shape, generator=rng)
             x_t = add_noise(x_g, noise, t, schedule)
-            if scales.kappa1 == 1:
-                eps = sid.fake_score(x_t, t, encoder_hidden_states=encode(chunk)).sample
-            else:
-                both = sid.fake_score(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                                      encoder_hidden_states=torch.cat(
-                                          [encode(chunk), encode([""] * b)])).sample
-                eps_c, eps_u = both.chunk(2)
-                eps = eps_u + scales.kappa1 * (eps_c - eps_u)
-            loss = nan_masked_mean((eps - noise).square().flatten(1).sum(1))
+            eps = guided_eps(sid.fake_score, x_t, t, chunk, scales.kappa1)
+            loss = _nan_masked_mean((eps - noise).square().flatten(1).sum(1))
             (loss * b / config.batch_size).backward()
-        clean_grads(sid.fake_score)
+        _clean_grads(sid.fake_score)
         sid.opt_fake_score.step()
         sid.opt_generator.zero_grad(set_to_none=True)
         sid.fake_score.requires_grad_(False)
@@ -247,7 +244,7 @@ def official(sid: SiD, teacher, prompts: list[str], rng: torch.Generator):
                 loss = torch.zeros_like(loss, requires_grad=True)
             (loss * b / config.batch_size).backward()
         sid.fake_score.requires_grad_(True)
-        clean_grads(sid.generator)
+        _clean_grads(sid.generator)
         sid.opt_generator.step()
         sid.update_ema(step[0] * config.batch_size)
         step[0] += 1

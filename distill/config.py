@@ -158,7 +158,6 @@ class DistillConfig:
     checkpoint_every: int = 50  # iterations between checkpoints (0: only at the end)
     eval_every: int = 0  # iterations between evaluations (0: only at the end)
     eval_num_images: int = 2000
-    fault_inject_at_iteration: int | None = None  # test-only: raise once at this iteration
 
     def __post_init__(self):
         def bad(key: str, why: str):

@@ -21,7 +21,7 @@ import itertools
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,11 +34,10 @@ from distill.losses import fake_score_loss, sid_generator_loss
 
 Report = Callable[[dict[str, float], int], None]
 
-FAULT_MARKER = ".fault-injected"
 # Config keys that may change between a checkpoint and its resumption: they set how
 # long the run is and how often it is watched, not what one iteration computes.
 RESUMABLE_CHANGES = frozenset({"iterations", "log_every", "checkpoint_every", "eval_every",
-                               "eval_num_images", "fault_inject_at_iteration"})
+                               "eval_num_images"})
 LOSS_KEYS = ("loss_fake_score", "loss_generator")
 
 
@@ -284,6 +283,72 @@ def _evaluate_on_main(evaluate, sample_fn: SampleFn, step: int) -> dict[str, flo
     return evaluate(sample_fn, step) if parallel.is_main() else {}
 
 
+@dataclass
+class _LossLog:
+    """Loss sums since the last report, and the training time and images of that span.
+    The sums travel with the checkpoint, so a resumed run reports exactly what an
+    uninterrupted one would; the time does not (images/s is measured, not replayed)."""
+
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOSS_KEYS, 0.0))
+    count: int = 0
+    last: dict[str, float] = field(default_factory=dict)  # the latest reported means
+    seconds: float = 0.0
+    images: int = 0
+
+    def add(self, losses: dict[str, float], seconds: float, images: int) -> None:
+        for k in LOSS_KEYS:
+            self.sums[k] += losses[k]
+        self.count += 1
+        self.seconds += seconds
+        self.images += images
+
+    def flush(self) -> dict[str, float]:
+        """The span's mean losses and images/s; starts the next span."""
+        self.last = {k: self.sums[k] / self.count for k in LOSS_KEYS}
+        metrics = {**self.last, "images_per_second": self.images / self.seconds}
+        self.sums, self.count = dict.fromkeys(LOSS_KEYS, 0.0), 0
+        self.seconds, self.images = 0.0, 0
+        return metrics
+
+    def state(self) -> dict:
+        return {"loss_sums": self.sums, "loss_count": self.count, "last_losses": self.last}
+
+
+def _restore(directory: Path, sid: SiD, rng: torch.Generator, config: DistillConfig,
+             teacher_hash: str) -> tuple[int, _LossLog]:
+    """The step and loss log to continue from: the checkpoint's, or a fresh start."""
+    if not checkpoint.exists(directory):
+        return 0, _LossLog()
+    try:
+        meta = _resume(directory, sid, rng, config, teacher_hash)
+    except checkpoint.UnreadableCheckpoint as exc:
+        # Nothing readable to resume from (files lost with a node, say): keep the
+        # remains for inspection and start over, which on CPU ends bit-identical.
+        # One rank renames (the others find no checkpoint and start over alike).
+        aside = _set_aside(directory) if parallel.is_main() else "rank 0's copy"
+        print(f"{exc}; starting from scratch (the unreadable files are in {aside})",
+              file=sys.stderr, flush=True)
+        return 0, _LossLog()
+    if "fallback" in meta:
+        print(f"{directory}: {meta['fallback']}", file=sys.stderr, flush=True)
+    return meta["step"], _LossLog(meta["loss_sums"], meta["loss_count"], meta["last_losses"])
+
+
+def _inputs(config: DistillConfig, teacher, prompts: list[str] | None, progress: bool):
+    """The teacher and prompts a run was given, else the ones its config names."""
+    if teacher is None:
+        teacher = load_config_teacher(config.teacher, progress=progress)
+    prompts = load_prompts(config.prompts) if prompts is None else prompts
+    if not prompts:
+        raise ConfigError("distill: the prompt list is empty")
+    return teacher, prompts
+
+
+def _due(every: int, step: int) -> bool:
+    """Whether a periodic task (every 0: never) falls on ``step``."""
+    return bool(every) and step % every == 0
+
+
 def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list[str] | None = None,
             report: Report = _no_report,
             evaluate: Callable[[SampleFn, int], dict[str, float]] | None = None,
@@ -292,44 +357,16 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
     """Run (or resume) one distillation trial in ``workdir``; see the module docstring."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if teacher is None:
-        teacher = load_config_teacher(config.teacher, progress=progress)
-    if prompts is None:
-        prompts = load_prompts(config.prompts)
-    if not prompts:
-        raise ConfigError("distill: the prompt list is empty")
+    teacher, prompts = _inputs(config, teacher, prompts, progress)
     device = next(teacher.unet.parameters()).device
     parallel.check_batch(config.batch_size, config.micro_batch_size)
     scale.set_tf32(config.allow_tf32)
-    schedule = NoiseSchedule(teacher.alphas_cumprod, device)
-    uncond = teacher.encode_prompts([""])
-    sid = SiD(teacher.unet, schedule, teacher.sample_shape, uncond, config)
+    sid = SiD(teacher.unet, NoiseSchedule(teacher.alphas_cumprod, device), teacher.sample_shape,
+              teacher.encode_prompts([""]), config)
     rng = torch.Generator(device=device).manual_seed(config.seed)
     sample_fn = sid.sample_fn(teacher.encode_prompts, teacher.decode)
-
     checkpoint_dir = workdir / "checkpoint"
-    step = 0
-    # Loss sums since the last report travel with the checkpoint, so a resumed run
-    # reports exactly what an uninterrupted one would.
-    sums = {k: 0.0 for k in LOSS_KEYS}
-    count = 0
-    last_losses: dict[str, float] = {}
-    if checkpoint.exists(checkpoint_dir):
-        try:
-            meta = _resume(checkpoint_dir, sid, rng, config, teacher.teacher_hash)
-        except checkpoint.UnreadableCheckpoint as exc:
-            # Nothing readable to resume from (files lost with a node, say): keep the
-            # remains for inspection and start over, which on CPU ends bit-identical.
-            # One rank renames (the others find no checkpoint and start over alike).
-            aside = _set_aside(checkpoint_dir) if parallel.is_main() else "rank 0's copy"
-            print(f"{exc}; starting from scratch (the unreadable files are in {aside})",
-                  file=sys.stderr, flush=True)
-            meta = None
-        if meta is not None:
-            if "fallback" in meta:
-                print(f"{checkpoint_dir}: {meta['fallback']}", file=sys.stderr, flush=True)
-            step, sums, count = meta["step"], meta["loss_sums"], meta["loss_count"]
-            last_losses = meta["last_losses"]
+    step, log = _restore(checkpoint_dir, sid, rng, config, teacher.teacher_hash)
 
     def save_checkpoint() -> None:
         if not parallel.is_main():  # every rank holds the same state; one writes it
@@ -337,7 +374,7 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
         checkpoint.save(checkpoint_dir, step, sid.state_tensors(rng), {
             "config": dataclasses.asdict(config), "teacher_id": teacher.teacher_id,
             "teacher_hash": teacher.teacher_hash, "prompt_set_hash": world.prompt_set_hash(prompts),
-            "loss_sums": sums, "loss_count": count, "last_losses": last_losses})
+            **log.state()})
         if on_checkpoint is not None:
             on_checkpoint(checkpoint_dir, step)
 
@@ -346,12 +383,8 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
     bar = tqdm(total=config.iterations, initial=step, desc=f"distill {config.strategy}",
                unit="it", disable=not progress or not parallel.is_main())
     eval_metrics: dict[str, float] = {}
-    train_seconds, train_images = 0.0, 0
     try:
         while step < config.iterations:
-            if step == config.fault_inject_at_iteration and not (workdir / FAULT_MARKER).exists():
-                (workdir / FAULT_MARKER).touch()
-                raise RuntimeError(f"injected fault at iteration {step} (fault_inject_at_iteration)")
             started = time.perf_counter()
             # Each update draws its own prompt batch (the official loop's two iterator
             # draws), each encoded once for all its micro-batches and network calls.
@@ -362,32 +395,23 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
             losses = sid.iteration(cond_fake_score, cond_generator, rng)
             if losses is None:
                 report({"diverged": 1.0}, step + 1)
-                bar.close()
                 return DistillResult("diverged", step, {"diverged": 1.0}, checkpoint_dir)
             sid.update_ema(step * config.batch_size)
             step += 1
-            train_seconds += time.perf_counter() - started
-            train_images += config.batch_size
-            for k in LOSS_KEYS:
-                sums[k] += losses[k]
-            count += 1
+            log.add(losses, time.perf_counter() - started, config.batch_size)
             bar.update(1)
 
             # Maintenance: every side effect of the loop happens here.
             last = step == config.iterations
-            if step % config.log_every == 0 or last:
-                last_losses = {k: sums[k] / count for k in LOSS_KEYS}
-                metrics = {**last_losses, "images_per_second": train_images / train_seconds}
+            if _due(config.log_every, step) or last:
+                metrics = log.flush()
                 report(metrics, step)
-                bar.set_postfix({"ψ": f"{last_losses['loss_fake_score']:.4g}",
-                                 "G": f"{last_losses['loss_generator']:.4g}",
+                bar.set_postfix({"ψ": f"{metrics['loss_fake_score']:.4g}",
+                                 "G": f"{metrics['loss_generator']:.4g}",
                                  "img/s": f"{metrics['images_per_second']:.1f}"})
-                sums, count = {k: 0.0 for k in LOSS_KEYS}, 0
-                train_seconds, train_images = 0.0, 0
-            if last or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            if last or _due(config.checkpoint_every, step):
                 save_checkpoint()
-            if evaluate is not None and config.eval_every and step % config.eval_every == 0 \
-                    and not last:
+            if evaluate is not None and _due(config.eval_every, step) and not last:
                 eval_metrics = _evaluate_on_main(evaluate, sample_fn, step)
                 report(eval_metrics, step)
     finally:
@@ -395,4 +419,4 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
     if evaluate is not None:
         eval_metrics = _evaluate_on_main(evaluate, sample_fn, step)
         report(eval_metrics, step)
-    return DistillResult("finished", step, {**eval_metrics, **last_losses}, checkpoint_dir)
+    return DistillResult("finished", step, {**eval_metrics, **log.last}, checkpoint_dir)

@@ -25,6 +25,7 @@ from distill.config import (
     load_yaml,
     trial_id,
 )
+from orchestrator.profiles import EMBEDDED, Profile
 
 SIZES = ("smoke", "default")
 # Three seeds unless a plan says otherwise: one seed is an anecdote, and a 95% t-interval
@@ -227,62 +228,50 @@ def _check_trial_count(plan: Plan, max_trials: int) -> None:
             f"`ablate run --max-trials {count}`")
 
 
-def plan_from_dict(data: dict, source: str = "<plan>", max_trials: int = MAX_TRIALS) -> Plan:
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        _fail(source, ", ".join(unknown),
-              f"unknown key; known keys: {', '.join(sorted(_TOP_KEYS))}")
-    name = data.get("name")
-    if (not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH
-            or not name.replace("-", "").replace("_", "").isascii()
-            or not name.replace("-", "").replace("_", "").isalnum()):
+def _check_name(source: str, name: Any) -> str:
+    plain = name.replace("-", "").replace("_", "") if isinstance(name, str) else ""
+    if not (plain and len(name) <= MAX_NAME_LENGTH and plain.isascii() and plain.isalnum()):
         shown = name if not isinstance(name, str) or len(name) <= 80 else name[:80] + "…"
         _fail(source, "name", f"must be 1 to {MAX_NAME_LENGTH} ASCII letters, digits, - and _; "
               f"got {shown!r}")
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        _fail(source, "description", "must be a string")
+    return name
 
-    base = _check_mapping(source, "base", data.get("base", {}))
-    for key in base:
-        _check_field(source, f"base.{key}", key)
 
+def _check_axes(source: str, raw: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     axes = []
-    for key, values in _check_mapping(source, "axes", data.get("axes", {})).items():
+    for key, values in _check_mapping(source, "axes", raw).items():
         _check_field(source, f"axes.{key}", key)
         axes.append((key, _check_values(source, f"axes.{key}", values)))
+    return tuple(axes)
 
-    zip_groups = []
-    raw_zip = data.get("zip", [])
-    if not isinstance(raw_zip, list):
+
+def _check_zip_group(source: str, where: str, raw: Any) -> tuple[tuple[str, tuple], ...]:
+    group = _check_mapping(source, where, raw)
+    if not group:
+        _fail(source, where, "is empty")
+    entries = []
+    for key, values in group.items():
+        _check_field(source, f"{where}.{key}", key)
+        # A zipped key may repeat a value; the zipped tuples must be distinct.
+        entries.append((key, _check_values(source, f"{where}.{key}", values, False)))
+    lengths = {k: len(v) for k, v in entries}
+    if len(set(lengths.values())) > 1:
+        _fail(source, where, f"zipped lists must have equal lengths, got {lengths}")
+    rows = list(zip(*(v for _, v in entries)))
+    repeated_rows = [r for j, r in enumerate(rows) if r in rows[:j]]
+    if repeated_rows:
+        _fail(source, where, f"duplicate zipped values {repeated_rows[0]!r}")
+    return tuple(entries)
+
+
+def _check_zip(source: str, raw: Any) -> tuple:
+    if not isinstance(raw, list):
         _fail(source, "zip", "must be a list of groups (mappings of key -> equal-length lists)")
-    for i, group in enumerate(raw_zip):
-        group = _check_mapping(source, f"zip[{i}]", group)
-        if not group:
-            _fail(source, f"zip[{i}]", "is empty")
-        entries = []
-        for key, values in group.items():
-            _check_field(source, f"zip[{i}].{key}", key)
-            # A zipped key may repeat a value; the zipped tuples must be distinct.
-            entries.append((key, _check_values(source, f"zip[{i}].{key}", values, False)))
-        lengths = {k: len(v) for k, v in entries}
-        if len(set(lengths.values())) > 1:
-            _fail(source, f"zip[{i}]", f"zipped lists must have equal lengths, got {lengths}")
-        rows = list(zip(*(v for _, v in entries)))
-        repeated_rows = [r for j, r in enumerate(rows) if r in rows[:j]]
-        if repeated_rows:
-            _fail(source, f"zip[{i}]", f"duplicate zipped values {repeated_rows[0]!r}")
-        zip_groups.append(tuple(entries))
-    all_keys = [k for k, _ in axes] + [k for g in zip_groups for k, _ in g]
-    repeated = sorted({k for k in all_keys if all_keys.count(k) > 1})
-    if repeated:
-        _fail(source, repeated[0], "varies in more than one axis or zip group")
+    return tuple(_check_zip_group(source, f"zip[{i}]", group) for i, group in enumerate(raw))
 
-    seeds = _check_seeds(source, "seeds", data.get("seeds", list(DEFAULT_SEEDS)))
 
-    resources = from_dict(Resources, _check_mapping(source, "resources", data.get("resources", {})),
-                          source, "resources.")
-    eval_data = dict(_check_mapping(source, "evaluation", data.get("evaluation", {})))
+def _check_evaluation(source: str, raw: Any) -> Evaluation:
+    eval_data = dict(_check_mapping(source, "evaluation", raw))
     baseline = eval_data.pop("teacher_baseline", {})
     # YAML reads a bare `off` as False.
     if baseline in (False, "off", None):
@@ -292,25 +281,52 @@ def plan_from_dict(data: dict, source: str = "<plan>", max_trials: int = MAX_TRI
                              _check_mapping(source, "evaluation.teacher_baseline", baseline),
                              source, "evaluation.teacher_baseline.")
     evaluation = from_dict(Evaluation, eval_data, source, "evaluation.")
-    evaluation = dataclasses.replace(evaluation, teacher_baseline=baseline)
+    return dataclasses.replace(evaluation, teacher_baseline=baseline)
 
+
+def _check_sizes(source: str, raw: Any) -> tuple:
     sizes = []
-    for size, overrides in _check_mapping(source, "sizes", data.get("sizes", {})).items():
+    for size, overrides in _check_mapping(source, "sizes", raw).items():
         if size not in SIZES:
             _fail(source, f"sizes.{size}", f"unknown size; choose among {', '.join(SIZES)}")
-        overrides = _check_mapping(source, f"sizes.{size}", overrides or {})
-        for key in overrides:
+        checked = _check_mapping(source, f"sizes.{size}", overrides or {})
+        for key in checked:
             if key not in ("eval_every", "eval_num_images"):
                 _check_field(source, f"sizes.{size}.{key}", key)
-        sizes.append((size, tuple(overrides.items())))
+        sizes.append((size, tuple(checked.items())))
+    return tuple(sizes)
 
+
+def plan_from_dict(data: dict, source: str = "<plan>", max_trials: int = MAX_TRIALS) -> Plan:
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        _fail(source, ", ".join(unknown),
+              f"unknown key; known keys: {', '.join(sorted(_TOP_KEYS))}")
+    name = _check_name(source, data.get("name"))
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        _fail(source, "description", "must be a string")
+    base = _check_mapping(source, "base", data.get("base", {}))
+    for key in base:
+        _check_field(source, f"base.{key}", key)
+    axes = _check_axes(source, data.get("axes", {}))
+    zip_groups = _check_zip(source, data.get("zip", []))
+    all_keys = [k for k, _ in axes] + [k for g in zip_groups for k, _ in g]
+    repeated = sorted({k for k in all_keys if all_keys.count(k) > 1})
+    if repeated:
+        _fail(source, repeated[0], "varies in more than one axis or zip group")
     max_failures = data.get("max_failures", 1)
     if not isinstance(max_failures, int) or isinstance(max_failures, bool) or max_failures < 0:
         _fail(source, "max_failures", f"must be an integer >= 0, got {max_failures!r}")
-
-    plan = Plan(name=name, description=description, source=source, base=tuple(base.items()),
-                axes=tuple(axes), zip_groups=tuple(zip_groups), seeds=seeds, resources=resources,
-                evaluation=evaluation, sizes=tuple(sizes), max_failures=max_failures)
+    plan = Plan(
+        name=name, description=description, source=source, base=tuple(base.items()),
+        axes=axes, zip_groups=zip_groups,
+        seeds=_check_seeds(source, "seeds", data.get("seeds", list(DEFAULT_SEEDS))),
+        resources=from_dict(Resources,
+                            _check_mapping(source, "resources", data.get("resources", {})),
+                            source, "resources."),
+        evaluation=_check_evaluation(source, data.get("evaluation", {})),
+        sizes=_check_sizes(source, data.get("sizes", {})), max_failures=max_failures)
     _check_trial_count(plan, max_trials)  # before expanding: a typo can mean millions
     _check_every_value(plan)
     return plan
@@ -331,23 +347,43 @@ def _check_every_value(plan: Plan) -> None:
         expand(plan, size)
 
 
-def _resolve_base(plan: Plan, size: str) -> dict[str, Any]:
-    """Defaults < base < evaluation < size preset < the plan's size overrides."""
-    resolved = dict(plan.base)
+# The layers of a trial's config, lowest first, as ablations/README.md ("Precedence")
+# lists them; _resolve_base applies 2-7, expand 8-9, DistillConfig's defaults fill the rest.
+PRECEDENCE = (
+    "DistillConfig defaults",
+    "profile training defaults",
+    "base",
+    "evaluation",
+    "profile evaluation size",
+    "size preset",
+    "sizes.<size>",
+    "axes, zip groups and seeds",
+    "profile teacher and prompts",
+)
+
+
+def _resolve_base(plan: Plan, size: str, profile: Profile = EMBEDDED) -> dict[str, Any]:
+    """The layers under a trial's own values (:data:`PRECEDENCE` 2-7), lowest first."""
+    resolved = dict(profile.distill_defaults)
+    resolved.update(plan.base)
     resolved["eval_every"] = plan.evaluation.eval_every
     resolved["eval_num_images"] = plan.evaluation.eval_num_images
+    if profile.eval_num_images is not None:
+        resolved["eval_num_images"] = profile.eval_num_images
     resolved.update(_size_presets().get(size, {}))
     resolved.update(plan.size_overrides(size))
     return resolved
 
 
-def _build(plan: Plan, values: dict[str, Any], where: str, size: str) -> DistillConfig:
+def _build(plan: Plan, values: dict[str, Any], where: str, size: str,
+           profile: Profile = EMBEDDED) -> DistillConfig:
     try:
         return from_dict(DistillConfig, values, plan.source)
     except ConfigError as exc:
-        # from_dict names the field; say which part of the plan supplied it.
+        # from_dict names the field; say which part of the plan (and profile) supplied it.
         message = str(exc).removeprefix(f"{plan.source}: ")
-        raise ConfigError(f"{plan.source}: {where} (size {size}): {message}") from None
+        under = "" if profile.is_embedded else f" (under {profile.settings})"
+        raise ConfigError(f"{plan.source}: {where} (size {size}): {message}{under}") from None
 
 
 def _label(value: Any) -> str:
@@ -356,16 +392,18 @@ def _label(value: Any) -> str:
     return str(value)
 
 
-def expand(plan: Plan, size: str = "default") -> list[Trial]:
-    """All trials of a plan at a size: product of axes x zip groups x seeds, in file order.
+def expand(plan: Plan, size: str = "default", profile: Profile = EMBEDDED) -> list[Trial]:
+    """All trials of a plan at a size under a profile: product of axes x zip groups x
+    seeds, in file order, each resolved once through every layer and hashed once.
 
     Pure: no files, no globals beyond the core's size presets. A trial's id is a
     hash of its resolved config, so it is stable across runs and machines and
-    changes exactly when something that affects the result changes.
+    changes exactly when something that affects the result changes (an SD trial never
+    shares an id, or a workdir, with an embedded one: its teacher differs).
     """
     if size not in SIZES:
         raise ConfigError(f"{plan.source}: unknown size {size!r}; choose among {', '.join(SIZES)}")
-    base = _resolve_base(plan, size)
+    base = _resolve_base(plan, size, profile)
     # Each dimension is a list of (where, {key: value}) choices.
     dimensions: list[list[tuple[str, dict[str, Any]]]] = []
     for key, values in plan.axes:
@@ -382,8 +420,9 @@ def expand(plan: Plan, size: str = "default") -> list[Trial]:
         for _, choice in combination:
             values.update(choice)
             varied.update(choice)
+        values.update(profile.world)  # top layer: what the profile means
         where = " x ".join(w for w, _ in combination)
-        config = _build(plan, values, where, size)
+        config = _build(plan, values, where, size, profile)
         varied = {k: getattr(config, k) for k in varied}
         name = ",".join(f"{k}={_label(getattr(config, k))}" for k in plan.name_keys)
         trials.append(Trial(config=config, trial_id=trial_id(config), name=name,

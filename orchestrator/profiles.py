@@ -11,11 +11,10 @@
   3. environment variables ``ABLATE_<PROFILE>_<FIELD>``, e.g. ``ABLATE_SD15_TEACHER``.
 
 A profile also brings the paper's training defaults for SD (t_init 625, α 1, lr 1e-6 for
-both networks, Adam (0, 0.999), batch 512 in micro-batches, EMA, fp32). They sit *below*
-the plan: a plan's base, axes and size presets still win, so ``--size smoke`` scales an SD
-run down the same way it scales an embedded one. The profile's teacher and prompts
-always win (they are what the profile means), and its evaluation size (30k, the paper's)
-replaces the plan's ``evaluation.eval_num_images`` unless a size preset sets one.
+both networks, Adam (0, 0.999), batch 512 in micro-batches, EMA, fp32), its evaluation
+size (30k, the paper's) and its teacher and prompts. Where each sits among the plan's
+layers is written once, in ablations/README.md ("Precedence"), and applied once, by
+:func:`orchestrator.plan.expand`.
 
 This module imports neither torch nor ray: ``ablate run --help`` and the preflight stay fast.
 """
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.config import ConfigError, DistillConfig, from_dict, load_yaml, trial_id
+from distill.config import ConfigError, DistillConfig, from_dict, load_yaml
 
 PROFILE_NAMES = ("embedded", "sd15", "sd21base")
 PROFILES_ENV = "ABLATE_PROFILES"
@@ -100,6 +99,14 @@ class Profile:
     def is_embedded(self) -> bool:
         return self.name == "embedded"
 
+    @property
+    def world(self) -> dict[str, str]:
+        """The trial values the profile always sets (its teacher and prompts): the top
+        layer of a trial's resolution, above the plan (orchestrator.plan.expand)."""
+        if self.is_embedded:
+            return {}
+        return {"teacher": self.teacher, "prompts": self.prompts}
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -108,6 +115,9 @@ class Profile:
         data = dict(data)
         data["distill_defaults"] = tuple(tuple(kv) for kv in data["distill_defaults"])
         return cls(**data)
+
+
+EMBEDDED = Profile(name="embedded", settings="built in")
 
 
 def profiles_file() -> Path:
@@ -169,7 +179,7 @@ def load_profile(name: str) -> Profile:
         raise ConfigError(f"--profile {name}: unknown profile; choose one of "
                           f"{', '.join(PROFILE_NAMES)}")
     if name == "embedded":
-        return Profile(name="embedded", settings="built in")
+        return EMBEDDED
     path = profiles_file()
     data = _read_file(path)
     section = _check_section(path, name, data.get(name))
@@ -205,40 +215,6 @@ def load_profile(name: str) -> Profile:
                    clip_checkpoint=values["clip_checkpoint"], metrics=metrics, workers=workers,
                    eval_num_images=eval_num_images,
                    distill_defaults=tuple(sorted(defaults.items())))
-
-
-def apply_profile(plan, trials: list, size: str, profile: Profile) -> list:
-    """The plan's trials resolved under a profile (the embedded profile changes nothing).
-
-    Layers, lowest first: DistillConfig defaults < profile training defaults < the plan's
-    base, axes and zip groups < profile eval size < size preset and the plan's size
-    overrides < the profile's teacher and prompts. Trial ids are recomputed from the
-    resolved configs, so an SD trial never shares an id (or a workdir) with an embedded one.
-    """
-    from distill import config as distill_config
-    from orchestrator.plan import Trial
-
-    if profile.is_embedded:
-        return trials
-    size_keys = set(distill_config.SIZE_PRESETS.get(size, {})) | set(plan.size_overrides(size))
-    plan_keys = ({k for k, _ in plan.base} | {k for k, _ in plan.axes}
-                 | {k for group in plan.zip_groups for k, _ in group} | size_keys)
-    resolved = []
-    for trial in trials:
-        values = dataclasses.asdict(trial.config)
-        for key, value in profile.distill_defaults:
-            if key not in plan_keys:
-                values[key] = value
-        if "eval_num_images" not in size_keys and profile.eval_num_images is not None:
-            values["eval_num_images"] = profile.eval_num_images
-        values["teacher"], values["prompts"] = profile.teacher, profile.prompts
-        try:
-            config = from_dict(DistillConfig, values, plan.source)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc} (under {profile.settings})") from None
-        resolved.append(Trial(config=config, trial_id=trial_id(config), name=trial.name,
-                              varied=trial.varied))
-    return resolved
 
 
 def build_suite(profile: Profile, size: str, num_images: int, device: str = "cpu"):

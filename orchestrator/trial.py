@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "result.json"
+# Test-only fault injection (orchestrator.runner._test_faults): the driver reads it and
+# puts the iteration into the trial's spec, never into its config or id.
+FAULTS_ENV = "ABLATE_TEST_FAULTS"
+FAULT_MARKER = ".fault-injected"
 
 # Per-process caches. The driver asks Tune to reuse actors, so one worker process runs
 # trial after trial; loading the teacher and building the evaluation suite (reference
@@ -66,6 +70,14 @@ def _process_started_at() -> float | None:
         return None
 
 
+def _inject_fault_once(workdir: Path, iteration: int) -> None:
+    """Raise the first time a trial reports ``iteration`` (the marker survives the retry)."""
+    marker = workdir / FAULT_MARKER
+    if not marker.exists():
+        marker.touch()
+        raise RuntimeError(f"injected fault at iteration {iteration} ({FAULTS_ENV})")
+
+
 def execute_trial(spec: dict[str, Any], send: Any) -> None:
     """One trial (or one data-parallel rank of it): ``distill`` with MLflow wired in.
 
@@ -84,7 +96,7 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     from distill.config import DistillConfig, from_dict
     from distill.loop import distill, load_config_teacher
     from orchestrator import tracking
-    from orchestrator.profiles import Profile, build_suite
+    from orchestrator.profiles import EMBEDDED, Profile, build_suite
     from results import schema
 
     imported_at = time.time()
@@ -97,7 +109,7 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     if main:
         tracking.retry_locked(logger.client.update_run, spec["run_id"], status="RUNNING")
         profile = Profile.from_dict(spec["profile"]) if "profile" in spec else \
-            Profile(name="embedded", settings="built in")
+            EMBEDDED
         device = "cuda" if torch.cuda.is_available() else "cpu"
         suite_key = (spec["ablate_home"], json.dumps(profile.to_dict(), sort_keys=True),
                      spec["size"], config.eval_num_images, device)
@@ -108,6 +120,8 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
                         for _ in range(GRID_SAMPLES_PER_PROMPT)]
 
     def report(metrics: dict[str, float], iteration: int) -> None:
+        if iteration == spec.get("fault_at_iteration"):
+            _inject_fault_once(workdir, iteration)
         if main:
             logger.log_metrics(metrics, iteration)
         send({**metrics, "iteration": iteration})

@@ -326,12 +326,9 @@ def _make_row(spec: _Spec, label: list[Cell], agg_row: pd.Series, runs: pd.DataF
     return Row(label, cells, {m: float(agg_row[f"{m}_mean"]) for m in spec.shown})
 
 
-def build_table(plan: str, runs: pd.DataFrame) -> Table:
-    """The plan's comparison table from :func:`results.load_runs`' frame."""
-    params = runs.attrs.get("param_columns") or [c for c in runs.columns if c not in RUN_COLUMNS]
-    trials = runs[runs["role"] == "trial"]
-    teacher = runs[runs["role"] == "teacher"]
-    parent = runs.attrs.get("parent_run_id", "?")
+def _check_reportable(plan: str, runs: pd.DataFrame, trials: pd.DataFrame,
+                      parent: str) -> pd.DataFrame:
+    """The finished runs, if they make one comparable table; else why not."""
     if not (trials["status"] == "finished").any():
         counts = trials["status"].value_counts().to_dict()
         spelled = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no trial runs"
@@ -346,34 +343,30 @@ def build_table(plan: str, runs: pd.DataFrame) -> Table:
             f"plan {plan!r}, parent run {parent}: finished runs were evaluated under different "
             f"protocols ({', '.join(sorted(protocols))}); their metrics are not comparable in "
             "one table; report each parent run separately with --parent-run")
-    metrics = metric_columns(finished)
-    shown = [m for m in metrics if m.startswith("fid") or m in TABLE_METRICS]
-    if not shown:
-        raise ResultsError(f"plan {plan!r}, parent run {parent}: finished trials logged no "
-                           "final FID, CLIP or adherence metric; was evaluation switched off?")
-    varying = varying_params(trials, [p for p in params if p in trials])
-    if plan == "lsg" and "strategy" in trials:
-        row_keys, kind = ["strategy"], "lsg"
-    elif plan == "kappa" and "kappa" in trials:
-        row_keys, kind = ["kappa"], "kappa"
-    else:
-        row_keys, kind = varying, "generic"
-    block_keys = [p for p in varying if p not in row_keys]
-    spec = _Spec(metrics, shown, with_delta=kind == "lsg")
+    return finished
 
-    if kind == "lsg":
-        label_headers = ["Method"]
-    else:
-        label_headers = [PARAM_HEADERS.get(k, k) for k in row_keys] or ["Configuration"]
+
+def _layout(plan: str, trials: pd.DataFrame, varying: list[str]) -> tuple[list[str], str]:
+    """(row keys, kind): the lsg and kappa plans have their own rows; others, what varies."""
+    if plan == "lsg" and "strategy" in trials:
+        return ["strategy"], "lsg"
+    if plan == "kappa" and "kappa" in trials:
+        return ["kappa"], "kappa"
+    return varying, "generic"
+
+
+def _value_headers(spec: _Spec) -> list[str]:
     headers = []
-    for metric in shown:
+    for metric in spec.shown:
         headers.append(metric_format(metric).header)
         if spec.with_delta:
             headers.append("Δ " + metric_format(metric).header.split(" ")[0])
-    headers.append("Seeds")
+    return [*headers, "Seeds"]
 
-    agg = aggregate(trials, block_keys + row_keys, metrics)
-    csv_rows: list[dict] = []
+
+def _trial_blocks(spec: _Spec, trials: pd.DataFrame, row_keys: list[str],
+                  block_keys: list[str], csv_rows: list[dict]) -> list[Block]:
+    agg = aggregate(trials, block_keys + row_keys, spec.metrics)
     blocks = []
     for block_values in combos(agg, block_keys):
         block = Block(_block_title(block_keys, block_values))
@@ -393,24 +386,51 @@ def build_table(plan: str, runs: pd.DataFrame) -> Table:
                 {"role": "trial", **dict(zip(block_keys, block_values)),
                  **dict(zip(row_keys, values))}))
         blocks.append(block)
+    return blocks
 
+
+def _teacher_block(spec: _Spec, teacher: pd.DataFrame, trials: pd.DataFrame,
+                   block_keys: list[str], label_width: int, csv_rows: list[dict]) -> Block:
     teacher_keys = [p for p in ("sampler", "sampler_steps", "kappa")
                     if p in teacher and teacher[p].notna().any()]
-    if len(teacher):
-        # Δ vs lsg for the teacher only when there is one lsg row to compare with.
-        reference = (trials[trials["strategy"] == "lsg"]
-                     if spec.with_delta and not block_keys else None)
-        teacher_block = Block("Reference" if block_keys else None)
-        for _, agg_row in aggregate(teacher, teacher_keys, metrics).iterrows():
-            values = [agg_row[k] for k in teacher_keys]
-            label = [Cell(teacher_label(agg_row))] + [Cell("")] * (len(label_headers) - 1)
-            row = _make_row(spec, label, agg_row, select_rows(teacher, teacher_keys, values),
-                            reference, csv_rows,
-                            {"role": "teacher", **dict(zip(teacher_keys, values))})
-            row.is_teacher = True
-            teacher_block.rows.append(row)
-        blocks.append(teacher_block)
+    # Δ vs lsg for the teacher only when there is one lsg row to compare with.
+    reference = (trials[trials["strategy"] == "lsg"]
+                 if spec.with_delta and not block_keys else None)
+    block = Block("Reference" if block_keys else None)
+    for _, agg_row in aggregate(teacher, teacher_keys, spec.metrics).iterrows():
+        values = [agg_row[k] for k in teacher_keys]
+        label = [Cell(teacher_label(agg_row))] + [Cell("")] * (label_width - 1)
+        row = _make_row(spec, label, agg_row, select_rows(teacher, teacher_keys, values),
+                        reference, csv_rows, {"role": "teacher", **dict(zip(teacher_keys, values))})
+        row.is_teacher = True
+        block.rows.append(row)
+    return block
 
+
+def build_table(plan: str, runs: pd.DataFrame) -> Table:
+    """The plan's comparison table from :func:`results.load_runs`' frame."""
+    params = runs.attrs.get("param_columns") or [c for c in runs.columns if c not in RUN_COLUMNS]
+    trials = runs[runs["role"] == "trial"]
+    teacher = runs[runs["role"] == "teacher"]
+    parent = runs.attrs.get("parent_run_id", "?")
+    finished = _check_reportable(plan, runs, trials, parent)
+    metrics = metric_columns(finished)
+    shown = [m for m in metrics if m.startswith("fid") or m in TABLE_METRICS]
+    if not shown:
+        raise ResultsError(f"plan {plan!r}, parent run {parent}: finished trials logged no "
+                           "final FID, CLIP or adherence metric; was evaluation switched off?")
+    varying = varying_params(trials, [p for p in params if p in trials])
+    row_keys, kind = _layout(plan, trials, varying)
+    block_keys = [p for p in varying if p not in row_keys]
+    spec = _Spec(metrics, shown, with_delta=kind == "lsg")
+    label_headers = (["Method"] if kind == "lsg" else
+                     [PARAM_HEADERS.get(k, k) for k in row_keys] or ["Configuration"])
+    headers = _value_headers(spec)
+    csv_rows: list[dict] = []
+    blocks = _trial_blocks(spec, trials, row_keys, block_keys, csv_rows)
+    if len(teacher):
+        blocks.append(_teacher_block(spec, teacher, trials, block_keys, len(label_headers),
+                                     csv_rows))
     value_columns = [i for i, h in enumerate(headers[:-1]) if not h.startswith("Δ")]
     for block in blocks:
         for column, metric in zip(value_columns, shown):
@@ -423,26 +443,21 @@ def build_table(plan: str, runs: pd.DataFrame) -> Table:
                  pd.DataFrame(csv_rows), "3.2cm" if kind == "lsg" else None)
 
 
-def _caption(plan: str, kind: str, parent: str, trials: pd.DataFrame, shown: list[str],
-             with_delta: bool, block_keys: list[str], has_teacher: bool) -> str:
-    fid = [m for m in shown if m.startswith("fid")]
+def _caption_subject(plan: str, kind: str, trials: pd.DataFrame) -> str:
     if kind == "lsg":
         kappas = sorted(trials["kappa"].dropna().unique()) if "kappa" in trials else []
         at = f" at κ = {', '.join(f'{k:g}' for k in kappas)}" if kappas else ""
-        what = ("Guidance ablation: one-step generators distilled with LSG kept (lsg), "
+        return ("Guidance ablation: one-step generators distilled with LSG kept (lsg), "
                 "LSG removed with guidance on the teacher only (cfg), and no guidance "
                 f"(none){at}.")
-    elif kind == "kappa":
-        what = "Guidance-scale sweep: one-step generators distilled at each κ."
-    else:
-        what = f"Plan {plan}: one row per configuration."
-    parts = [what]
-    if has_teacher:
-        parts.append("The teacher's own multi-step samples are the reference row.")
-    if block_keys:
-        names = ", ".join("strategy" if k == "strategy" else PARAM_HEADERS.get(k, k)
-                          for k in block_keys)
-        parts.append(f"One block per {names}.")
+    if kind == "kappa":
+        return "Guidance-scale sweep: one-step generators distilled at each κ."
+    return f"Plan {plan}: one row per configuration."
+
+
+def _caption_metrics(shown: list[str]) -> str:
+    """One sentence naming each metric of the table and its direction ('' if none)."""
+    fid = [m for m in shown if m.startswith("fid")]
     metrics = []
     if fid:
         metrics.append(f"FID on {fid_num_images(fid[0]):,} generated images (↓ lower is better)")
@@ -451,9 +466,24 @@ def _caption(plan: str, kind: str, parent: str, trials: pd.DataFrame, shown: lis
     if schema.ADHERENCE in shown:
         metrics.append("adherence as the % of images with the prompted colour, shape and size "
                        "all right (↑)")
+    if not metrics:
+        return ""
+    sentence = "; ".join(metrics)
+    return sentence[0].upper() + sentence[1:] + "."
+
+
+def _caption(plan: str, kind: str, parent: str, trials: pd.DataFrame, shown: list[str],
+             with_delta: bool, block_keys: list[str], has_teacher: bool) -> str:
+    parts = [_caption_subject(plan, kind, trials)]
+    if has_teacher:
+        parts.append("The teacher's own multi-step samples are the reference row.")
+    if block_keys:
+        names = ", ".join("strategy" if k == "strategy" else PARAM_HEADERS.get(k, k)
+                          for k in block_keys)
+        parts.append(f"One block per {names}.")
+    metrics = _caption_metrics(shown)
     if metrics:
-        sentence = "; ".join(metrics)
-        parts.append(sentence[0].upper() + sentence[1:] + ".")
+        parts.append(metrics)
     seeds = trials.get("seed")
     n_seeds = seeds.nunique() if seeds is not None else 1
     if n_seeds > 1:

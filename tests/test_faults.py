@@ -154,13 +154,13 @@ KILLED_PLAN = """\
 @pytest.fixture(scope="module")
 def ray_home(tmp_path_factory):
     """The output folder and Ray session shared with tests/test_orchestrator.py."""
-    from orchestrator import runner
+    from orchestrator.ray_session import start_ray
 
     home = tmp_path_factory.getbasetemp() / "ablate-home"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ABLATE_HOME", str(home))
         mp.delenv("RAY_ADDRESS", raising=False)
-        runner.start_ray()
+        start_ray()
     return home
 
 

@@ -171,13 +171,16 @@ def test_resume_after_a_fault_is_bit_identical_to_an_uninterrupted_run(teacher, 
                        on_checkpoint=lambda path, step: saved.setdefault(step, _tensors(path)))
     assert sorted(saved) == [2, 4]
 
-    faulty = dataclasses.replace(config, fault_inject_at_iteration=3)
-    with pytest.raises(RuntimeError, match="injected fault at iteration 3"):
-        distill(faulty, tmp_path / "b", teacher=teacher)
-    assert (tmp_path / "b" / loop.FAULT_MARKER).exists()
+    def crash_at_3(metrics, step):
+        if step == 3:
+            raise RuntimeError("fault at iteration 3")
+
+    with pytest.raises(RuntimeError, match="fault at iteration 3"):
+        distill(config, tmp_path / "b", teacher=teacher, report=crash_at_3)
+    assert checkpoint.load(tmp_path / "b" / "checkpoint")[1]["step"] == 2
     assert _tensors(tmp_path / "b" / "checkpoint").keys() == saved[2].keys()
     reports_b = []
-    result_b = distill(faulty, tmp_path / "b", teacher=teacher,
+    result_b = distill(config, tmp_path / "b", teacher=teacher,
                        report=lambda m, s: reports_b.append((s, m)))
     assert result_b.status == "finished" and result_b.iterations == 4
     final_a, final_b = saved[4], _tensors(tmp_path / "b" / "checkpoint")

@@ -207,9 +207,9 @@ def test_bad_plan_exits_2_naming_file_and_key(what, text, key, tmp_path, monkeyp
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     # A bad plan must be refused before Ray: starting it fails the test. (Checking
     # ray.is_initialized() would depend on test order: other modules share one Ray session.)
-    from orchestrator import runner
+    from orchestrator import ray_session
 
-    monkeypatch.setattr(runner, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.setattr(ray_session, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
     path = tmp_path / "bad.yaml"
     if text is not None:
         path.write_text(text)
@@ -265,9 +265,9 @@ def test_seeds_flag_parses_and_replaces_the_plans_seeds():
 ])
 def test_bad_seeds_flag_exits_2_naming_the_value(value, named, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ABLATE_HOME", str(tmp_path / "home"))
-    from orchestrator import runner
+    from orchestrator import ray_session
 
-    monkeypatch.setattr(runner, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.setattr(ray_session, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
     code = cli.main(["run", str(REPO / "ablations/lsg.yaml"), "--size", "smoke", "--seeds", value])
     err = capsys.readouterr().err
     assert code == 2
@@ -318,9 +318,9 @@ def test_max_trials_flag_raises_the_limit(tmp_path):
 
 def test_storage_or_workdir_naming_a_file_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ABLATE_HOME", str(tmp_path / "home"))
-    from orchestrator import runner
+    from orchestrator import ray_session
 
-    monkeypatch.setattr(runner, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.setattr(ray_session, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder\n")
     code = cli.main(["run", str(REPO / "ablations/lsg.yaml"), "--size", "smoke",

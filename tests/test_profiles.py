@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import SIZE_PRESETS, ConfigError
+from distill.config import SIZE_PRESETS, ConfigError, DistillConfig
 from orchestrator import preflight, profiles
-from orchestrator.plan import expand, load_plan
+from orchestrator.plan import PRECEDENCE, expand, load_plan
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,7 +84,7 @@ def test_paper_defaults_sit_under_the_plan_and_the_profile_pins_its_world(env):
     _write(env / "profiles.yaml", f"data_root: {env / 'data'}\n")
     plan = load_plan(REPO / "ablations" / "lsg.yaml")
     p = profiles.load_profile("sd15")
-    trials = profiles.apply_profile(plan, expand(plan, "default"), "default", p)
+    trials = expand(plan, "default", p)
     for trial in trials:
         c = trial.config
         assert (c.teacher, c.prompts) == (p.teacher, p.prompts)
@@ -97,14 +97,13 @@ def test_paper_defaults_sit_under_the_plan_and_the_profile_pins_its_world(env):
     assert {t.config.iterations for t in trials} == {20000}
     # Smoke scales the same SD plan down: the size preset beats the profile's defaults,
     # the teacher stays the profile's.
-    smoke = profiles.apply_profile(plan, expand(plan, "smoke"), "smoke", p)
+    smoke = expand(plan, "smoke", p)
     assert smoke[0].config.batch_size == SIZE_PRESETS["smoke"]["batch_size"] != 512
     assert smoke[0].config.teacher == p.teacher
     assert smoke[0].config.eval_num_images == 64
     # Trial ids follow the resolved config: never shared with the embedded world's.
     embedded = expand(plan, "default")
-    assert profiles.apply_profile(plan, embedded, "default",
-                                  profiles.load_profile("embedded")) == embedded
+    assert expand(plan, "default", profiles.load_profile("embedded")) == embedded
     assert not {t.trial_id for t in trials} & {t.trial_id for t in embedded}
 
 
@@ -172,3 +171,56 @@ def test_ablate_run_without_weights_exits_2_in_seconds(env):
     assert not (env / "home" / "mlflow.db").exists()  # nothing started
     # Python start-up plus the plan check; a hub retry loop alone takes tens of seconds.
     assert seconds < 20, f"took {seconds:.1f} s"
+
+
+def _layered_plan(tmp_path) -> Path:
+    """Each key set by exactly the layers named in its value, so the winner is readable."""
+    path = tmp_path / "layers.yaml"
+    _write(path, """\
+        name: layers
+        base: {lr_fake_score: 0.3, t_init: 300, iterations: 7, alpha: 0.3}
+        axes: {alpha: [0.8]}
+        seeds: [0]
+        evaluation: {eval_every: 4, eval_num_images: 40}
+        sizes:
+          smoke: {t_init: 700}
+        """)
+    return path
+
+
+def test_precedence_each_layer_beats_the_ones_below_it(tmp_path):
+    """ablations/README.md, "Precedence": one key per boundary between two layers."""
+    profile = profiles.Profile(
+        name="sd15", settings="test", teacher="/sd/teacher", prompts="/sd/prompts.txt",
+        eval_num_images=30000,
+        distill_defaults=(("lr_generator", 2e-6), ("lr_fake_score", 2e-6), ("alpha", 0.2)))
+    plan = load_plan(_layered_plan(tmp_path))
+    c = expand(plan, "default", profile)[0].config
+    assert c.adam_eps == DistillConfig.adam_eps  # 1: defaults, where no layer sets it
+    assert c.lr_generator == 2e-6  # 2 over 1: profile training defaults
+    assert c.lr_fake_score == 0.3  # 3 over 2: base
+    assert c.eval_every == 4  # 4: evaluation
+    assert c.eval_num_images == 30000  # 5 over 4: the profile's evaluation size
+    assert c.alpha == 0.8  # 8 over 3 and 2: the axis
+    assert (c.teacher, c.prompts) == ("/sd/teacher", "/sd/prompts.txt")  # 9: the profile
+    smoke = expand(plan, "smoke", profile)[0].config
+    assert smoke.batch_size == SIZE_PRESETS["smoke"]["batch_size"]  # 6: the size preset
+    assert smoke.iterations == SIZE_PRESETS["smoke"]["iterations"]  # 6 over 3
+    assert smoke.eval_num_images == SIZE_PRESETS["smoke"]["eval_num_images"]  # 6 over 5
+    assert smoke.t_init == 700  # 7 over 3: the plan's sizes.smoke
+    assert (smoke.teacher, smoke.prompts) == ("/sd/teacher", "/sd/prompts.txt")  # 9 over 6
+    # Under the embedded profile, layers 2, 5 and 9 add nothing.
+    embedded = expand(plan, "default")[0].config
+    assert (embedded.lr_generator, embedded.eval_num_images) == (DistillConfig.lr_generator, 40)
+    assert embedded.teacher == DistillConfig.teacher
+
+
+def test_precedence_is_written_once_in_the_plan_readme():
+    """The README's numbered list is the order the code applies (orchestrator.plan)."""
+    text = (REPO / "ablations" / "README.md").read_text()
+    section = text.split("## Precedence", 1)[1].split("\n## ", 1)[0]
+    items = [line.split(". ", 1)[1] for line in section.splitlines()
+             if line[:1].isdigit() and ". " in line]
+    assert len(items) == len(PRECEDENCE)
+    for item, layer in zip(items, PRECEDENCE):
+        assert item.replace("`", "").startswith(layer), (item, layer)

@@ -1,0 +1,120 @@
+"""The teacher-baseline row: the teacher's own multi-step samples, evaluated once per
+(teacher, protocol, sampler) and cached, logged as one child run per parent.
+
+On a CPU plan it runs beside the trials (:class:`BesideTrials`) rather than before them:
+it starts once a trial has reported (the workers are past their start-up, which it would
+slow) and shares the CPUs with them, so no core waits for it at either end. On GPUs it
+runs before them, where it would compete with the trials for memory.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from distill.paths import output_root
+from orchestrator import tracking
+from orchestrator.plan import Plan
+from results import schema
+
+
+def metrics(plan: Plan, teacher, suite, num_images: int, out: TextIO) -> dict[str, float]:
+    """The baseline's metrics, computed once and then read from the cache.
+
+    On ``resources.cpu`` torch threads, like one more trial, wherever it runs: a fixed
+    count, because the numbers depend on it at the 1e-6 level and the same config must
+    give the same numbers; and beside the trials, a second thread on a core a trial
+    already uses makes both spin-wait.
+    """
+    import evaluation
+
+    baseline = plan.evaluation.teacher_baseline
+    key = json.dumps([teacher.teacher_hash, suite.protocol, num_images, baseline.steps,
+                      baseline.guidance_scale, 0])
+    cache = output_root() / "cache" / "teacher-baseline" / (
+        hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    print(f"teacher baseline: {baseline.steps} steps at guidance {baseline.guidance_scale:g}"
+          " (computed once, then cached)", file=out, flush=True)
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, plan.resources.cpu))
+    started = time.perf_counter()
+    try:
+        result = evaluation.teacher_baseline(teacher, suite, num_steps=baseline.steps,
+                                             guidance_scale=baseline.guidance_scale, seed=0)
+    finally:
+        torch.set_num_threads(previous)
+    print(f"teacher baseline: done in {time.perf_counter() - started:.0f} s", file=out,
+          flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, sort_keys=True, default=str))
+    os.replace(tmp, cache)
+    return result
+
+
+def log_run(mlflow_client, uri: str, experiment_id: str, parent_id: str, plan: Plan, teacher,
+            suite, existing, values: dict[str, float]) -> None:
+    """The parent's one teacher child run, created (or reopened) and closed FINISHED."""
+    baseline = plan.evaluation.teacher_baseline
+    if "teacher" in existing:
+        run_id = existing["teacher"].info.run_id
+    else:
+        run_id = tracking.create_child(
+            mlflow_client, experiment_id, parent_id, run_name="teacher",
+            tags={schema.ROLE: "teacher", schema.PLAN: plan.name,
+                  schema.TEACHER_ID: teacher.teacher_id, schema.TEACHER_HASH: teacher.teacher_hash,
+                  schema.EVAL_PROTOCOL: suite.protocol},
+            params={"sampler": "ddim", "sampler_steps": baseline.steps,
+                    "kappa": baseline.guidance_scale})
+    tracking.RunLogger(uri, run_id).log_metrics(values, 0)
+    tracking.finish(mlflow_client, run_id, "FINISHED", outcome="finished")
+
+
+class BesideTrials:
+    """``work`` in a daemon thread that starts at the first trial result (or when Tune is
+    done), and not at all if cancelled first.
+
+    A daemon thread, so an interrupted run exits at once instead of waiting minutes for
+    a baseline whose numbers nobody will read; nothing is half-written, because the
+    baseline caches and logs its metrics only once complete. With no ``work`` it only
+    carries the events Tune's callback sets."""
+
+    def __init__(self) -> None:
+        self.first_result = threading.Event()
+        self.tune_done = threading.Event()
+        self.cancelled = threading.Event()
+        self._future: concurrent.futures.Future | None = None
+
+    def start(self, work: Callable[[], None]) -> None:
+        self._future = concurrent.futures.Future()
+        threading.Thread(target=self._run, args=(work,), name="teacher-baseline",
+                         daemon=True).start()
+
+    def _run(self, work: Callable[[], None]) -> None:
+        try:
+            while not (self.first_result.wait(0.5) or self.tune_done.is_set()):
+                pass
+            if not self.cancelled.is_set():
+                work()
+            self._future.set_result(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to finish(), which re-raises it
+            self._future.set_exception(exc)
+
+    def finish(self, interrupted: bool) -> None:
+        """Interrupted: cancel it (not waited for). Otherwise wait, re-raising its error."""
+        if self._future is None:
+            return
+        if interrupted:
+            self.cancelled.set()
+        else:
+            self._future.result()
