@@ -14,12 +14,8 @@ Layout (as Stable Diffusion's, so the same loader reads SD1.5 / SD2.1-base)::
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill import paths, world
+from distill import world
+from distill.assets import AssetKind, file_hash
 from distill.config import config_hash
 from distill.errors import TeacherError
 
@@ -121,15 +118,10 @@ def check_teacher_dir(directory: Path) -> list[str]:
 
 
 def weights_hash(directory: Path) -> str:
-    """sha256 over every weight file, in a fixed order (short form)."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(directory).rglob("*")):
-        if path.suffix in (".safetensors", ".bin") and path.is_file():
-            digest.update(path.relative_to(directory).as_posix().encode())
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()[:16]
+    """Content hash of every weight file with its relative path, in path order."""
+    files = sorted(p for p in Path(directory).rglob("*")
+                   if p.suffix in (".safetensors", ".bin") and p.is_file())
+    return file_hash(*files, root=directory)
 
 
 def load_teacher(directory: str | Path, device: str | torch.device = "cpu",
@@ -145,16 +137,11 @@ def load_teacher(directory: str | Path, device: str | torch.device = "cpu",
     problems = check_teacher_dir(directory)
     if problems:
         raise TeacherError("teacher directory is incomplete:\n  " + "\n  ".join(problems))
-    manifest = directory / "teacher.json"
-    if manifest.is_file():
-        recorded = json.loads(manifest.read_text()).get("weights_hash")
-        actual = weights_hash(directory)
-        if recorded and recorded != actual:
-            raise TeacherError(
-                f"{directory}: weights hash {actual} does not match {recorded} recorded in "
-                f"{manifest}; the files are corrupt or were changed. Delete the directory "
-                "to rebuild it (cache) or run `make teacher` (shipped teacher)."
-            )
+    # Real SD directories carry no manifest; the embedded teacher's is checked.
+    if (directory / TEACHER.manifest).is_file():
+        teacher_hash = TEACHER.verify(directory)
+    else:
+        teacher_hash = weights_hash(directory)
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", local_files_only=True)
         text_encoder = CLIPTextModel.from_pretrained(
@@ -176,7 +163,7 @@ def load_teacher(directory: str | Path, device: str | torch.device = "cpu",
         if module is not None:
             module.requires_grad_(False).eval()
     teacher = Teacher(directory, tokenizer, text_encoder, unet, scheduler, vae,
-                      teacher_id=directory.name, teacher_hash=weights_hash(directory))
+                      teacher_id=directory.name, teacher_hash=teacher_hash)
     return teacher.to(device)
 
 
@@ -222,12 +209,6 @@ TEACHER_SIZES: dict[str, TeacherConfig] = {
                            text_hidden_size=32, text_layers=1, train_steps=30,
                            batch_size=16, warmup_steps=5),
 }
-
-
-def teacher_config(size: str) -> TeacherConfig:
-    if size not in TEACHER_SIZES:
-        raise TeacherError(f"unknown teacher size {size!r}; choose one of {sorted(TEACHER_SIZES)}")
-    return TEACHER_SIZES[size]
 
 
 def _build_tokenizer(max_tokens: int):
@@ -354,11 +335,8 @@ def train_embedded(config: TeacherConfig, out_dir: Path, progress: bool = True,
 
 def save_embedded(config, tokenizer, text_encoder, unet, scheduler, out_dir: Path, stats: dict,
                   dtype: torch.dtype = torch.float32) -> None:
-    """Write an SD-layout directory atomically (temp sibling, then rename)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
+    """Write an SD-layout directory with its manifest, atomically."""
+    with TEACHER.saving(config, out_dir, stats, dtype) as tmp:
         unet.to(dtype).save_pretrained(tmp / "unet")
         text_encoder.to(dtype).save_pretrained(tmp / "text_encoder")
         unet.to(torch.float32), text_encoder.to(torch.float32)
@@ -374,58 +352,19 @@ def save_embedded(config, tokenizer, text_encoder, unet, scheduler, out_dir: Pat
             "vae": [None, None], "safety_checker": [None, None],
             "feature_extractor": [None, None], "requires_safety_checker": False,
         }, indent=2))
-        (tmp / "teacher.json").write_text(json.dumps({
-            "config": dataclasses.asdict(config), "config_hash": config.config_hash(),
-            "weights_dtype": str(dtype).removeprefix("torch."),
-            "weights_hash": weights_hash(tmp), "stats": stats}, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
-def _recorded_config_hash(directory: Path) -> str | None:
-    try:
-        return json.loads((directory / "teacher.json").read_text()).get("config_hash")
-    except (OSError, json.JSONDecodeError):
-        return None
+TEACHER = AssetKind(
+    name="teacher", sizes=TEACHER_SIZES, train=train_embedded, content_hash=weights_hash,
+    manifest="teacher.json", shipped_dir=SHIPPED_TEACHER_DIR, cache_kind="teachers",
+    cache_prefix="", rebuild_command="make teacher", error=TeacherError)
 
-
-def ensure_teacher(size: str = "default", progress: bool = True) -> Path:
-    """Directory of the embedded teacher for a size: shipped, cached, or trained now.
-
-    The default teacher ships in the repository; other configs are trained once
-    and cached under the output folder by config hash. A cache entry that fails
-    its weights-hash check is rebuilt, never used.
-    """
-    config = teacher_config(size)
-    if size == "default":
-        if _recorded_config_hash(SHIPPED_TEACHER_DIR) != config.config_hash():
-            raise TeacherError(
-                f"{SHIPPED_TEACHER_DIR}: the shipped teacher is missing or was trained from a "
-                "different config; run `make teacher` to rebuild it")
-        load_teacher(SHIPPED_TEACHER_DIR)  # verifies the weights hash
-        return SHIPPED_TEACHER_DIR
-    target = paths.cache_dir("teachers") / f"{size}-{config.config_hash()}"
-    if target.exists():
-        try:
-            load_teacher(target)
-            return target
-        except TeacherError as exc:
-            print(f"rebuilding cached teacher: {exc}")
-            shutil.rmtree(target)
-    train_embedded(config, target, progress=progress)
-    return target
+# The names the rest of the project and its tests call.
+teacher_config = TEACHER.config
+ensure_teacher = TEACHER.ensure
 
 
 def rebuild_shipped(progress: bool = True) -> Path:
-    """Retrain the default teacher from scratch and overwrite the shipped copy.
-
-    Stored in fp16 so teacher and metric models fit the repository's 8 MB budget;
-    it is loaded back as fp32.
-    """
-    train_embedded(teacher_config("default"), SHIPPED_TEACHER_DIR, progress=progress,
-                   dtype=torch.float16)
+    """Retrain the default teacher, overwrite the shipped copy and return its directory."""
+    TEACHER.rebuild_shipped(progress)
     return SHIPPED_TEACHER_DIR

@@ -21,12 +21,8 @@ The same model's image tower is the embedded FID feature extractor (see
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill import paths, world
+from distill import world
+from distill.assets import AssetKind, file_hash
 from distill.config import config_hash
 from evaluation.errors import MetricModelError
 
@@ -83,12 +80,6 @@ CLIP_SIZES: dict[str, ClipConfig] = {
     "smoke": ClipConfig(vision_width=32, vision_layers=1, text_width=32, text_layers=1,
                         embed_dim=32, train_steps=20, batch_size=32, warmup_steps=5),
 }
-
-
-def clip_config(size: str) -> ClipConfig:
-    if size not in CLIP_SIZES:
-        raise ValueError(f"unknown metric-model size {size!r}; choose one of {sorted(CLIP_SIZES)}")
-    return CLIP_SIZES[size]
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -185,12 +176,9 @@ def _config_json(config: ClipConfig, token_ids: list[int]) -> dict:
         **PREPROCESS_CFG, "size": config.resolution}}
 
 
-def weights_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+def weights_hash(directory: Path) -> str:
+    """Content hash of the weights file alone (the config JSON is derived from the manifest)."""
+    return file_hash(Path(directory) / WEIGHTS_FILE)
 
 
 # --------------------------------------------------------------------------- training
@@ -263,26 +251,13 @@ def train_clip(config: ClipConfig, out_dir: Path, progress: bool = True,
 
 def save_clip(config: ClipConfig, token_ids: list[int], model: torch.nn.Module, out_dir: Path,
               stats: dict, dtype: torch.dtype = torch.float32) -> None:
-    """Write an open_clip local-dir atomically (temp sibling, then rename)."""
+    """Write an open_clip local-dir with its manifest, atomically."""
     from safetensors.torch import save_file
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
+    with CLIP.saving(config, out_dir, stats, dtype, token_ids=token_ids) as tmp:
         state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
         save_file(state, tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(_config_json(config, token_ids), indent=2))
-        (tmp / MANIFEST_FILE).write_text(json.dumps({
-            "config": dataclasses.asdict(config), "config_hash": config.config_hash(),
-            "token_ids": token_ids, "weights_dtype": str(dtype).removeprefix("torch."),
-            "weights_hash": weights_hash(tmp / WEIGHTS_FILE), "stats": stats}, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 @torch.no_grad()
@@ -322,52 +297,28 @@ def load_clip(directory: str | Path) -> EmbeddedClip:
             raise MetricModelError(
                 f"{directory / name}: missing; run `ablate metric-models --rebuild-shipped` "
                 "(shipped model) or delete the directory to rebuild it (cache)")
+    actual = CLIP.verify(directory)
+    manifest = CLIP.read_manifest(directory)
     try:
-        manifest = json.loads((directory / MANIFEST_FILE).read_text())
         config = ClipConfig(**manifest["config"])
         token_ids = [int(i) for i in manifest["token_ids"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise MetricModelError(f"{directory / MANIFEST_FILE}: unreadable ({exc})") from exc
-    actual = weights_hash(directory / WEIGHTS_FILE)
-    if actual != manifest.get("weights_hash"):
-        raise MetricModelError(
-            f"{directory / WEIGHTS_FILE}: content hash {actual} does not match "
-            f"{manifest.get('weights_hash')} in {directory / MANIFEST_FILE}; the file is corrupt "
-            "or was changed; run `ablate metric-models --rebuild-shipped`")
     model = open_clip.create_model("local-dir:" + str(directory), precision="fp32")
     model.requires_grad_(False).eval()
     return EmbeddedClip(model, WorldTokenizer(token_ids, config.context_length), directory,
                         config, actual)
 
 
-def _recorded_config_hash(directory: Path) -> str | None:
-    try:
-        return json.loads((directory / MANIFEST_FILE).read_text()).get("config_hash")
-    except (OSError, json.JSONDecodeError):
-        return None
+# --------------------------------------------------------------------------- the asset
 
 
-def ensure_clip(size: str = "default", progress: bool = True) -> Path:
-    """Directory of the embedded CLIP for a size: shipped (default) or cached/trained now."""
-    config = clip_config(size)
-    if size == "default":
-        if _recorded_config_hash(SHIPPED_CLIP_DIR) != config.config_hash():
-            raise MetricModelError(
-                f"{SHIPPED_CLIP_DIR}: the shipped embedded CLIP is missing or was trained from a "
-                "different config; run `make metric-models` to rebuild it")
-        return SHIPPED_CLIP_DIR
-    target = paths.cache_dir("metric-models") / f"clip-{size}-{config.config_hash()}"
-    if _recorded_config_hash(target) == config.config_hash():
-        try:
-            load_clip(target)
-            return target
-        except MetricModelError as exc:
-            print(f"rebuilding cached embedded CLIP: {exc}")
-    train_clip(config, target, progress=progress)
-    return target
+CLIP = AssetKind(
+    name="embedded CLIP", sizes=CLIP_SIZES, train=train_clip, content_hash=weights_hash,
+    manifest=MANIFEST_FILE, shipped_dir=SHIPPED_CLIP_DIR, cache_kind="metric-models",
+    cache_prefix="clip-", rebuild_command="make metric-models", error=MetricModelError)
 
-
-def rebuild_shipped(progress: bool = True) -> dict:
-    """Retrain the default embedded CLIP from scratch and overwrite the shipped copy (fp16)."""
-    return train_clip(clip_config("default"), SHIPPED_CLIP_DIR, progress=progress,
-                      dtype=torch.float16)
+# The names the rest of the project and its tests call.
+clip_config = CLIP.config
+ensure_clip = CLIP.ensure
+rebuild_shipped = CLIP.rebuild_shipped

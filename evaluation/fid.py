@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from distill import paths, world
+from distill.assets import file_hash
 from evaluation.errors import EvalError
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -178,14 +179,6 @@ def inception_extractor(inception_dir: str | Path, crop_size: int = 256) -> Feat
         name="inception-v3", model_fn=model, identity=f"inception:{file_hash(path)}:"
         f"crop{crop_size}-clean299", fn_resize=build_resizer("clean"),
         image_transform=centre_crop_resize(crop_size), batch_size=64)
-
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- inputs
