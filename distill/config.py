@@ -13,6 +13,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,15 +38,19 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin is tuple:
-        args = typing.get_args(annotation)
-        if not isinstance(value, (list, tuple)):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_type_ok(v, args[0]) for v in value)
-        return len(value) == len(args) and all(_type_ok(v, a) for v, a in zip(value, args))
+        return _tuple_ok(value, typing.get_args(annotation))
     if isinstance(annotation, type):
         return isinstance(value, annotation)
     return True
+
+
+def _tuple_ok(value: Any, args: tuple) -> bool:
+    """``tuple[X, ...]`` or ``tuple[X, Y]``; YAML gives lists, which count as tuples."""
+    if not isinstance(value, (list, tuple)):
+        return False
+    if len(args) == 2 and args[1] is Ellipsis:
+        return all(_type_ok(v, args[0]) for v in value)
+    return len(value) == len(args) and all(_type_ok(v, a) for v, a in zip(value, args))
 
 
 def _coerce(value: Any, annotation: Any) -> Any:
@@ -160,45 +165,45 @@ class DistillConfig:
     eval_num_images: int = 2000
 
     def __post_init__(self):
-        def bad(key: str, why: str):
-            raise ConfigError(f"{key} = {getattr(self, key)!r}: {why}")
-
-        if self.strategy not in STRATEGIES:
-            bad("strategy", f"unknown strategy; choose one of {', '.join(STRATEGIES)}")
         # inf and nan pass every comparison below one way or another; a trial would then
         # "diverge" at its first iteration (or never get a GPU) after Ray has started.
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                bad(f.name, "must be a finite number")
-        if not self.kappa > 0:
-            bad("kappa", "the guidance scale must be > 0")
-        if not 1 <= self.t_init <= 999:
-            bad("t_init", "must be in 1..999")
-        if not 0 <= self.t_min < self.t_max <= 999:
-            bad("t_max", f"need 0 <= t_min ({self.t_min}) < t_max <= 999")
-        for key in ("batch_size", "micro_batch_size", "iterations", "log_every"):
-            if getattr(self, key) < 1:
-                bad(key, "must be >= 1")
-        if self.batch_size % self.micro_batch_size:
-            bad("batch_size", f"must be divisible by micro_batch_size ({self.micro_batch_size})")
-        for key in ("lr_generator", "lr_fake_score", "ema_halflife_kimg", "adam_eps"):
-            if not getattr(self, key) > 0:
-                bad(key, "must be > 0")
-        for key in ("adam_beta1", "adam_beta2"):
-            if not 0 <= getattr(self, key) < 1:
-                bad(key, "Adam's betas must be in [0, 1)")
-        if self.ema_rampup_ratio is not None and not self.ema_rampup_ratio > 0:
-            bad("ema_rampup_ratio", "must be > 0, or null for no ramp-up")
-        if not 0 <= self.seed <= MAX_SEED:
-            bad("seed", "must be in 0..2^63-1 (torch.Generator.manual_seed takes 64 bits)")
-        if not MIN_EVAL_IMAGES <= self.eval_num_images <= MAX_EVAL_IMAGES:
-            bad("eval_num_images", f"must be in {MIN_EVAL_IMAGES}..{MAX_EVAL_IMAGES:,}: "
-                "FID needs a covariance of at least 2 images, and the paper's protocol is 30,000")
-        if not 0 <= self.prompt_dropout < 1:
-            bad("prompt_dropout", "must be in [0, 1)")
-        if self.checkpoint_every < 0 or self.eval_every < 0:
-            bad("checkpoint_every" if self.checkpoint_every < 0 else "eval_every", "must be >= 0")
+                raise ConfigError(f"{f.name} = {value!r}: must be a finite number")
+        for key, holds, why in _RULES:
+            if not holds(self):
+                raise ConfigError(f"{key} = {getattr(self, key)!r}: {why.format(c=self)}")
+
+
+# What a DistillConfig must satisfy: (field named in the error, condition, why), checked in
+# order after the finiteness of every float; the first that fails is the error.
+_RULES: tuple[tuple[str, Callable[[DistillConfig], bool], str], ...] = (
+    ("strategy", lambda c: c.strategy in STRATEGIES,
+     f"unknown strategy; choose one of {', '.join(STRATEGIES)}"),
+    ("kappa", lambda c: c.kappa > 0, "the guidance scale must be > 0"),
+    ("t_init", lambda c: 1 <= c.t_init <= 999, "must be in 1..999"),
+    ("t_max", lambda c: 0 <= c.t_min < c.t_max <= 999,
+     "need 0 <= t_min ({c.t_min}) < t_max <= 999"),
+    *((key, lambda c, key=key: getattr(c, key) >= 1, "must be >= 1")
+      for key in ("batch_size", "micro_batch_size", "iterations", "log_every")),
+    ("batch_size", lambda c: c.batch_size % c.micro_batch_size == 0,
+     "must be divisible by micro_batch_size ({c.micro_batch_size})"),
+    *((key, lambda c, key=key: getattr(c, key) > 0, "must be > 0")
+      for key in ("lr_generator", "lr_fake_score", "ema_halflife_kimg", "adam_eps")),
+    *((key, lambda c, key=key: 0 <= getattr(c, key) < 1, "Adam's betas must be in [0, 1)")
+      for key in ("adam_beta1", "adam_beta2")),
+    ("ema_rampup_ratio", lambda c: c.ema_rampup_ratio is None or c.ema_rampup_ratio > 0,
+     "must be > 0, or null for no ramp-up"),
+    ("seed", lambda c: 0 <= c.seed <= MAX_SEED,
+     "must be in 0..2^63-1 (torch.Generator.manual_seed takes 64 bits)"),
+    ("eval_num_images", lambda c: MIN_EVAL_IMAGES <= c.eval_num_images <= MAX_EVAL_IMAGES,
+     f"must be in {MIN_EVAL_IMAGES}..{MAX_EVAL_IMAGES:,}: FID needs a covariance of at least "
+     "2 images, and the paper's protocol is 30,000"),
+    ("prompt_dropout", lambda c: 0 <= c.prompt_dropout < 1, "must be in [0, 1)"),
+    ("checkpoint_every", lambda c: c.checkpoint_every >= 0, "must be >= 0"),
+    ("eval_every", lambda c: c.eval_every >= 0, "must be >= 0"),
+)
 
 
 # Per-size overrides of DistillConfig that the orchestrator (and `ablate distill --size`)

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from distill import world
-from distill.assets import AssetKind, file_hash
 from distill.config import config_hash
 from distill.errors import TeacherError
+from distill.shipped import AssetKind, file_hash
 
 # Nothing in this project may reach a model hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

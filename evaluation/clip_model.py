@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from distill import world
-from distill.assets import AssetKind, file_hash
 from distill.config import config_hash
+from distill.shipped import AssetKind, file_hash
 from evaluation.errors import MetricModelError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

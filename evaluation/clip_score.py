@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.shipped import file_hash
 from evaluation.errors import EvalError
-from evaluation.fid import file_hash
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

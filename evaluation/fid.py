@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from distill import paths, world
-from distill.assets import file_hash
+from distill.shipped import file_hash
 from evaluation.errors import EvalError
 
 INCEPTION_FILE = "inception-2015-12-05.pt"

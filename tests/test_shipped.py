@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from distill.assets import AssetKind, file_hash
 from distill.config import config_hash
+from distill.shipped import AssetKind, file_hash
 
 
 @dataclass(frozen=True)
