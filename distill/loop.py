@@ -58,8 +58,15 @@ class SiD:
     for ψ and G. :meth:`iteration` is one ψ step then one G step."""
 
     def __init__(self, teacher_unet: torch.nn.Module, schedule: NoiseSchedule,
-                 sample_shape: tuple[int, ...], uncond: torch.Tensor, config: DistillConfig):
+                 sample_shape: tuple[int, ...], uncond: torch.Tensor, config: DistillConfig,
+                 *, deferred_checks: bool = False):
+        """``deferred_checks``: :meth:`iteration` never reads a value back to the host, so
+        on a GPU the next launches queue while kernels run. A non-finite loss still steps
+        nothing (fused Adam skips the update on the device), but the caller learns of it
+        only from the returned tensors and must check ``diverged`` itself, e.g. once per
+        log interval. Off (the default), every iteration checks and returns floats."""
         self.config = config
+        self.deferred_checks = deferred_checks
         self.scales = guidance_scales(config.strategy, config.kappa)
         self.schedule = schedule
         self.sample_shape = tuple(sample_shape)
@@ -95,7 +102,7 @@ class SiD:
         return cond, z, t, noise
 
     def iteration(self, cond_fake_score: torch.Tensor, cond_generator: torch.Tensor,
-                  rng: torch.Generator) -> dict[str, float] | None:
+                  rng: torch.Generator) -> dict | None:
         """One ψ step then one G step, each on its own batch of prompt embeddings (B, L, D),
         as the official loop draws a fresh prompt batch for each update.
 
@@ -104,9 +111,11 @@ class SiD:
         unconditional branch that κ1, κ2 ≠ 1 read. The G update never sees the empty prompt
         except as the unconditional half of a guided call.
 
-        Returns the two losses, or None when one is NaN/inf (nothing is stepped then).
+        Returns the two losses as floats, or None when one is NaN/inf (nothing is stepped
+        then). With ``deferred_checks`` the losses stay 0-d device tensors, with a bool
+        tensor ``diverged`` beside them, and None is never returned.
         """
-        cfg, scales = self.config, self.scales
+        cfg = self.config
         chunks_fake = cond_fake_score.split(cfg.micro_batch_size)
         chunks_gen = cond_generator.split(cfg.micro_batch_size)
         if len(chunks_fake) != len(chunks_gen):
@@ -115,43 +124,67 @@ class SiD:
         # Data parallel: every rank draws every micro-batch's randomness (one stream, as a
         # single worker would) and computes only its own share (distill/parallel.py).
         owned = parallel.owned_chunks(len(chunks_fake))
-        t_init = cfg.t_init
 
-        # Fake score: denoising score matching on G's samples, guided by κ1.
+        loss_fake = self._fake_score_update(chunks_fake, owned, rng)
+        if self.deferred_checks:
+            diverged = ~torch.isfinite(loss_fake)
+            _step_unless(self.opt_fake_score, diverged)
+        elif not torch.isfinite(loss_fake):
+            return None
+        else:
+            self.opt_fake_score.step()
+
+        loss_gen = self._generator_update(chunks_gen, owned, rng)
+        if self.deferred_checks:
+            # As without deferral: G is not stepped in an iteration whose ψ loss diverged.
+            diverged = diverged | ~torch.isfinite(loss_gen)
+            _step_unless(self.opt_generator, diverged)
+            return {"loss_fake_score": loss_fake, "loss_generator": loss_gen,
+                    "diverged": diverged}
+        if not torch.isfinite(loss_gen):
+            return None
+        self.opt_generator.step()
+        return {"loss_fake_score": float(loss_fake), "loss_generator": float(loss_gen)}
+
+    def _fake_score_update(self, chunks: tuple[torch.Tensor, ...], owned: range,
+                           rng: torch.Generator) -> torch.Tensor:
+        """ψ's gradient (denoising score matching on G's samples, guided by κ1); its loss."""
+        cfg, scales = self.config, self.scales
         self.opt_fake_score.zero_grad(set_to_none=True)
         loss_fake = torch.zeros((), device=self.device)
-        for i, chunk in enumerate(chunks_fake):
+        for i, chunk in enumerate(chunks):
             emb, z, t, noise = self._draw(chunk, rng, dropout=scales.uses_prompt_dropout)
             if i not in owned:
                 continue
             share = chunk.shape[0] / cfg.batch_size
             with self.autocast():
                 with torch.no_grad():
-                    x_g = generate(self.generator, z, emb, t_init, self.schedule)
+                    x_g = generate(self.generator, z, emb, cfg.t_init, self.schedule)
                 x_t = add_noise(x_g.float(), noise, t, self.schedule)
                 eps = predict_eps(self.fake_score, x_t, t, emb, self.uncond, scales.kappa1)
             loss = fake_score_loss(eps, noise) * share
             loss.backward()
             loss_fake += loss.detach()
         parallel.sum_gradients(self.fake_score.parameters())
-        loss_fake = parallel.sum_scalar(loss_fake)
-        if not torch.isfinite(loss_fake):
-            return None
-        self.opt_fake_score.step()
+        return parallel.sum_scalar(loss_fake)
 
-        # Generator: gradients reach x_g through x_t and directly; φ and ψ are not updated,
-        # so ψ's weights are frozen here to skip computing their (unused) gradients.
+    def _generator_update(self, chunks: tuple[torch.Tensor, ...], owned: range,
+                          rng: torch.Generator) -> torch.Tensor:
+        """G's gradient; its loss. Gradients reach x_g through x_t and directly; φ and ψ are
+        not updated, so ψ's weights are frozen here to skip computing their (unused)
+        gradients."""
+        cfg, scales = self.config, self.scales
         self.opt_generator.zero_grad(set_to_none=True)
         self.fake_score.requires_grad_(False)
         loss_gen = torch.zeros((), device=self.device)
         try:
-            for i, chunk in enumerate(chunks_gen):
+            for i, chunk in enumerate(chunks):
                 emb, z, t, noise = self._draw(chunk, rng, dropout=False)
                 if i not in owned:
                     continue
                 share = chunk.shape[0] / cfg.batch_size
                 with self.autocast():
-                    x_g = generate(self.generator, z, emb, t_init, self.schedule).float()
+                    x_g = generate(self.generator, z, emb, cfg.t_init, self.schedule).float()
                     x_t = add_noise(x_g, noise, t, self.schedule)
                     y_real = denoise(self.teacher, x_t, t, emb, self.uncond, scales.kappa4,
                                      self.schedule)
@@ -163,11 +196,7 @@ class SiD:
         finally:
             self.fake_score.requires_grad_(True)
         parallel.sum_gradients(self.generator.parameters())
-        loss_gen = parallel.sum_scalar(loss_gen)
-        if not torch.isfinite(loss_gen):
-            return None
-        self.opt_generator.step()
-        return {"loss_fake_score": float(loss_fake), "loss_generator": float(loss_gen)}
+        return parallel.sum_scalar(loss_gen)
 
     @torch.no_grad()
     def update_ema(self, images_seen: int) -> None:
@@ -207,6 +236,17 @@ class SiD:
         """(prompts, seed) -> images in [-1, 1] on CPU from the EMA generator in one step."""
         return sampler(self.generator_ema, self.schedule, self.sample_shape,
                        self.config.t_init, self.config.precision, encode, decode)
+
+
+def _step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """``optimizer.step()``, a no-op where the 0-d bool tensor ``skip`` is true, decided on the
+    device: fused Adam takes ``found_inf`` (the input torch.amp.GradScaler sets) and skips
+    the update, step count included, inside its kernel, so ``skip`` is never read back."""
+    optimizer.found_inf = skip.float()
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf
 
 
 def load_config_teacher(spec: str, progress: bool = False):
