@@ -13,7 +13,7 @@ in one process, on the same networks and shapes:
   per-iteration work on the same networks: prompts re-tokenised and re-encoded
   on every network call (the empty prompt too), x0 converted per sample through
   the scheduler in a Python loop, and NaN masking of losses and gradients;
-* ``before``: the loop as it was before issue 11 (one prompt batch for both updates),
+* ``before``: the loop of 91d24a3 (one prompt batch for both updates),
   loaded from git revision ``--reference`` (default :data:`REFERENCE_REVISION`), so the
   table carries the per-iteration cost of each strategy as a ratio to that code, measured
   in the same run. Skipped, with a note, where git or the revision is not available.
@@ -44,8 +44,7 @@ from distill.loop import SiD, draw_prompts, load_config_teacher, load_prompts
 from distill.losses import sid_generator_loss
 
 STRATEGIES = ("lsg", "cfg", "none")
-# The last commit before issue 11 changed the loop (prompt dropout in both updates, one
-# prompt batch per iteration): "today's code" when that issue was opened.
+# The reference loop: prompt dropout in both updates, one prompt batch per iteration.
 REFERENCE_REVISION = "91d24a3"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -275,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--reference", default=REFERENCE_REVISION,
                         help="git revision whose loop is the 'before' column "
-                             f"(default {REFERENCE_REVISION}, the loop before issue 11)")
+                             f"(default {REFERENCE_REVISION}, one prompt batch per iteration)")
     args = parser.parse_args(argv)
     reference = reference_sid_class(args.reference)
     if args.threads:

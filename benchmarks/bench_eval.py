@@ -1,6 +1,6 @@
 """Benchmark of evaluation: 2,000 embedded images (FID + CLIP + adherence) and CLIP training.
 
-Targets (issue 4): evaluation <= 30 s on 2 cores once the reference features are
+Targets: evaluation <= 30 s on 2 cores once the reference features are
 cached; embedded CLIP training <= 3 minutes. Run from the repository root:
 
     .venv/bin/python -m benchmarks.bench_eval [--skip-training]
@@ -69,7 +69,7 @@ def main() -> None:
             rows.append((f"embedded CLIP training ({stats['train_steps']} steps)", train_s,
                          "<= 180 s"))
 
-    print(f"### Evaluation (issue 4)\n\nMachine: {platform.machine()} CPU, "
+    print(f"### Evaluation\n\nMachine: {platform.machine()} CPU, "
           f"{os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads.\n")
     print("| what | seconds | target |\n|---|---:|---|")

@@ -1,4 +1,4 @@
-"""Where a trial's CPU time goes, and the levers tried to make it cheaper (issue 11).
+"""Where a trial's CPU time goes, and the levers tried to make it cheaper .
 
     python -m benchmarks.bench_levers [--iterations 6] [--compile] [--skip-layout]
 
@@ -7,7 +7,8 @@ At the embedded default config, one process, median process-CPU seconds:
 * one lsg iteration as the loop runs it, then the same with each lever: channels-last
   networks, bf16 autocast (``precision: bf16``; it pays only where the CPU has bf16
   units), PyTorch's math attention instead of the fused CPU kernel, and
-  (``--compile``, about two minutes of compiling) ``torch.compile`` of all three UNets;
+  ``torch.compile`` of all three UNets (``--compile``; compiling dominates the first
+  iteration, BENCHMARKS.md);
 * one evaluation of 2000 held-out images, split into generation, FID features, CLIP score
   and adherence, at three sampling chunk sizes;
 * thread layout: iterations per second of two trials at one thread each (two processes at

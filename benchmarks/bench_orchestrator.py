@@ -8,7 +8,7 @@ the union of the intervals during which some trial was inside ``distill`` (each
 trial records its span in result.json), so concurrent trials are not double
 counted. Overhead = driver wall time - trial compute: plan checks, teacher and
 suite loading, the teacher baseline, MLflow set-up, Ray start, worker start-up
-and imports, reporting. Target (issue 5): overhead <= 15 s + 5% of compute.
+and imports, reporting. Target: overhead <= 15 s + 5% of compute.
 """
 
 from __future__ import annotations

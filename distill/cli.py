@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="teacher size: 'default' (shipped) or 'smoke' (seconds; for tests)")
     p.add_argument("--rebuild-shipped", action="store_true",
                    help="retrain the shipped default teacher deterministically and overwrite it "
-                        "(tens of minutes on 2 cores); this is what `make teacher` runs")
+                        "(a long CPU job; its time: BENCHMARKS.md); this is what `make teacher` "
+                        "runs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(handler=_teacher)
 

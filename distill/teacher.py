@@ -175,8 +175,8 @@ class TeacherConfig:
     """Everything that determines the embedded teacher's weights (hashed for the cache)."""
 
     resolution: int = 16
-    # Attention only at 8x8 and 4x4: at 16x16 it costs 3.4x the step time on 2 cores
-    # (2.17 s vs 0.64 s per batch of 64) for a world whose layout is coarse anyway.
+    # Attention only at 8x8 and 4x4: at 16x16 it multiplies the step time on CPU, for a
+    # world whose layout is coarse anyway.
     block_out_channels: tuple[int, ...] = (32, 64, 96)
     down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D",
                                          "CrossAttnDownBlock2D")

@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="'default' (shipped) or 'smoke' (seconds; cached, for tests)")
     m.add_argument("--rebuild-shipped", action="store_true",
                    help="retrain the shipped default CLIP deterministically and overwrite it "
-                        "(about 2 minutes on 2 cores); this is what `make metric-models` runs")
+                        "(a CPU job; its time: BENCHMARKS.md); this is what `make metric-models` "
+                        "runs")
     m.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     m.set_defaults(handler=_metric_models)
 

@@ -54,7 +54,7 @@ class ClipConfig:
     """Everything that determines the embedded CLIP's weights (hashed for the cache)."""
 
     resolution: int = 16
-    patch_size: int = 4  # 4x4 tokens: 2x2 patches cost 3-4x the training time on 2 cores
+    patch_size: int = 4  # 4x4 tokens: 2x2 patches cost several times the training time
     vision_width: int = 64
     vision_layers: int = 3
     text_width: int = 64

@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("plan", help="plan file, e.g. ablations/lsg.yaml (format: ablations/README.md)")
     p.add_argument("--size", default="default", choices=["smoke", "default"],
                    help="'default': the embedded world at full size; 'smoke': the same plan "
-                        "scaled down to a 1-2 minute run")
+                        "scaled down (its time: BENCHMARKS.md)")
     p.add_argument("--profile", default="embedded", choices=PROFILES,
                    help="which world: 'embedded' (CPU, ships with the repository), 'sd15' or "
                         "'sd21base' (Stable Diffusion weights, prompts, COCO captions and "

@@ -61,7 +61,7 @@ def _generator_stats(sid, cls, n=4000):
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    # Tensors of 2 numbers: threads only add synchronisation (10x slower on a busy 2-core box).
+    # Tensors of 2 numbers: threads only add synchronisation (much slower on a busy box).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

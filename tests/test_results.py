@@ -161,7 +161,7 @@ _SHARED: dict = {}
 
 
 def shared_store(tmp_path_factory) -> dict:
-    """One store per test session (building it costs ~10 s on 2 cores): test_latex and
+    """One store per test session (building it is the slow part): test_latex and
     test_plots import this. Tests only add report artifacts to it, never change runs."""
     if not _SHARED:
         _SHARED.update(build_store(tmp_path_factory.mktemp("mlflow")))
