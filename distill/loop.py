@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from distill import checkpoint, parallel, scale, world
+from distill import teacher as teacher_mod
 from distill.config import ConfigError, DistillConfig, read_text_file
 from distill.generator import SampleFn, autocast, generate, sampler
 from distill.guidance import NoiseSchedule, add_noise, denoise, guidance_scales, predict_eps
@@ -251,8 +252,6 @@ def _step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
 
 def load_config_teacher(spec: str, progress: bool = False):
     """``embedded:<size>`` -> the embedded teacher of that size; otherwise a directory."""
-    from distill import teacher as teacher_mod
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("embedded:"):
         size = spec.removeprefix("embedded:")

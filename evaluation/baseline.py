@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from distill.config import DistillConfig
+from distill.sampling import ddim_sample
 
 DEFAULT_TEACHER_STEPS = 25
 
@@ -23,7 +24,6 @@ def teacher_baseline(teacher, suite, num_steps: int = DEFAULT_TEACHER_STEPS,
 def teacher_sample_fn(teacher, num_steps: int,
                       guidance_scale: float) -> Callable[[list[str], int], torch.Tensor]:
     """``(prompts, seed) -> images in [-1, 1]`` through :func:`distill.sampling.ddim_sample`."""
-    from distill.sampling import ddim_sample
 
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")

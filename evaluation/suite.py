@@ -19,14 +19,19 @@ import torch
 
 from distill import world
 from distill.config import read_text_file
+from evaluation.adherence import adherence
+from evaluation.clip_model import ensure_clip, load_clip
 from evaluation.clip_score import (
     EMBEDDED_PROMPT_PREFIX,
+    REAL_CLIP_MODEL,
+    REAL_CLIP_PRETRAINED,
     REAL_PROMPT_PREFIX,
     ClipScorer,
     embedded_scorer,
     real_scorer,
 )
 from evaluation.fid import (
+    INCEPTION_FILE,
     EvalError,
     FeatureExtractor,
     cached_features,
@@ -34,6 +39,7 @@ from evaluation.fid import (
     feature_stats,
     fid_from_stats,
     inception_extractor,
+    read_image_folder,
 )
 from evaluation.keys import fid_key
 
@@ -60,8 +66,6 @@ class EvalSuite:
             *feature_stats(features, "generated images"), self.reference_mu, self.reference_sigma)}
         metrics["clip_score"] = self.clip.score(images, captions)
         if self.with_adherence:
-            from evaluation.adherence import adherence
-
             metrics.update(adherence(images, [world.parse_caption(c) for c in captions]))
         return metrics
 
@@ -112,7 +116,6 @@ def embedded_suite(num_images: int = 2000, seed: int = 0, clip_dir: str | Path |
     ``seed`` picks the reference renders (world.reference_set); the shipped CLIP
     is used unless ``clip_dir`` names another (e.g. the smoke one in tests).
     """
-    from evaluation.clip_model import ensure_clip, load_clip
 
     clip = load_clip(clip_dir if clip_dir is not None else ensure_clip("default"))
     extractor = clip_extractor(clip)
@@ -152,7 +155,7 @@ def _reference_stats(path: Path, extractor: FeatureExtractor) -> tuple[np.ndarra
             "reference images")
     if path.is_dir():
         features = cached_features(extractor, f"folder:{path.resolve()}",
-                                   lambda: _folder_images(path))
+                                   lambda: read_image_folder(path))
         return feature_stats(features, f"reference features of {path}")
     try:
         stats = np.load(path)
@@ -160,12 +163,6 @@ def _reference_stats(path: Path, extractor: FeatureExtractor) -> tuple[np.ndarra
     except (OSError, ValueError, KeyError) as exc:
         raise EvalError(f"{path}: not clean-fid statistics (need arrays mu and sigma): {exc}") \
             from exc
-
-
-def _folder_images(path: Path) -> torch.Tensor:
-    from evaluation.fid import read_image_folder
-
-    return read_image_folder(path)
 
 
 def real_suite(captions_file: str | Path, reference: str | Path, clip_checkpoint: str | Path,
@@ -177,8 +174,6 @@ def real_suite(captions_file: str | Path, reference: str | Path, clip_checkpoint
     Every file is local; each missing one is an :class:`EvalError` naming it.
     ``inception_dir`` defaults to /tmp, where clean-fid itself looks.
     """
-    from evaluation.clip_score import REAL_CLIP_MODEL, REAL_CLIP_PRETRAINED
-    from evaluation.fid import INCEPTION_FILE
 
     reference = Path(reference).expanduser()
     # Every missing file in one message, before any model loads.
@@ -226,7 +221,6 @@ def build_suite(metrics: str, size: str, num_images: int, files: SuiteFiles | No
     scores the captions and reference images with the embedded CLIP (a wiring check of an
     SD-format teacher on CPU; its protocol string says so).
     """
-    from evaluation.clip_model import ensure_clip
 
     if files is None:
         clip_dir = ensure_clip("smoke", progress=False) if size == "smoke" else None
@@ -238,8 +232,6 @@ def build_suite(metrics: str, size: str, num_images: int, files: SuiteFiles | No
 
 
 def _embedded_clip_suite(files: SuiteFiles, num_images: int) -> EvalSuite:
-    from evaluation.clip_model import ensure_clip, load_clip
-    from evaluation.fid import read_image_folder
 
     clip = load_clip(ensure_clip("default"))
     extractor = clip_extractor(clip)

@@ -13,7 +13,10 @@ rank 0 checkpoints there and every rank resumes from it after a failure.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from orchestrator.trial import execute_trial
 
 # Rank 0 evaluates (30k images at SD scale) while the other ranks wait in the next
 # collective; the default 30-minute process-group timeout would kill them first.
@@ -25,8 +28,6 @@ def _worker(spec: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from orchestrator.trial import execute_trial
-
     if torch.cuda.is_available():
         # Workers of one node may see all of its GPUs; "cuda" must mean this rank's.
         torch.cuda.set_device(ray.train.torch.get_device())
@@ -35,8 +36,6 @@ def _worker(spec: dict[str, Any]) -> None:
 
 def run_workers(spec: dict[str, Any]) -> None:
     """Run one trial on ``spec["workers"]`` data-parallel workers; raise if it failed."""
-    from pathlib import Path
-
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback

@@ -19,6 +19,7 @@ from typing import Any
 
 from distill.config import (
     MAX_SEED,
+    SIZE_PRESETS,
     ConfigError,
     DistillConfig,
     from_dict,
@@ -39,13 +40,6 @@ MAX_TRIALS = 1000
 # them would be silently shadowed; they are rejected where they appear.
 _PLAN_OWNED = {"seed": "seeds", "eval_every": "evaluation.eval_every",
                "eval_num_images": "evaluation.eval_num_images"}
-
-
-def _size_presets() -> dict[str, dict[str, Any]]:
-    """The core's per-size DistillConfig overrides (distill.config.SIZE_PRESETS)."""
-    from distill import config as distill_config
-
-    return getattr(distill_config, "SIZE_PRESETS", {size: {} for size in SIZES})
 
 
 @dataclass(frozen=True)
@@ -370,7 +364,7 @@ def _resolve_base(plan: Plan, size: str, profile: Profile = EMBEDDED) -> dict[st
     resolved["eval_num_images"] = plan.evaluation.eval_num_images
     if profile.eval_num_images is not None:
         resolved["eval_num_images"] = profile.eval_num_images
-    resolved.update(_size_presets().get(size, {}))
+    resolved.update(SIZE_PRESETS.get(size, {}))
     resolved.update(plan.size_overrides(size))
     return resolved
 

@@ -19,6 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from results import schema
+from results.convergence import arm_key, curve, has_curve
 from results.stats import OUTCOMES, aggregate, metric_columns
 from results.tables import (
     PARAM_HEADERS,
@@ -111,7 +112,6 @@ def kappa_figure(runs: pd.DataFrame) -> Figure | None:
 def curve_figure(history: pd.DataFrame, metrics: list[str]) -> Figure | None:
     """Each metric against training iterations: one line per arm (strategy, or κ) with its
     95% t-interval over seeds as a band. None without evaluations at two or more iterations."""
-    from results.convergence import arm_key, curve, has_curve
 
     if not has_curve(history):
         return None

@@ -15,6 +15,10 @@ One place for these names so writer and reader cannot drift apart.
 - Artifacts: ``config.json`` and ``samples/grid_<step>.png`` / ``samples/grid_final.png``.
 """
 
+import os
+
+from distill.paths import output_root
+
 EXPERIMENT_PREFIX = "ablate/"
 
 ROLE = "ablate.role"
@@ -52,8 +56,4 @@ ARTIFACT_DIR = "mlartifacts"
 
 
 def default_tracking_uri() -> str:
-    import os
-
-    from distill.paths import output_root
-
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{output_root() / TRACKING_DB}"
