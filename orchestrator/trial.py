@@ -89,15 +89,14 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     # The core caches teachers and metric models under the output folder; point it at the
     # driver's, which a worker started before this plan (shared Ray session) may not have.
     os.environ["ABLATE_HOME"] = spec["ablate_home"]
+    # Imported here, not at the top: the driver imports this module on its fail-fast path,
+    # and the worker's import time is measured (the "imported_at" of the start-up record).
     import torch
 
-    import evaluation
     from distill import parallel
     from distill.config import DistillConfig, from_dict
-    from distill.loop import distill, load_config_teacher
+    from distill.loop import distill
     from orchestrator import tracking
-    from orchestrator.profiles import EMBEDDED, Profile, build_suite
-    from results import schema
 
     imported_at = time.time()
     torch.set_num_threads(spec["cpu"])
@@ -106,18 +105,12 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     workdir = Path(spec["workdir"])
     workdir.mkdir(parents=True, exist_ok=True)
     logger = tracking.RunLogger(spec["tracking_uri"], spec["run_id"]) if main else None
+    # Every rank passes an evaluate, so every rank reports at each evaluation point (Ray
+    # Train's report is a barrier); the core calls it on rank 0 only.
+    evaluate = _evaluated_on_rank_0
     if main:
         tracking.retry_locked(logger.client.update_run, spec["run_id"], status="RUNNING")
-        profile = Profile.from_dict(spec["profile"]) if "profile" in spec else \
-            EMBEDDED
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        suite_key = (spec["ablate_home"], json.dumps(profile.to_dict(), sort_keys=True),
-                     spec["size"], config.eval_num_images, device)
-        if suite_key not in _SUITES:
-            _SUITES[suite_key] = build_suite(profile, spec["size"], config.eval_num_images, device)
-        suite = _SUITES[suite_key]
-        grid_prompts = [c for c in suite.captions[:GRID_PROMPTS]
-                        for _ in range(GRID_SAMPLES_PER_PROMPT)]
+        evaluate = _evaluator(_suite(spec, config), config, logger)
 
     def report(metrics: dict[str, float], iteration: int) -> None:
         if iteration == spec.get("fault_at_iteration"):
@@ -126,8 +119,72 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
             logger.log_metrics(metrics, iteration)
         send({**metrics, "iteration": iteration})
 
+    teacher = _teacher(spec, config)
+    # Wall-clock span of the trial's own compute, so benchmarks can tell it from overhead.
+    started_at = time.time()
+    result = distill(config, workdir, teacher=teacher, report=report, evaluate=evaluate)
+    finished_at = time.time()
+    final = {**{k: v for k, v in result.final_metrics.items() if isinstance(v, (int, float))},
+             "iteration": result.iterations, "done_status": result.status}
+    if main:
+        logger.log_metrics(result.final_metrics, result.iterations)
+        write_result(workdir, {
+            "trial_id": spec["trial_id"], "name": spec["name"], "run_id": spec["run_id"],
+            # A finished trial is reused on rerun only while its teacher is unchanged.
+            "teacher_hash": teacher.teacher_hash,
+            "status": result.status, "iterations": result.iterations,
+            "final_metrics": dict(result.final_metrics),
+            "config": dataclasses.asdict(config),
+            "distill_started_at": started_at, "distill_finished_at": finished_at,
+            # Where a trial's start-up went (bench_orchestrator prints it): worker process
+            # start, entry into this function, imports done, suite and teacher ready.
+            "startup": {"process_started_at": _process_started_at(), "entered_at": entered_at,
+                        "imported_at": imported_at, "ready_at": started_at}})
+        tracking.finish(logger.client, spec["run_id"], "FINISHED", outcome=result.status)
+    send(final)
+
+
+def _evaluated_on_rank_0(sample_fn, iteration: int) -> dict:
+    raise AssertionError("distill evaluates on rank 0 only")
+
+
+def _suite(spec: dict[str, Any], config):
+    """The trial's evaluation suite, built once per worker process."""
+    import torch
+
+    from orchestrator.profiles import EMBEDDED, Profile, build_suite
+
+    profile = Profile.from_dict(spec["profile"]) if "profile" in spec else EMBEDDED
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    key = (spec["ablate_home"], json.dumps(profile.to_dict(), sort_keys=True), spec["size"],
+           config.eval_num_images, device)
+    if key not in _SUITES:
+        _SUITES[key] = build_suite(profile, spec["size"], config.eval_num_images, device)
+    return _SUITES[key]
+
+
+def _teacher(spec: dict[str, Any], config):
+    """The trial's teacher, loaded once per worker process. Gradient checkpointing is
+    switched on in the teacher module itself, so it is part of the key; distill otherwise
+    leaves the teacher as it found it (frozen, eval)."""
+    from distill.loop import load_config_teacher
+
+    key = (spec["ablate_home"], config.teacher, config.gradient_checkpointing)
+    if key not in _TEACHERS:
+        _TEACHERS[key] = load_config_teacher(config.teacher)
+    return _TEACHERS[key]
+
+
+def _evaluator(suite, config, logger):
+    """evaluate(sample_fn, iteration): the suite's metrics (the core reports them) plus a
+    sample grid logged to the trial's run."""
+    import evaluation
+    from results import schema
+
+    grid_prompts = [c for c in suite.captions[:GRID_PROMPTS]
+                    for _ in range(GRID_SAMPLES_PER_PROMPT)]
+
     def evaluate(sample_fn, iteration: int) -> dict:
-        """Metrics at an evaluation point (the core reports them) plus a sample grid."""
         metrics = suite.evaluate_sample_fn(sample_fn, seed=0)
         final = iteration >= config.iterations
         name = schema.GRID_FINAL if final else f"samples/grid_{iteration}.png"
@@ -138,33 +195,4 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
             logger.log_artifact(path, str(Path(name).parent))
         return metrics
 
-    # Gradient checkpointing is switched on in the teacher module itself, so it is part
-    # of the key; distill otherwise leaves the teacher as it found it (frozen, eval).
-    teacher_key = (spec["ablate_home"], config.teacher, config.gradient_checkpointing)
-    if teacher_key not in _TEACHERS:
-        _TEACHERS[teacher_key] = load_config_teacher(config.teacher)
-    # Wall-clock span of the trial's own compute, so benchmarks can tell it from overhead.
-    started_at = time.time()
-    result = distill(config, workdir, teacher=_TEACHERS[teacher_key], report=report,
-                     evaluate=evaluate, on_checkpoint=None)
-    finished_at = time.time()
-    final = {**{k: v for k, v in result.final_metrics.items() if isinstance(v, (int, float))},
-             "iteration": result.iterations, "done_status": result.status}
-    if not main:
-        send(final)
-        return
-    logger.log_metrics(result.final_metrics, result.iterations)
-    write_result(workdir, {
-        "trial_id": spec["trial_id"], "name": spec["name"], "run_id": spec["run_id"],
-        # A finished trial is reused on rerun only while its teacher is unchanged (runner).
-        "teacher_hash": _TEACHERS[teacher_key].teacher_hash,
-        "status": result.status, "iterations": result.iterations,
-        "final_metrics": dict(result.final_metrics),
-        "config": dataclasses.asdict(config),
-        "distill_started_at": started_at, "distill_finished_at": finished_at,
-        # Where a trial's start-up went (bench_orchestrator prints it): worker process
-        # start, entry into this function, imports done, suite and teacher ready.
-        "startup": {"process_started_at": _process_started_at(), "entered_at": entered_at,
-                    "imported_at": imported_at, "ready_at": started_at}})
-    tracking.finish(logger.client, spec["run_id"], "FINISHED", outcome=result.status)
-    send(final)
+    return evaluate
