@@ -9,7 +9,7 @@ PORT ?= 5000
 LOCK := requirements.lock
 export ABLATE_HOME ?= $(CURDIR)/runs
 
-.PHONY: install lock test teacher metric-models ablation-lsg sweep-kappa tables mlflow-ui bench lint clean
+.PHONY: install lock test teacher metric-models ablation-lsg sweep-kappa tables mlflow-ui screenshots bench lint clean
 
 install: $(VENV)/.installed
 
@@ -58,6 +58,11 @@ tables: install
 
 mlflow-ui: install
 	$(BIN)/ablate mlflow-ui --port $(PORT)
+
+# The README's dashboard pictures, from the store of the last `make ablation-lsg`
+# (needs Debian's chromium).
+screenshots: install
+	$(BIN)/python -m results.screenshots --plan lsg --out docs
 
 bench: install
 	$(BIN)/python -m benchmarks.run

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from distill.config import DistillConfig
-from distill.guidance import NoiseSchedule, add_noise
+from distill.guidance import NoiseSchedule, add_noise, guidance_scales
 from distill.loop import SiD, draw_prompts, load_config_teacher, load_prompts
 from distill.losses import sid_generator_loss
 
@@ -298,7 +298,6 @@ def main(argv: list[str] | None = None) -> dict:
           f"| before ({args.reference}) CPU s/it | ours/before |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     results = {}
-    passes = {"lsg": "8 + 7", "cfg": "6 + 5", "none": "5 + 4"}
     for strategy in STRATEGIES:
         config = DistillConfig(strategy=strategy, kappa=2.0, teacher=args.teacher)
         rng = torch.Generator().manual_seed(0)
@@ -314,7 +313,8 @@ def main(argv: list[str] | None = None) -> dict:
         s_before = timed["before"][1] if "before" in timed else math.nan
         results[strategy] = {"ours_wall": wall, "ours": s_ours, "bare": s_bare,
                              "official": s_official, "before": s_before}
-        print(f"| {strategy} | {passes[strategy]} | {wall:.3f} | {s_ours:.3f} | {s_bare:.3f} | "
+        forward, backward = guidance_scales(strategy, 2.0).unet_passes()
+        print(f"| {strategy} | {forward} + {backward} | {wall:.3f} | {s_ours:.3f} | {s_bare:.3f} | "
               f"{s_ours / s_bare:.2f} | {s_official:.3f} | {s_official / s_ours:.2f}x "
               f"| {s_before:.3f} | {s_ours / s_before:.2f} |", flush=True)
     if not args.no_profile:

@@ -32,6 +32,17 @@ class GuidanceScales:
         # "Prompt dropout"; the official flag use_context_dropout_train_fake).
         return self.kappa1 != 1 or self.kappa2 != 1
 
+    def unet_passes(self) -> tuple[int, int]:
+        """(forward, backward) UNet passes per image per iteration: the cost of a strategy.
+
+        A guided call (κ ≠ 1) is two passes (conditional and unconditional halves), an
+        unguided one is one. Fake-score update: G forward, then ψ forward and backward at
+        κ1. Generator update: G forward and backward, φ at κ4 and ψ at κ2, each forward and
+        backward to the input. lsg: 8 + 7, cfg: 6 + 5, none: 5 + 4.
+        """
+        guided = sum(2 if k != 1 else 1 for k in (self.kappa1, self.kappa2, self.kappa4))
+        return 2 + guided, 1 + guided
+
 
 def guidance_scales(strategy: str, kappa: float) -> GuidanceScales:
     """(κ1, κ2, κ3, κ4) of a strategy at scale κ: docs/algorithm.md, "Guidance strategies"."""

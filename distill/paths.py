@@ -11,13 +11,19 @@ from distill.errors import OutputFolderError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def home() -> Path:
+    """Where the output folder is ($ABLATE_HOME, else runs/ in the repository), untouched:
+    a read-only command may name it without creating it."""
+    return Path(os.environ.get("ABLATE_HOME") or REPO_ROOT / "runs").expanduser().resolve()
+
+
 def output_root() -> Path:
     """The folder for every generated file (caches, MLflow, Ray, checkpoints, tables).
 
     Created on first use; an unwritable location is a clear error, not a traceback
     from whichever library first tries to write there.
     """
-    root = Path(os.environ.get("ABLATE_HOME") or REPO_ROOT / "runs").expanduser().resolve()
+    root = home()
     try:
         root.mkdir(parents=True, exist_ok=True)
         # A uniquely named probe: trials and driver threads call this at the same time,

@@ -63,7 +63,7 @@ def metrics(plan: Plan, teacher, suite, num_images: int, out: TextIO) -> dict[st
 
 
 def log_run(mlflow_client, uri: str, experiment_id: str, parent_id: str, plan: Plan, teacher,
-            suite, existing, values: dict[str, float]) -> None:
+            suite, existing, values: dict[str, float], step: int) -> None:
     """The parent's one teacher child run, created (or reopened) and closed FINISHED."""
     baseline = plan.evaluation.teacher_baseline
     if "teacher" in existing:
@@ -76,7 +76,7 @@ def log_run(mlflow_client, uri: str, experiment_id: str, parent_id: str, plan: P
                   schema.EVAL_PROTOCOL: suite.protocol},
             params={"sampler": "ddim", "sampler_steps": baseline.steps,
                     "kappa": baseline.guidance_scale})
-    tracking.RunLogger(uri, run_id).log_metrics(values, 0)
+    tracking.RunLogger(uri, run_id).log_metrics(values, step)
     tracking.finish(mlflow_client, run_id, "FINISHED", outcome="finished")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from orchestrator.profiles import PROFILE_NAMES as PROFILES
 
@@ -65,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "(MLFLOW_TRACKING_URI, else $ABLATE_HOME/mlflow.db), bound to 127.0.0.1."),
     )
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    ui.add_argument("--tracking-uri", metavar="URI",
+                    help="the store to show (default: $MLFLOW_TRACKING_URI, else "
+                         "sqlite:///$ABLATE_HOME/mlflow.db); `ablate run` prints its own")
     ui.set_defaults(handler=_mlflow_ui)
 
 
@@ -83,24 +87,23 @@ def _run(args: argparse.Namespace) -> int:
 
 def _mlflow_ui(args: argparse.Namespace) -> int:
     from distill.config import ConfigError
-    from distill.paths import output_root
-    from orchestrator import tracking
     from results import schema
-    from results.load import ResultsError, resolve_tracking_uri
+    from results.load import resolve_tracking_uri
 
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: a TCP port is 1..65535")
-    uri = tracking.tracking_uri()
-    try:
-        # MLflow would create an empty SQLite store there and show nothing.
-        resolve_tracking_uri(uri)
-    except ResultsError as exc:
-        raise ConfigError(str(exc)) from None
+    # A missing store is refused (exit 2, naming it and the command that creates one):
+    # MLflow would create an empty one there and show nothing.
+    uri = resolve_tracking_uri(args.tracking_uri or schema.default_tracking_uri())
+    # One web worker and no background job runner: a dashboard for one person, which on a
+    # 2-core machine must not compete with the trials it shows.
     command = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1",
-               "--port", str(args.port), "--backend-store-uri", uri]
-    if uri.startswith("sqlite:"):
-        command += ["--default-artifact-root", (output_root() / schema.ARTIFACT_DIR).as_uri()]
+               "--port", str(args.port), "--workers", "1", "--backend-store-uri", uri]
+    if uri.startswith("sqlite:///"):
+        store = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+        command += ["--default-artifact-root", (store.parent / schema.ARTIFACT_DIR).as_uri()]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     print(f"MLflow dashboard: http://127.0.0.1:{args.port}  (store: {uri}); Ctrl-C stops it",
           flush=True)
     # Replace this process: Ctrl-C then goes straight to the server.
-    os.execv(command[0], command)
+    os.execve(command[0], command, env)

@@ -173,6 +173,7 @@ class PlanRun:
         return [t for t in self.trials if self.done[t.trial_id] is None]
 
     def execute(self) -> RunOutcome:
+        self._print_trials()
         try:
             self.prepare()
             self._check_finished_teachers()
@@ -192,6 +193,15 @@ class PlanRun:
         finally:
             self.ray.close()
 
+    def _print_trials(self) -> None:
+        """What this invocation will do, before anything starts."""
+        print(f"plan {self.plan.name} (size {self.size}, profile {self.profile.name}): "
+              f"{len(self.trials)} trials, {len(self.pending)} to run", file=self.out)
+        for t in self.trials:
+            state = "to run" if self.done[t.trial_id] is None else "finished earlier"
+            print(f"  {t.name:<34} {t.trial_id}  {state}", file=self.out)
+        print(file=self.out, flush=True)
+
     # -- prepare ---------------------------------------------------------------------------
     def prepare(self) -> None:
         """Teachers, prompt hashes, evaluation suites and the MLflow check, beside Ray's
@@ -205,6 +215,9 @@ class PlanRun:
                 self.setup = loading.result()
         self.client = tracking.client(self.uri)
         self.experiment_id = tracking.experiment_id(self.client, self.plan.name)
+        if self.plan.description.strip():  # the experiment's description in the dashboard
+            tracking.retry_locked(self.client.set_experiment_tag, self.experiment_id,
+                                  schema.DESCRIPTION, self.plan.description.strip())
 
     def _check_finished_teachers(self) -> None:
         """A finished trial is reused on rerun, so it must have been distilled from the
@@ -254,6 +267,15 @@ class PlanRun:
             self.client, self.experiment_id, plan_name=self.plan.name,
             trial_set=trial_set_hash(self.trials), size=self.size, profile=self.profile.name,
             reopen=reopen)
+        if reopen is None:
+            # What was asked and what it resolved to, beside the results.
+            logger = tracking.RunLogger(self.uri, self.parent_id)
+            logger.log_artifact(Path(self.plan.source), "plan")
+            logger.log_dict({"plan": self.plan.name, "size": self.size,
+                             "profile": self.profile.name,
+                             "trials": [{"trial_id": t.trial_id, "name": t.name,
+                                         "config": dataclasses.asdict(t.config)}
+                                        for t in self.trials]}, "plan/trials.json")
 
     def open_children(self) -> None:
         """One child run per trial; trials finished earlier have theirs closed with their
@@ -277,7 +299,8 @@ class PlanRun:
                   schema.GIT_COMMIT: commit, schema.TEACHER_ID: teacher.teacher_id,
                   schema.TEACHER_HASH: teacher.teacher_hash,
                   schema.PROMPT_SET_HASH: self.setup.prompt_hashes[t.config.prompts],
-                  schema.EVAL_PROTOCOL: protocol},
+                  schema.EVAL_PROTOCOL: protocol, **self._group_tags(t),
+                  schema.DESCRIPTION: self._describe(t)},
             # With eval_num_images, so runs under different protocols are told apart in
             # the params as well as the tag.
             params={**trial_params(t, self.size, self.profile.name),
@@ -286,6 +309,19 @@ class PlanRun:
             {"trial_id": t.trial_id, "name": t.name, "config": dataclasses.asdict(t.config)},
             schema.CONFIG_ARTIFACT)
         return run_id
+
+    def _group_tags(self, t: Trial) -> dict[str, str]:
+        values = {"strategy": t.config.strategy, "kappa": f"{t.config.kappa:g}",
+                  "seed": str(t.config.seed), "plan": self.plan.name, "size": self.size,
+                  "profile": self.profile.name}
+        return {key: values[key] for key in schema.GROUP_TAGS}
+
+    def _describe(self, t: Trial) -> str:
+        c = t.config
+        return (f"{c.strategy} at κ = {c.kappa:g}, seed {c.seed}: {c.iterations} iterations of "
+                f"batch {c.batch_size} from {c.teacher}, evaluated on {c.eval_num_images} images "
+                f"(plan {self.plan.name}, size {self.size}, profile {self.profile.name}; "
+                f"trial {t.trial_id})")
 
     def _close_finished_child(self, t: Trial) -> None:
         """A trial finished in an earlier invocation: make its child run FINISHED with its
@@ -296,21 +332,21 @@ class PlanRun:
         if run is not None and run.info.status == "FINISHED":
             return
         record, run_id = self.done[t.trial_id], self.child_ids[t.trial_id]
-        tracking.RunLogger(self.uri, run_id).log_metrics(record["final_metrics"],
-                                                         record["iterations"])
+        tracking.RunLogger(self.uri, run_id).log_metrics(
+            {**record["final_metrics"], **record.get("cost", {})}, record["iterations"])
         tracking.finish(self.client, run_id, "FINISHED", outcome=record["status"])
 
     @contextlib.contextmanager
     def _runs_closed_on_exit(self):
         """SIGTERM raises like Ctrl-C; whatever happens (error, Ctrl-C, SIGTERM), no run of
-        this invocation stays RUNNING."""
+        this invocation stays RUNNING or SCHEDULED: an unfinished one ends KILLED."""
         previous = signal.signal(signal.SIGTERM, _raise_interrupted)
         try:
             yield
         finally:
             for run_id in self.child_ids.values():
                 run = tracking.retry_locked(self.client.get_run, run_id)
-                if run.info.status == "RUNNING":
+                if run.info.status in ("RUNNING", "SCHEDULED"):
                     tracking.finish(self.client, run_id, "KILLED")
             tracking.finish(self.client, self.parent_id, self.parent_status)
             signal.signal(signal.SIGTERM, previous)
@@ -333,8 +369,10 @@ class PlanRun:
         teacher = self.setup.teachers[first.teacher]
         suite = self.setup.suites[first.eval_num_images]
         values = baseline.metrics(self.plan, teacher, suite, first.eval_num_images, self.out)
+        # At the trials' last iteration, so the teacher's point sits beside theirs in charts.
+        step = max(t.config.iterations for t in self.trials)
         baseline.log_run(self.client, self.uri, self.experiment_id, self.parent_id, self.plan,
-                         teacher, suite, self.existing, values)
+                         teacher, suite, self.existing, values, step)
 
     # -- tune ------------------------------------------------------------------------------
     def tune(self, beside: baseline.BesideTrials) -> dict[str, str]:
@@ -396,8 +434,9 @@ class PlanRun:
                 print(f"DIVERGED {t.name}: its losses became non-finite; see its MLflow run",
                       file=self.out)
         print(f"\n{markdown}\n", file=self.out)
-        print(f"MLflow: {self.uri}  (parent run {self.parent_id}; dashboard: `make mlflow-ui`)",
-              file=self.out)
+        tracking.retry_locked(self.client.set_tag, self.parent_id, schema.DESCRIPTION, markdown)
+        print(f"MLflow: {self.uri}  (parent run {self.parent_id})", file=self.out)
+        print(f"Dashboard: ablate mlflow-ui --tracking-uri {self.uri}", file=self.out)
         print(f"Tables: {tables}", file=self.out)
         return RunOutcome(exit_code, self.parent_id, status, markdown)
 
@@ -457,7 +496,7 @@ def _fit(plan: Plan, specs: list[dict], storage: Path, profile: profiles.Profile
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
 
-    from orchestrator.status import StatusLine
+    from orchestrator.status import RunStatuses, StatusLine
 
     # Tune logs each crash with a full traceback; StatusLine prints its last line instead.
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
@@ -481,7 +520,9 @@ def _fit(plan: Plan, specs: list[dict], storage: Path, profile: profiles.Profile
             storage_path=str(storage / "tune"),
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
             callbacks=[StatusLine(out, {s["trial_id"]: s["config"]["iterations"] for s in specs},
-                                  on_result=_SetEvent(first_result))],
+                                  on_result=_SetEvent(first_result)),
+                       RunStatuses(specs[0]["tracking_uri"],
+                                   {s["trial_id"]: s["run_id"] for s in specs})],
             verbose=0, log_to_file=True),
     )
     return {result.config["spec"]["trial_id"]: f"{type(result.error).__name__}: {result.error}"

@@ -3,7 +3,9 @@
 Each line: elapsed time, trial name, state, iteration / total, latest metrics.
 Results arrive every ``log_every`` iterations; a trial's RUNNING line is printed
 at most every ``min_interval_s`` seconds so a sweep of many fast trials stays
-readable, while state changes (started, retried, done, error) always print.
+readable, while state changes (started, retried, done, error) always print. After
+each trial ends, one line counts the plan's trials done / running / pending with an
+ETA from the iteration rates measured so far.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TextIO
 
 from ray.tune import Callback
 
+from orchestrator import tracking
 from results import schema
 
 # The metrics worth a glance while a run is in flight, in this order.
@@ -24,6 +27,11 @@ SHOWN = ("loss_fake_score", "loss_generator", "images_per_second", schema.CLIP_S
 def _short(key: str) -> str:
     return {"loss_fake_score": "L_psi", "loss_generator": "L_G",
             "images_per_second": "img/s", schema.ADHERENCE: "adherence"}.get(key, key)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def format_line(elapsed_s: float, name: str, state: str, iteration: int | None,
@@ -49,6 +57,10 @@ class StatusLine(Callback):
         self.start = time.monotonic()
         self._last_print: dict[str, float] = {}
         self._starts: dict[str, int] = {}
+        self._ended: set[str] = set()
+        # trial id -> (time, iteration) at its (re)start and at its latest result.
+        self._since: dict[str, tuple[float, int]] = {}
+        self._latest: dict[str, tuple[float, int]] = {}
 
     # Tune pickles its callbacks into the experiment state; a stream (pytest's captured
     # stdout, a pipe) cannot be pickled, so it is dropped there and stdout used on restore.
@@ -71,6 +83,8 @@ class StatusLine(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         trial_id = trial.config["spec"]["trial_id"]
         self._starts[trial_id] = self._starts.get(trial_id, 0) + 1
+        done = self._latest.get(trial_id, (0.0, 0))[1]
+        self._since[trial_id] = self._latest[trial_id] = (time.monotonic(), done)
         self._print(trial, "STARTED" if self._starts[trial_id] == 1 else "RETRYING")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -81,19 +95,62 @@ class StatusLine(Callback):
         if self.on_result is not None:
             self.on_result()
         trial_id = trial.config["spec"]["trial_id"]
+        if isinstance(result.get("iteration"), int):
+            self._latest[trial_id] = (time.monotonic(), result["iteration"])
         if time.monotonic() - self._last_print.get(trial_id, 0.0) >= self.min_interval_s:
             self._print(trial, "RUNNING", result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         self._print(trial, str(result.get("done_status", "DONE")).upper(), result)
+        self._ended.add(trial.config["spec"]["trial_id"])
+        print(self.summary(), file=self.out, flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trial, "ERROR", trial.last_result)
         self._print_error(trial)
+        self._ended.add(trial.config["spec"]["trial_id"])
+        print(self.summary(), file=self.out, flush=True)
+
+    def summary(self) -> str:
+        """"<done> done, <running> running, <pending> pending; ETA": the ETA divides the
+        iterations left by the summed rates of the running trials (trials run side by side,
+        so their rates add up); none before a trial has reported twice."""
+        now = time.monotonic()
+        running = [t for t in self._since if t not in self._ended]
+        pending = len(self.iterations) - len(self._ended) - len(running)
+        rate = 0.0
+        for trial_id in running:
+            (t0, i0), (t1, i1) = self._since[trial_id], self._latest[trial_id]
+            if t1 > t0 and i1 > i0:
+                rate += (i1 - i0) / (t1 - t0)
+        left = sum(total - self._latest.get(t, (0.0, 0))[1]
+                   for t, total in self.iterations.items() if t not in self._ended)
+        eta = f"; ETA {_duration(left / rate)}" if rate > 0 and left > 0 else ""
+        return (f"[{now - self.start:6.0f}s] {len(self._ended)} done, {len(running)} running, "
+                f"{pending} pending{eta}")
 
     def _print_error(self, trial) -> None:
         """The exception's last line (the full trace stays in Tune's error file)."""
         lines = [line for line in str(trial.get_error() or "").splitlines() if line.strip()]
         if lines:
             print(f"{'':10} {lines[-1].strip()[:300]}", file=self.out, flush=True)
+
+
+class RunStatuses(Callback):
+    """Keeps the MLflow status of a trial's run true while Tune retries it: a crashed trial
+    waiting for its retry is SCHEDULED again (the trial sets RUNNING when it restarts), not
+    a stale RUNNING beside the trial that runs in its place."""
+
+    def __init__(self, uri: str, run_ids: dict[str, str]):
+        self.uri = uri
+        self.run_ids = run_ids  # trial id -> MLflow run id
+        self._client = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None}
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._client = self._client or tracking.client(self.uri)
+        run_id = self.run_ids[trial.config["spec"]["trial_id"]]
+        tracking.retry_locked(self._client.update_run, run_id, status="SCHEDULED")

@@ -168,8 +168,10 @@ def children(mlflow_client, exp_id: str, parent_run_id: str) -> dict[str, Any]:
 
 def create_child(mlflow_client, exp_id: str, parent_run_id: str, *, run_name: str,
                  tags: dict[str, str], params: dict[str, Any]) -> str:
+    """A child run, SCHEDULED: it becomes RUNNING only when its trial starts."""
     all_tags = {PARENT_RUN_ID: parent_run_id, **tags}
     run = retry_locked(mlflow_client.create_run, exp_id, tags=all_tags, run_name=run_name)
+    retry_locked(mlflow_client.update_run, run.info.run_id, status="SCHEDULED")
     log_params(mlflow_client, run.info.run_id, params)
     return run.info.run_id
 
@@ -226,3 +228,11 @@ class RunLogger:
 
     def log_dict(self, data: dict, name: str) -> None:
         retry_locked(self.client.log_dict, self.run_id, data, name)
+
+    def log_image(self, path: Path, key: str, step: int) -> None:
+        """An image at a step, for the dashboard's image panel (beside the PNG artifact)."""
+        from PIL import Image
+
+        with Image.open(path) as image:
+            retry_locked(self.client.log_image, self.run_id, image.copy(), key=key, step=step,
+                         synchronous=True)

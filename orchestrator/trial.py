@@ -127,13 +127,14 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     final = {**{k: v for k, v in result.final_metrics.items() if isinstance(v, (int, float))},
              "iteration": result.iterations, "done_status": result.status}
     if main:
-        logger.log_metrics(result.final_metrics, result.iterations)
+        cost = _cost(spec, config, finished_at - started_at)
+        logger.log_metrics({**result.final_metrics, **cost}, result.iterations)
         write_result(workdir, {
             "trial_id": spec["trial_id"], "name": spec["name"], "run_id": spec["run_id"],
             # A finished trial is reused on rerun only while its teacher is unchanged.
             "teacher_hash": teacher.teacher_hash,
             "status": result.status, "iterations": result.iterations,
-            "final_metrics": dict(result.final_metrics),
+            "final_metrics": dict(result.final_metrics), "cost": cost,
             "config": dataclasses.asdict(config),
             "distill_started_at": started_at, "distill_finished_at": finished_at,
             # Where a trial's start-up went (bench_orchestrator prints it): worker process
@@ -142,6 +143,18 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
                         "imported_at": imported_at, "ready_at": started_at}})
         tracking.finish(logger.client, spec["run_id"], "FINISHED", outcome=result.status)
     send(final)
+
+
+def _cost(spec: dict[str, Any], config, seconds: float) -> dict[str, float]:
+    """What the trial cost: its distill span, device-hours (a CPU trial counts one device
+    per worker) and UNet passes per image per iteration, forward plus backward."""
+    from distill.guidance import guidance_scales
+    from results import schema
+
+    devices = spec.get("workers", 1) * (spec["gpu"] if spec.get("gpu", 0) > 0 else 1)
+    forward, backward = guidance_scales(config.strategy, config.kappa).unet_passes()
+    return {schema.TRAIN_SECONDS: seconds, schema.DEVICE_HOURS: seconds * devices / 3600,
+            schema.UNET_PASSES: forward + backward}
 
 
 def _evaluated_on_rank_0(sample_fn, iteration: int) -> dict:
@@ -193,6 +206,7 @@ def _evaluator(suite, config, logger):
             evaluation.sample_grid(sample_fn(grid_prompts, 0), grid_prompts, path,
                                    columns=GRID_SAMPLES_PER_PROMPT)
             logger.log_artifact(path, str(Path(name).parent))
+            logger.log_image(path, schema.SAMPLES_IMAGE_KEY, iteration)
         return metrics
 
     return evaluate

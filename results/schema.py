@@ -17,7 +17,7 @@ One place for these names so writer and reader cannot drift apart.
 
 import os
 
-from distill.paths import output_root
+from distill.paths import home
 
 EXPERIMENT_PREFIX = "ablate/"
 
@@ -33,6 +33,12 @@ EVAL_PROTOCOL = "ablate.eval_protocol"  # e.g. "embedded-16px-clip" or "coco2014
 
 STATUSES = ("finished", "diverged", "failed")
 
+# Plain tags on every trial's child run, so the dashboard groups and searches runs by them
+# without `params.` prefixes (the params hold the same values).
+GROUP_TAGS = ("strategy", "kappa", "seed", "plan", "size", "profile")
+# MLflow shows this tag as a run's (or an experiment's) description.
+DESCRIPTION = "mlflow.note.content"
+
 # Metric keys. FID's key carries its sample count (see evaluation.fid_key), so a
 # 1-image FID can never be confused with fid2k/fid30k.
 CLIP_SCORE = "clip_score"  # raw mean cosine, not x100
@@ -44,6 +50,14 @@ SHAPE_ACC = "shape_acc"
 LOSS_FAKE_SCORE = "loss_fake_score"
 LOSS_GENERATOR = "loss_generator"
 IMAGES_PER_SECOND = "images_per_second"
+# Cost of a trial, logged at its last iteration: the distill span, that span times the
+# devices it held (a CPU trial counts as one device per worker), and UNet passes per image
+# per iteration (forward + backward; distill.guidance.GuidanceScales.unet_passes).
+TRAIN_SECONDS = "train_seconds"
+DEVICE_HOURS = "device_hours"
+UNET_PASSES = "unet_passes_per_image"
+# The sample grid of an evaluation, as an MLflow image (the dashboard's image panel).
+SAMPLES_IMAGE_KEY = "samples"
 
 GRID_FINAL = "samples/grid_final.png"
 CONFIG_ARTIFACT = "config.json"
@@ -56,4 +70,4 @@ ARTIFACT_DIR = "mlartifacts"
 
 
 def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{output_root() / TRACKING_DB}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / TRACKING_DB}"

@@ -1,7 +1,8 @@
 """End to end: a smoke plan through real Ray Tune into a real SQLite MLflow store.
 
 One plan of two trials covers the structure checks and two fault cases at once
-(Ray start-up and trial compute are the expensive parts on 2 cores):
+(Ray start-up and trial compute are the expensive parts on 2 cores). Each trial asks for
+every CPU Ray has, so they run one after the other and the second is seen waiting:
   - a trial made to crash once at iteration 6 through the test-only fault hook (retried
     from its checkpoint at 4), which must end with the final metrics of the same config
     distilled uninterrupted in this process,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,11 +29,12 @@ from results import schema
 
 PLAN = """\
     name: e2e
+    description: Two trials, one crashing once and one diverging.
     base: {strategy: lsg, kappa: 2.0}
     axes:
       lr_generator: [1.0e-4, 1.0e+8]
     seeds: [0]
-    resources: {cpu: 1}
+    resources: {cpu: CPUS}
     max_failures: 1
     evaluation:
       eval_every: 6
@@ -68,15 +71,47 @@ def e2e(ablate_home, ray_session, tmp_path_factory):
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("ABLATE_STORAGE", raising=False)
         plan_path = tmp_path_factory.mktemp("plans") / "e2e.yaml"
-        plan_path.write_text(textwrap.dedent(PLAN))
+        cpus = int(ray_session.cluster_resources()["CPU"])
+        plan_path.write_text(textwrap.dedent(PLAN).replace("CPUS", str(cpus)))
         trials = expand(load_plan(plan_path), "smoke")
         mp.setenv(FAULTS_ENV, json.dumps({trials[0].trial_id: 6}))
         out = io.StringIO()
-        outcome = runner.run_plan(plan_path, size="smoke", out=out)
         uri = tracking.tracking_uri()
+        with _StatusSnapshots(uri) as snapshots:
+            outcome = runner.run_plan(plan_path, size="smoke", out=out)
         yield {"outcome": outcome, "out": out.getvalue(), "trials": trials, "uri": uri,
                "plan_path": plan_path, "client": tracking.client(uri),
-               "storage": ablate_home}
+               "storage": ablate_home, "cpus": cpus, "snapshots": snapshots.seen}
+
+
+class _StatusSnapshots:
+    """Polls the store while the plan runs: every distinct {trial id: status} it saw."""
+
+    def __init__(self, uri: str):
+        self.client = tracking.client(uri)
+        self.seen: list[dict[str, str]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self.stop.wait(0.3):
+            try:
+                experiment = self.client.get_experiment_by_name(schema.EXPERIMENT_PREFIX + "e2e")
+                runs = self.client.search_runs([experiment.experiment_id]) if experiment else []
+            except Exception:  # noqa: BLE001 - the store is busy being written: look again
+                continue
+            statuses = {r.data.tags[schema.TRIAL_ID]: r.info.status for r in runs
+                        if r.data.tags.get(schema.ROLE) == "trial"}
+            if statuses and (not self.seen or statuses != self.seen[-1]):
+                self.seen.append(statuses)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
 
 
 def _runs(client, experiment="e2e"):
@@ -169,7 +204,7 @@ def test_crash_once_is_retried_to_the_same_final_metrics(e2e, tmp_path):
     # The uninterrupted run: the same config, threads and evaluation, in this process.
     suite = build_suite("embedded", "smoke", crashed.config.eval_num_images)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the plan's resources.cpu
+    torch.set_num_threads(e2e["cpus"])  # the plan's resources.cpu
     try:
         uninterrupted = distill(crashed.config, tmp_path,
                                 evaluate=lambda fn, step: suite.evaluate_sample_fn(fn, seed=0))
@@ -201,7 +236,13 @@ def test_status_lines_are_concise_and_the_end_says_where_results_are(e2e):
     assert "╭" not in out and "Trial status" not in out and "Traceback" not in out
     for trial in e2e["trials"]:
         assert f"{trial.name} STARTED" in out.replace("  ", " ") or trial.name in out
-    assert f"MLflow: {e2e['uri']}" in out and "make mlflow-ui" in out
+    assert f"MLflow: {e2e['uri']}" in out
+    assert f"Dashboard: ablate mlflow-ui --tracking-uri {e2e['uri']}" in out
+    # The trial list before anything runs, and the done/running/pending line after each.
+    head = out.split("STARTED", 1)[0]
+    assert "plan e2e (size smoke, profile embedded): 2 trials, 2 to run" in head
+    assert all(t.name in head for t in e2e["trials"])
+    assert "1 done, " in out and "2 done, 0 running, 0 pending" in out
     assert "Tables: " in out and "| Teacher" in out
 
 
@@ -239,3 +280,39 @@ def test_rerun_after_the_teacher_changed_is_refused_not_reused(e2e):
         assert len(_runs(e2e["client"])) == len(before)  # no new parent or child run
     finally:
         (workdir / "result.json").write_text(original)
+
+
+def test_a_trial_not_started_is_scheduled_not_running(e2e):
+    """The two trials run one after the other: while one runs, the other waits as SCHEDULED
+    (at the end both are FINISHED: test_the_dashboard_shows_the_answer)."""
+    seen = [sorted(s.values()) for s in e2e["snapshots"] if len(s) == 2]
+    assert ["RUNNING", "SCHEDULED"] in seen, seen
+    assert ["RUNNING", "RUNNING"] not in seen, seen
+
+
+def test_the_dashboard_shows_the_answer(e2e):
+    """Parent = the report (description, plan artifacts); children carry plain tags, a
+    description, cost metrics and an image at each evaluation; the experiment the plan's
+    description; the teacher's point sits at the trials' last iteration."""
+    client, runs = e2e["client"], _runs(e2e["client"])
+    experiment = client.get_experiment_by_name(schema.EXPERIMENT_PREFIX + "e2e")
+    assert experiment.tags[schema.DESCRIPTION] == "Two trials, one crashing once and one diverging."
+    parent = runs[runs[f"tags.{schema.ROLE}"] == "parent"].iloc[0]
+    assert "| Teacher" in parent[f"tags.{schema.DESCRIPTION}"]
+    assert {a.path for a in client.list_artifacts(parent["run_id"], "plan")} == {
+        "plan/e2e.yaml", "plan/trials.json"}
+    crashed = e2e["trials"][0]
+    row = runs[runs[f"tags.{schema.TRIAL_ID}"] == crashed.trial_id].iloc[0]
+    assert {k: row[f"tags.{k}"] for k in schema.GROUP_TAGS} == {
+        "strategy": "lsg", "kappa": "2", "seed": "0", "plan": "e2e", "size": "smoke",
+        "profile": "embedded"}
+    assert row[f"tags.{schema.DESCRIPTION}"].startswith("lsg at κ = 2, seed 0: 12 iterations")
+    assert row[f"metrics.{schema.UNET_PASSES}"] == 15  # lsg: 8 forward + 7 backward
+    assert row[f"metrics.{schema.TRAIN_SECONDS}"] > 0
+    assert row[f"metrics.{schema.DEVICE_HOURS}"] == pytest.approx(
+        row[f"metrics.{schema.TRAIN_SECONDS}"] / 3600)
+    images = {a.path for a in client.list_artifacts(row["run_id"], "images")}
+    assert len(images) >= 2, images  # the evaluations at 6 and 12
+    teacher = runs[runs[f"tags.{schema.ROLE}"] == "teacher"].iloc[0]
+    assert [m.step for m in client.get_metric_history(teacher["run_id"], "fid48")] == [12]
+    assert set(runs["status"]) <= {"FINISHED"}

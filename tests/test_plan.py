@@ -333,15 +333,42 @@ def test_storage_or_workdir_naming_a_file_exits_2(tmp_path, monkeypatch, capsys)
 
 
 def test_mlflow_ui_refuses_a_missing_store_and_a_bad_port(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("ABLATE_HOME", str(tmp_path))
+    home = tmp_path / "home"  # not even the folder exists, and none is created
+    monkeypatch.setenv("ABLATE_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr("os.execv", lambda *a: pytest.fail("the server was started"))
+    monkeypatch.setattr("os.execve", lambda *a: pytest.fail("the server was started"))
     assert cli.main(["mlflow-ui"]) == 2
     err = capsys.readouterr().err
-    assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in err and "make ablation-lsg" in err
-    assert list(tmp_path.iterdir()) == []  # nothing created
+    assert f"no MLflow store at {home / 'mlflow.db'}" in err and "make ablation-lsg" in err
+    assert list(tmp_path.iterdir()) == []
+    other = tmp_path / "other.db"
+    assert cli.main(["mlflow-ui", "--tracking-uri", f"sqlite:///{other}"]) == 2
+    assert f"no MLflow store at {other}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
     assert cli.main(["mlflow-ui", "--port", "70000"]) == 2
     assert "--port 70000: a TCP port is 1..65535" in capsys.readouterr().err
+
+
+def test_mlflow_ui_serves_the_store_with_one_worker_and_no_job_runner(tmp_path, monkeypatch,
+                                                                     capsys):
+    """The server command, captured instead of exec'd: the given store, its artifacts
+    beside it, one web worker, MLflow's background job runner off, the URL printed."""
+    import sqlite3
+
+    store = tmp_path / "runs" / "mlflow.db"
+    store.parent.mkdir()
+    with sqlite3.connect(store) as db:  # an SQLite database: the header check passes
+        db.execute("CREATE TABLE t (x)")
+    started = {}
+    monkeypatch.setattr("os.execve", lambda path, argv, env: started.update(argv=argv, env=env))
+    assert cli.main(["mlflow-ui", "--tracking-uri", f"sqlite:///{store}", "--port", "5123"]) == 0
+    argv = started["argv"]
+    assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{store}"
+    assert argv[argv.index("--workers") + 1] == "1"
+    artifacts = (store.parent / "mlartifacts").as_uri()
+    assert argv[argv.index("--default-artifact-root") + 1] == artifacts
+    assert started["env"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert "http://127.0.0.1:5123" in capsys.readouterr().out
 
 
 def test_sqlite_store_in_a_missing_folder_exits_2_naming_it(tmp_path, monkeypatch, capsys):
