@@ -434,10 +434,15 @@ class PlanRun:
                 print(f"DIVERGED {t.name}: its losses became non-finite; see its MLflow run",
                       file=self.out)
         print(f"\n{markdown}\n", file=self.out)
-        tracking.retry_locked(self.client.set_tag, self.parent_id, schema.DESCRIPTION, markdown)
+        verdict = next((line for line in markdown.splitlines() if line.startswith("verdict")), "")
+        # The parent run's description is the answer: the verdict first, then the report.
+        tracking.retry_locked(self.client.set_tag, self.parent_id, schema.DESCRIPTION,
+                              (f"**{verdict}**\n\n" if verdict else "") + markdown)
         print(f"MLflow: {self.uri}  (parent run {self.parent_id})", file=self.out)
         print(f"Dashboard: ablate mlflow-ui --tracking-uri {self.uri}", file=self.out)
         print(f"Tables: {tables}", file=self.out)
+        if verdict:
+            print(verdict[0].upper() + verdict[1:], file=self.out)
         return RunOutcome(exit_code, self.parent_id, status, markdown)
 
     def _report_markdown(self, status: dict[str, str], tables: Path) -> str:

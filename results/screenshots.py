@@ -2,8 +2,8 @@
 
 Serves a finished store with ``mlflow ui`` on 127.0.0.1, opens three pages in headless
 Chromium (Debian's ``chromium``) and writes PNGs to ``docs/``: the plan's runs table, the
-parent run (the report: description with the verdict and table) and the charts view with
-the sample-grid image panel. The server is started here and stopped here, by its process
+parent run (the report: description with the verdict and table) and the charts view of
+the parent's per-arm metrics. The server is started here and stopped here, by its process
 group; nothing else is touched.
 
     python -m results.screenshots [--plan lsg] [--tracking-uri URI] [--out docs] [--port 5077]
@@ -28,7 +28,8 @@ from results.load import resolve_tracking_uri
 SERVER_START_TIMEOUT_S = 120
 # Chromium renders the single-page app in virtual time; this much lets its requests finish.
 RENDER_BUDGET_MS = 20000
-WINDOW = "1600,1000"
+# Tall enough for the parent run's description below its child-run list.
+WINDOWS = {"runs": "1600,900", "parent": "1600,2000", "charts": "1600,1400"}
 
 
 def _wait_for(url: str, process: subprocess.Popen) -> None:
@@ -58,14 +59,14 @@ def _pages(uri: str, plan: str) -> dict[str, str]:
     if not parents:
         raise ResultsError(f"plan {plan!r} has no parent run in {uri}")
     parent = parents[0].info.run_id
-    return {f"dashboard-{plan}-runs.png": f"#/experiments/{exp}/runs",
-            f"dashboard-{plan}-parent.png": f"#/experiments/{exp}/runs/{parent}",
-            f"dashboard-{plan}-images.png": f"#/experiments/{exp}/runs?compareRunsMode=CHART"}
+    return {"runs": f"#/experiments/{exp}/runs",
+            "parent": f"#/experiments/{exp}/runs/{parent}",
+            "charts": f"#/experiments/{exp}/runs?compareRunsMode=CHART"}
 
 
-def _screenshot(chromium: str, url: str, out: Path) -> None:
+def _screenshot(chromium: str, url: str, out: Path, window: str) -> None:
     subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu",
-                    "--hide-scrollbars", f"--window-size={WINDOW}",
+                    "--hide-scrollbars", f"--window-size={window}",
                     f"--virtual-time-budget={RENDER_BUDGET_MS}", f"--screenshot={out}", url],
                    check=True, capture_output=True, timeout=180)
 
@@ -95,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _wait_for(base, server)
         args.out.mkdir(parents=True, exist_ok=True)
-        for name, route in pages.items():
-            _screenshot(chromium, base + route, args.out / name)
-            print(args.out / name)
+        for page, route in pages.items():
+            out = args.out / f"dashboard-{args.plan}-{page}.png"
+            _screenshot(chromium, base + route, out, WINDOWS[page])
+            print(out)
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server's own process group only
         server.wait(timeout=30)
