@@ -115,3 +115,21 @@ def check(profile: Profile, eval_num_images: int | None = None) -> None:
         "started.\n  - " + "\n  - ".join(p.line(profile.name) for p in problems)
         + f"\n  Profile settings: {where} (${PROFILES_ENV}); expected layout and variables: "
         "README.md, section 'Stable Diffusion scale'.")
+
+
+def check_trial_files(source: str, trials: list) -> None:
+    """The teacher directories and prompt files a plan names itself (the embedded profile
+    lets a plan point at any SD-layout teacher or prompt file), checked before Ray starts
+    and named by their plan key; ``embedded:`` specs need no file."""
+    problems = []
+    for spec in sorted({t.config.teacher for t in trials}):
+        if not spec.startswith("embedded:"):
+            from distill.teacher import check_teacher_dir  # torch: only when a path is named
+
+            problems += [f"teacher = {spec!r}: {line}" for line in check_teacher_dir(Path(spec))]
+    for spec in sorted({t.config.prompts for t in trials}):
+        if not spec.startswith("embedded:") and not Path(spec).expanduser().is_file():
+            problems.append(f"prompts = {spec!r}: file not found; give a text file with one "
+                            "prompt per line, or 'embedded:train'")
+    if problems:
+        raise ConfigError(f"{source}: " + "\n  ".join(problems) + "\n  Nothing was started.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import signal
@@ -160,6 +161,7 @@ class PlanRun:
         trials = expand(plan, size, profile)
         # Every missing weight, prompt, caption and metric file at once, before anything starts.
         preflight.check(profile, max(t.config.eval_num_images for t in trials))
+        preflight.check_trial_files(plan.source, trials)
         _quiet_model_loading()
         if not os.environ.get("RAY_ADDRESS"):
             check_local_resources(plan)
@@ -173,6 +175,10 @@ class PlanRun:
         return [t for t in self.trials if self.done[t.trial_id] is None]
 
     def execute(self) -> RunOutcome:
+        with _plan_lock(self.storage / "trials" / self.plan.name, self.plan):
+            return self._execute()
+
+    def _execute(self) -> RunOutcome:
         self._print_trials()
         try:
             self.prepare()
@@ -466,6 +472,30 @@ class PlanRun:
                      for k in keys]
             lines.append(f"| {t.name} | {status[t.trial_id]} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _plan_lock(folder: Path, plan: Plan):
+    """One ``ablate run`` per plan and trial folder at a time: two would share one parent
+    run, run every trial twice in the same workdirs and log every point twice. The lock
+    is the kernel's (flock), so a killed driver never leaves it held."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".ablate-run.lock"
+    with path.open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise ConfigError(
+                f"{path}: another `ablate run` of plan {plan.name} (pid {holder}) is using "
+                f"{folder}; wait for it to finish, or give this run another --storage or "
+                "ABLATE_HOME") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
 
 
 def _test_faults() -> dict[str, int]:

@@ -391,3 +391,49 @@ def test_tables_on_a_closed_port_exits_2_at_once(tmp_path, monkeypatch, capsys):
     assert time.monotonic() - started < 60  # not minutes of retries
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "127.0.0.1:9" in err and "Traceback" not in err
+
+
+def test_a_second_run_of_the_same_plan_and_folder_is_refused(tmp_path, monkeypatch):
+    """While one `ablate run` of a plan holds its trial folder, a second exits 2 naming the
+    holder, before Ray starts (two would share a parent run and run each trial twice)."""
+    import fcntl
+    import io
+
+    from orchestrator import ray_session, runner
+
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("ABLATE_STORAGE", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_session, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    folder = tmp_path / "home" / "trials" / "t"
+    folder.mkdir(parents=True)
+    with (folder / ".ablate-run.lock").open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242")
+        held.flush()
+        with pytest.raises(ConfigError, match=r"another `ablate run` of plan t \(pid 4242\)"):
+            runner.run_plan(write(tmp_path, MINIMAL), size="smoke", out=io.StringIO())
+
+
+def test_a_missing_teacher_or_prompts_file_is_refused_before_ray(tmp_path, monkeypatch):
+    """Paths a plan names are checked with the plan's other checks, naming the key."""
+    import io
+
+    from orchestrator import ray_session, runner
+
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_session, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    plan = write(tmp_path, f"""\
+        name: paths
+        base: {{teacher: {tmp_path / 'no-teacher'}, prompts: {tmp_path / 'no-prompts.txt'}}}
+        seeds: [0]
+        """)
+    with pytest.raises(ConfigError) as err:
+        runner.run_plan(plan, size="default", out=io.StringIO())
+    message = str(err.value)
+    assert message.startswith(f"{plan}: teacher = '{tmp_path / 'no-teacher'}'")
+    assert "teacher directory does not exist" in message
+    assert f"prompts = '{tmp_path / 'no-prompts.txt'}': file not found" in message
