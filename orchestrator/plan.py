@@ -136,13 +136,31 @@ def _check_values(source: str, key: str, values: Any, distinct: bool = True) -> 
         _fail(source, key, f"must be a list of values, got {values!r}")
     if not values:
         _fail(source, key, "is empty; an axis needs at least one value")
-    seen: list[Any] = []
-    for value in values:
-        # `in` compares with ==, so 2 and 2.0 (the same κ once stored as float) collide.
-        if distinct and value in seen:
-            _fail(source, key, f"duplicate value {value!r}; each value may appear once")
-        seen.append(value)
+    repeated = _first_repeat(values) if distinct else _NO_REPEAT
+    if repeated is not _NO_REPEAT:
+        _fail(source, key, f"duplicate value {repeated!r}; each value may appear once")
     return tuple(values)
+
+
+_NO_REPEAT = object()
+
+
+def _first_repeat(values: list) -> Any:
+    """The first value equal to an earlier one, else ``_NO_REPEAT``; in one pass, because
+    a typo can make an axis 100,000 values long. Equality is ``==``, so 2 and 2.0 (the same
+    κ once stored as float) collide; unhashable values (lists) are compared one by one."""
+    hashable: set = set()
+    others: list = []
+    for value in values:
+        try:
+            if value in hashable:
+                return value
+            hashable.add(value)
+        except TypeError:
+            if value in others:
+                return value
+            others.append(value)
+    return _NO_REPEAT
 
 
 def _check_seeds(source: str, key: str, seeds: Any) -> tuple[int, ...]:
@@ -251,10 +269,9 @@ def _check_zip_group(source: str, where: str, raw: Any) -> tuple[tuple[str, tupl
     lengths = {k: len(v) for k, v in entries}
     if len(set(lengths.values())) > 1:
         _fail(source, where, f"zipped lists must have equal lengths, got {lengths}")
-    rows = list(zip(*(v for _, v in entries)))
-    repeated_rows = [r for j, r in enumerate(rows) if r in rows[:j]]
-    if repeated_rows:
-        _fail(source, where, f"duplicate zipped values {repeated_rows[0]!r}")
+    repeated = _first_repeat(list(zip(*(v for _, v in entries))))
+    if repeated is not _NO_REPEAT:
+        _fail(source, where, f"duplicate zipped values {repeated!r}")
     return tuple(entries)
 
 

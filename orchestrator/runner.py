@@ -119,12 +119,14 @@ def _load_setup(trials: list[Trial], profile: profiles.Profile, size: str, uri: 
 
 
 def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embedded",
-             storage: str | None = None, out: TextIO = sys.stdout,
+             storage: str | None = None, out: TextIO | None = None,
              seeds: tuple[int, ...] | None = None, max_trials: int = MAX_TRIALS) -> RunOutcome:
     """Run every unfinished trial of a plan; return the exit code and where results are.
 
     ``seeds`` replaces the plan's ``seeds`` (``ablate run --seeds``); a plan of more than
     ``max_trials`` trials is refused (``--max-trials``)."""
+    # sys.stdout as it is now, not as it was at import (a test may have replaced it).
+    out = out or sys.stdout
     return PlanRun.resolve(plan_path, size, profile, storage, seeds, max_trials, out).execute()
 
 
@@ -175,7 +177,7 @@ class PlanRun:
         return [t for t in self.trials if self.done[t.trial_id] is None]
 
     def execute(self) -> RunOutcome:
-        with _plan_lock(self.storage / "trials" / self.plan.name, self.plan):
+        with _plan_lock(self.storage, self.plan):
             return self._execute()
 
     def _execute(self) -> RunOutcome:
@@ -475,12 +477,12 @@ class PlanRun:
 
 
 @contextlib.contextmanager
-def _plan_lock(folder: Path, plan: Plan):
-    """One ``ablate run`` per plan and trial folder at a time: two would share one parent
+def _plan_lock(storage: Path, plan: Plan):
+    """One ``ablate run`` per plan and storage folder at a time: two would share one parent
     run, run every trial twice in the same workdirs and log every point twice. The lock
     is the kernel's (flock), so a killed driver never leaves it held."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / ".ablate-run.lock"
+    folder = storage / "trials" / plan.name
+    path = storage / f".ablate-run-{plan.name}.lock"
     with path.open("a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

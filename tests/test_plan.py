@@ -406,9 +406,8 @@ def test_a_second_run_of_the_same_plan_and_folder_is_refused(tmp_path, monkeypat
     monkeypatch.delenv("ABLATE_STORAGE", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray_session, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
-    folder = tmp_path / "home" / "trials" / "t"
-    folder.mkdir(parents=True)
-    with (folder / ".ablate-run.lock").open("a+") as held:
+    (tmp_path / "home").mkdir()
+    with (tmp_path / "home" / ".ablate-run-t.lock").open("a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         held.write("4242")
         held.flush()
@@ -437,3 +436,14 @@ def test_a_missing_teacher_or_prompts_file_is_refused_before_ray(tmp_path, monke
     assert message.startswith(f"{plan}: teacher = '{tmp_path / 'no-teacher'}'")
     assert "teacher directory does not exist" in message
     assert f"prompts = '{tmp_path / 'no-prompts.txt'}': file not found" in message
+
+
+def test_a_huge_axis_is_refused_by_its_trial_count(tmp_path):
+    """A typo can make an axis 100,000 values long: the duplicate check is one pass and
+    the trial limit answers (under O(n²) this plan took minutes)."""
+    kappas = ", ".join(f"{k}.5" for k in range(100_000))
+    path = write(tmp_path, f"name: huge\naxes:\n  kappa: [{kappas}]\nseeds: [0]\n")
+    with pytest.raises(ConfigError, match="give 100,000 trials, more than the limit of 1,000"):
+        load_plan(path)
+    with pytest.raises(ConfigError, match=r"axes.kappa: duplicate value 2.0"):
+        load_plan(write(tmp_path, "name: dup\naxes:\n  kappa: [1.0, 2, 3, 2.0]\n", "dup.yaml"))
