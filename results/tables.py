@@ -645,8 +645,7 @@ LATEX_VARIANTS = {
     "table": ("table", False, "one-column papers: the full table in a table float"),
     "table-wide": ("table*", False, "two-column papers: the full table across both columns"),
     "table-narrow": ("table", True, "two-column papers: one column wide; no Δ columns "
-                     "(the significance mark sits on the mean), intervals under the means, "
-                     "short row labels"),
+                     "(the significance mark sits on the mean), short row labels"),
 }
 LATEX_PACKAGES = r"\usepackage{booktabs} \usepackage{graphicx}"
 
