@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 TRIAL_SET = "ablate.trial_set"  # hash of the invocation's trial ids: which parent a rerun reopens
 SIZE = "ablate.size"
-PROFILE = "ablate.profile"
+PROFILE = schema.PROFILE
 PARENT_RUN_ID = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 

@@ -154,7 +154,7 @@ def _cost(spec: dict[str, Any], config, seconds: float) -> dict[str, float]:
     devices = spec.get("workers", 1) * (spec["gpu"] if spec.get("gpu", 0) > 0 else 1)
     forward, backward = guidance_scales(config.strategy, config.kappa).unet_passes()
     return {schema.TRAIN_SECONDS: seconds, schema.DEVICE_HOURS: seconds * devices / 3600,
-            schema.UNET_PASSES: forward + backward}
+            schema.UNET_PASSES_PER_IMAGE: forward + backward}
 
 
 def _evaluated_on_rank_0(sample_fn, iteration: int) -> dict:

@@ -1,7 +1,8 @@
 """MLflow -> pandas -> tables (LaTeX, Markdown, CSV) and plots (PNG, PDF).
 
 Public API: :func:`load_runs`, :func:`aggregate`, :func:`write_report` and
-:class:`ReportPaths`; :class:`ResultsError` for "nothing (usable) to report".
+:class:`ReportPaths`; :func:`summary_metrics` and :func:`verdict_line` for the parent run;
+:class:`ResultsError` for "nothing (usable) to report".
 
 The names resolve on first use (PEP 562): ``ablate`` imports ``results.cli`` for
 every command, and importing this package must not pull in pandas, scipy and
@@ -12,9 +13,11 @@ import importlib
 
 _WHERE = {"aggregate": "results.stats", "load_runs": "results.load",
           "ResultsError": "results.errors", "write_report": "results.report",
-          "ReportPaths": "results.report"}
+          "ReportPaths": "results.report", "summary_metrics": "results.summary",
+          "verdict_line": "results.summary"}
 
-__all__ = ["ReportPaths", "ResultsError", "aggregate", "load_runs", "write_report"]
+__all__ = ["ReportPaths", "ResultsError", "aggregate", "load_runs", "summary_metrics",
+           "verdict_line", "write_report"]
 
 
 def __getattr__(name: str):

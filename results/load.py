@@ -13,8 +13,9 @@ child. The frame has one row per child run and plain column names:
 - one column per metric (its latest value, which is the final one: the
   orchestrator logs final metrics at the last step).
 
-``df.attrs`` carries ``plan``, ``parent_run_id``, ``tracking_uri``, ``param_columns``
-and ``metric_columns`` so later steps know which column is which.
+``df.attrs`` carries ``plan``, ``parent_run_id``, ``tracking_uri``, ``param_columns``,
+``metric_columns`` and ``profile`` (the parent's profile tag, None on runs from before
+it was tagged) so later steps know which column is which and what world the runs ran in.
 """
 
 from __future__ import annotations
@@ -179,5 +180,6 @@ def load_runs(plan: str, tracking_uri: str | None = None,
     metrics = sorted(metric_names - set(fixed))
     df = pd.DataFrame(rows, columns=fixed + params + metrics)
     df.attrs.update(plan=plan, parent_run_id=parent.info.run_id, tracking_uri=uri,
-                    param_columns=params, metric_columns=metrics)
+                    param_columns=params, metric_columns=metrics,
+                    profile=parent.data.tags.get(schema.PROFILE))
     return df

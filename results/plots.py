@@ -1,6 +1,9 @@
 """Figures for the paper: metrics vs κ with 95% CI bands, the FID–CLIP trade-off per
 strategy, and a sample-grid figure from the trials' logged ``samples/grid_final.png``.
 
+The sample figure is sized to be read printed at a two-column paper's column width
+(:data:`COLUMN_WIDTH_IN`): its text is at least :data:`MIN_FONT_PT` there.
+
 Figures are built as ``matplotlib.figure.Figure`` objects without pyplot, so no GUI
 backend or global figure registry is involved (Agg renders PNG, the PDF backend PDF),
 and callers (tests) can inspect the series before saving.
@@ -8,6 +11,7 @@ and callers (tests) can inspect the series before saving.
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 from collections.abc import Callable
@@ -33,6 +37,10 @@ from results.tables import (
 )
 
 _COLOURS = {"lsg": "tab:blue", "cfg": "tab:orange", "none": "tab:green", "short": "tab:red"}
+COLUMN_WIDTH_IN = 3.3  # a two-column paper's column (IEEE, ACM, CVPR: 3.3-3.5 in)
+MIN_FONT_PT = 8.0  # the smallest text of the sample figure, printed at column width
+TILES_PER_CELL = 2  # images per prompt and arm: enough to see variety, large enough to see
+UPSCALE_TO_PX = 128  # tiles are enlarged by an integer factor (nearest) to at least this
 
 
 def _series(trials: pd.DataFrame, params: list[str]) -> tuple[list[str], pd.DataFrame]:
@@ -126,7 +134,7 @@ def curve_figure(history: pd.DataFrame, metrics: list[str]) -> Figure | None:
             mean = rows["mean"].to_numpy(dtype=float) * fmt.scale
             half = _err(rows["ci95"]) * fmt.scale
             colour = _COLOURS.get(arm, f"C{index}") if key == "strategy" else f"C{index}"
-            label = str(arm) if key == "strategy" else f"κ={arm:g}"
+            label = str(arm) if key == "strategy" else f"κ={param_text('kappa', arm)}"
             ax.plot(rows["step"], mean, marker="o", color=colour, label=label)
             ax.fill_between(rows["step"].to_numpy(dtype=float), mean - half, mean + half,
                             color=colour, alpha=0.2, linewidth=0)
@@ -157,20 +165,28 @@ def tradeoff_figure(runs: pd.DataFrame) -> Figure | None:
     fid, clip = fids[0], schema.CLIP_SCORE
     fig = Figure(figsize=(5.0, 4.0), layout="constrained")
     ax = fig.subplots()
+    kappa_varies = "kappa" in agg and agg["kappa"].nunique() > 1
+
+    def annotate(text: str, row: pd.Series) -> None:
+        # Every point names its arm, so the plot reads without matching colours to a legend.
+        if math.isfinite(row[f"{fid}_mean"]) and math.isfinite(row[f"{clip}_mean"]):
+            ax.annotate(text, (row[f"{clip}_mean"], row[f"{fid}_mean"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+
     for label, colour, rows in _series_groups(agg, keys):
         ax.errorbar(rows[f"{clip}_mean"], rows[f"{fid}_mean"], xerr=_err(rows[f"{clip}_ci95"]),
                     yerr=_err(rows[f"{fid}_ci95"]), marker="o", capsize=3, color=colour,
                     label=label)
-        if "kappa" in rows and rows["kappa"].nunique() > 1:
-            for _, row in rows.iterrows():
-                if math.isfinite(row[f"{fid}_mean"]) and math.isfinite(row[f"{clip}_mean"]):
-                    ax.annotate(f"κ={row['kappa']:g}", (row[f"{clip}_mean"], row[f"{fid}_mean"]),
-                                textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for _, row in rows.iterrows():
+            parts = [_short_title(k, row[k]) for k in keys]
+            parts += [f"κ={param_text('kappa', row['kappa'])}"] if kappa_varies else []
+            annotate(", ".join(parts) or "distilled", row)
     for _, row in _teacher_agg(runs, agg.attrs["metrics"]).iterrows():
         ax.errorbar([row[f"{clip}_mean"]], [row[f"{fid}_mean"]],
                     xerr=_err(pd.Series([row[f"{clip}_ci95"]])),
                     yerr=_err(pd.Series([row[f"{fid}_ci95"]])), marker="*", markersize=12,
                     color="0.3", linestyle="none", capsize=3, label=teacher_label(row))
+        annotate("teacher", row)
     ax.set_xlabel(metric_format(clip).header)
     ax.set_ylabel(metric_format(fid).header)
     ax.set_title("FID–CLIP trade-off")
@@ -246,28 +262,37 @@ def _short_title(key: str, value) -> str:
 
 def sample_grid_figure(runs: pd.DataFrame,
                        fetch: Callable[[str], Path | None]) -> Figure | None:
-    """Each logged ``samples/grid_final.png`` (rows of prompts, as the trials log them)
-    as one panel, arranged strategies x κ; a group without a finished run or without
-    the artifact gets a panel that says why. ``fetch(run_id)`` returns the local image
-    or None. None when no panel has an image."""
+    """The runs' logged ``samples/grid_final.png`` side by side. ``fetch(run_id)`` returns
+    the local image (its layout, ``grid_final.json``, beside it when logged) or None.
+
+    When every grid comes with its layout: one row per prompt, the prompt written once
+    above it, one column per arm plus the teacher (:func:`prompt_grid_figure`). Otherwise
+    each grid is one panel, arranged strategies x κ. A group without a finished run or
+    without the artifact gets a cell that says why. None when no run has an image."""
     from PIL import Image
 
-    images: list[list[tuple[Panel, np.ndarray | None] | None]] = []
+    images: list[list[tuple[Panel, np.ndarray | None, dict | None] | None]] = []
     for row in sample_panels(runs):
         cells = []
         for panel in row:
-            image = _load(fetch, panel.run, Image) if panel is not None else None
+            image, layout = _load(fetch, panel.run, Image) if panel is not None else (None, None)
             # The teacher's panel is an extra, not a trial: without a grid it is left out.
             if panel is not None and image is None and panel.run is not None \
                     and panel.run["role"] == "teacher":
                 continue
-            cells.append((panel, image) if panel is not None else None)
+            cells.append((panel, image, layout) if panel is not None else None)
         if cells:
             images.append(cells)
-    shapes = [cell[1].shape for row in images for cell in row
-              if cell is not None and cell[1] is not None]
-    if not shapes:
+    loaded = [cell for row in images for cell in row if cell is not None and cell[1] is not None]
+    if not loaded:
         return None
+    if all(layout is not None for _, _, layout in loaded):
+        return prompt_grid_figure([cell for row in images for cell in row if cell is not None])
+    return _panel_figure(images, [image.shape for _, image, _ in loaded])
+
+
+def _panel_figure(images: list, shapes: list[tuple]) -> Figure:
+    """Each run's whole grid as one panel (its own prompt labels included)."""
     n_rows, n_cols = len(images), max(len(row) for row in images)
     # Panels sized by the grids' own aspect (rows of prompts), titles wrapped so that
     # long generic-plan titles (several params) do not run into their neighbours.
@@ -282,7 +307,7 @@ def sample_grid_figure(runs: pd.DataFrame,
             ax.set_axis_off()
             if c >= len(row) or row[c] is None:
                 continue
-            panel, image = row[c]
+            panel, image, _ = row[c]
             ax.set_title(textwrap.fill(panel.title, 32), fontsize=7)
             if image is not None:
                 ax.imshow(image, interpolation="nearest")
@@ -292,14 +317,74 @@ def sample_grid_figure(runs: pd.DataFrame,
     return fig
 
 
-def _load(fetch, run, image_module):
+def _tiles(image: np.ndarray, boxes: list) -> np.ndarray:
+    """A prompt's first tiles side by side (one white pixel apart), enlarged by an integer
+    factor with nearest neighbour so every pixel stays a crisp square."""
+    tiles = [image[top:bottom, left:right] for left, top, right, bottom in boxes[:TILES_PER_CELL]]
+    height = max(t.shape[0] for t in tiles)
+    gap = np.full((height, 1, 3), 255, np.uint8)
+    strip = np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1)
+    factor = max(1, math.ceil(UPSCALE_TO_PX / max(height, 1)))
+    return strip.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def prompt_grid_figure(columns: list[tuple[Panel, np.ndarray | None, dict | None]]) -> Figure:
+    """One row per prompt (its text once, above the row), one column per arm (``columns``
+    in order: the trials' panels, then the teacher's), each cell that arm's first
+    :data:`TILES_PER_CELL` images of the prompt. The figure's width grows with the columns
+    and its fonts with it, so that printed at :data:`COLUMN_WIDTH_IN` every text is at
+    least :data:`MIN_FONT_PT`."""
+    prompts: list[str] = []
+    for _, _, layout in columns:
+        prompts += [p for p in (layout or {}).get("prompts", []) if p not in prompts]
+    n_cols = len(columns)
+    width = max(COLUMN_WIDTH_IN, 0.8 * n_cols)
+    font = MIN_FONT_PT * width / COLUMN_WIDTH_IN
+    # Characters per line: a text character is about half the font size wide.
+    wrap = max(10, int(width * 72 / (0.55 * font)))
+    cell_width = width / n_cols
+    strips = {(c, p): _tiles(image, layout["cells"][layout["prompts"].index(p)])
+              for c, (_, image, layout) in enumerate(columns) if layout is not None
+              for p in layout["prompts"]}
+    aspect = float(np.median([s.shape[0] / s.shape[1] for s in strips.values()]))
+    line = font * 1.35 / 72
+    heights = [cell_width * aspect + line * (textwrap.fill(p, wrap).count("\n") + 1.6)
+               for p in prompts]
+    header = line * 2.4  # the arms' names above the first row, up to two lines
+    fig = Figure(figsize=(width, sum(heights) + header), layout="constrained")
+    subfigs = fig.subfigures(len(prompts), 1, squeeze=False,
+                             height_ratios=[h + (header if r == 0 else 0)
+                                            for r, h in enumerate(heights)])[:, 0]
+    for r, (subfig, prompt) in enumerate(zip(subfigs, prompts)):
+        subfig.suptitle(textwrap.fill(prompt, wrap), fontsize=font, x=0.0, ha="left")
+        for c, ax in enumerate(subfig.subplots(1, n_cols, squeeze=False)[0]):
+            ax.set_axis_off()
+            panel, _, _ = columns[c]
+            if r == 0:
+                # The teacher's sampler and κ are in the table; here its name suffices.
+                teacher = panel.run is not None and panel.run["role"] == "teacher"
+                title = "Teacher" if teacher else panel.title
+                ax.set_title(textwrap.fill(title, max(6, int(wrap / n_cols))), fontsize=font)
+            if (c, prompt) in strips:
+                ax.imshow(strips[c, prompt], interpolation="nearest")
+            elif r == 0:
+                ax.text(0.5, 0.5, panel.note or "no grid", ha="center", va="center",
+                        fontsize=font, transform=ax.transAxes)
+    return fig
+
+
+def _load(fetch, run, image_module) -> tuple[np.ndarray | None, dict | None]:
+    """The run's grid as RGB pixels and its layout (None where either is missing)."""
     if run is None:
-        return None
+        return None, None
     path = fetch(run["run_id"])
     if path is None:
-        return None
+        return None, None
     with image_module.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+        pixels = np.asarray(image.convert("RGB"))
+    layout_path = path.with_suffix(".json")
+    layout = json.loads(layout_path.read_text()) if layout_path.is_file() else None
+    return pixels, layout
 
 
 def save_figure(fig: Figure, stem: Path) -> list[Path]:

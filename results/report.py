@@ -19,13 +19,15 @@ from results.plots import (
     save_figure,
     tradeoff_figure,
 )
-from results.tables import build_table, to_latex, to_markdown
+from results.summary import summary_metrics
+from results.tables import LATEX_VARIANTS, build_table, to_latex, to_markdown
 from results.verdict import power_table, verdict
 
 REPORT_ARTIFACT_DIR = "report"
 # Every file a report may write; all are removed first so a figure that no longer
 # applies (κ stopped varying, say) cannot linger from an older report.
-_FILES = ("table.tex", "table.md", "table.csv", "runs.csv", "convergence.md", "power.md",
+_FILES = (*(f"{stem}.tex" for stem in LATEX_VARIANTS), "table.md", "table.csv", "runs.csv",
+          "convergence.md", "power.md",
           *(f"{stem}.{ext}" for stem in ("metrics_vs_kappa", "fid_clip_tradeoff", "samples",
                                          "metrics_vs_iteration")
             for ext in ("png", "pdf")))
@@ -49,7 +51,7 @@ def _quiet_downloads():
 @dataclass(frozen=True)
 class ReportPaths:
     out_dir: Path
-    latex: Path  # the booktabs table float
+    latex: Path  # table.tex: the booktabs table float, for one-column papers
     markdown: Path
     csv: Path  # the aggregated numbers behind the table (unrounded, with p-values)
     runs_csv: Path  # one row per run, as read from MLflow
@@ -57,15 +59,22 @@ class ReportPaths:
     markdown_text: str  # the table, the figures' names and, last, the verdict line
     parent_run_id: str
     verdict: str  # one line: which differences are significant (results/verdict.py)
+    latex_wide: Path  # table-wide.tex: table* across both columns of a two-column paper
+    latex_narrow: Path  # table-narrow.tex: one column of a two-column paper
+    table_markdown: str  # the Markdown table alone (caption, rows, notes)
+    summary: dict[str, float]  # per-arm summary metrics (results.summary.summary_metrics)
 
 
 def fetch_grid(client, run_id: str, dst_dir: Path) -> Path | None:
-    """Download a run's ``samples/grid_final.png`` into ``dst_dir``; None if it has none."""
+    """Download a run's ``samples/grid_final.png`` into ``dst_dir``, with its layout
+    (``grid_final.json``, beside it) when the run logged one; None if it has no grid."""
     names = {f.path for f in client.list_artifacts(run_id, "samples")}
     if schema.GRID_FINAL not in names:
         return None
     dst_dir.mkdir(parents=True, exist_ok=True)
     with _quiet_downloads():
+        if schema.GRID_FINAL_LAYOUT in names:
+            client.download_artifacts(run_id, schema.GRID_FINAL_LAYOUT, str(dst_dir))
         return Path(client.download_artifacts(run_id, schema.GRID_FINAL, str(dst_dir)))
 
 
@@ -83,11 +92,14 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
     for name in _FILES:
         (out_dir / name).unlink(missing_ok=True)
 
-    latex, markdown = out_dir / "table.tex", out_dir / "table.md"
-    csv, runs_csv = out_dir / "table.csv", out_dir / "runs.csv"
-    latex.write_text(to_latex(table))
+    latex = {stem: out_dir / f"{stem}.tex" for stem in LATEX_VARIANTS}
+    for stem, path in latex.items():
+        path.write_text(to_latex(table, stem))
+    markdown, csv, runs_csv = out_dir / "table.md", out_dir / "table.csv", out_dir / "runs.csv"
     table.csv.to_csv(csv, index=False)
-    runs.to_csv(runs_csv, index=False)
+    # + 0.0 turns a -0.0 into 0.0, which the CSV would otherwise print as "-0.0".
+    numeric = runs.select_dtypes("number").columns
+    runs.assign(**{c: runs[c] + 0.0 for c in numeric}).to_csv(runs_csv, index=False)
 
     from mlflow import MlflowClient
 
@@ -114,7 +126,8 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
         (out_dir / "convergence.md").write_text(ordering_table(history, metrics))
         extra.append(out_dir / "convergence.md")
 
-    text = to_markdown(table)
+    table_markdown = to_markdown(table)
+    text = table_markdown
     if figures:
         text += ("\nFigures (PNG and PDF; bars and bands are 95% t-intervals over seeds): "
                  + ", ".join(p.name for p in figures if p.suffix == ".png") + "\n")
@@ -125,7 +138,10 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
     line = verdict(plan, runs)
     text += f"\n{line}\n"
     markdown.write_text(text)
-    for path in (latex, markdown, csv, runs_csv, *extra, *figures):
+    for path in (*latex.values(), markdown, csv, runs_csv, *extra, *figures):
         client.log_artifact(parent, str(path), REPORT_ARTIFACT_DIR)
-    return ReportPaths(out_dir, latex, markdown, csv, runs_csv, tuple(figures), text, parent,
-                       line)
+    return ReportPaths(out_dir=out_dir, latex=latex["table"], markdown=markdown, csv=csv,
+                       runs_csv=runs_csv, figures=tuple(figures), markdown_text=text,
+                       parent_run_id=parent, verdict=line, latex_wide=latex["table-wide"],
+                       latex_narrow=latex["table-narrow"], table_markdown=table_markdown,
+                       summary=summary_metrics(runs))

@@ -3,7 +3,9 @@
 One place for these names so writer and reader cannot drift apart.
 
 - One experiment per plan, named ``EXPERIMENT_PREFIX + plan name`` (e.g. ``ablate/lsg``).
-- One parent run per invocation of ``ablate run``: tag ``ROLE = "parent"``, tag ``PLAN``.
+- One parent run per invocation of ``ablate run``: tag ``ROLE = "parent"``, tag ``PLAN``,
+  tag ``PROFILE`` (``embedded``, ``sd15`` or ``sd21base``; the tables add the paper's
+  published numbers for the SD profiles).
 - One child run per trial (tag ``mlflow.parentRunId`` = parent run id, ``ROLE = "trial"``),
   with every resolved config field as a param (``strategy``, ``kappa``, ``kappa1``..``kappa4``,
   ``seed``, ...), tags ``TRIAL_ID``, ``GIT_COMMIT``, ``TEACHER_ID``, ``TEACHER_HASH``,
@@ -12,7 +14,14 @@ One place for these names so writer and reader cannot drift apart.
   teacher's multi-step samples, with params ``sampler``, ``sampler_steps``, ``kappa``.
 - Final metrics are logged at the last step under the keys below; curves (losses, images/s)
   and evaluation metrics at intermediate points use the same keys with their step.
-- Artifacts: ``config.json`` and ``samples/grid_<step>.png`` / ``samples/grid_final.png``.
+- Cost metrics of a trial (final step): ``TRAIN_SECONDS`` (the distillation span),
+  ``DEVICE_HOURS`` (train_seconds x devices / 3600) and ``UNET_PASSES_PER_IMAGE``.
+- Artifacts: ``config.json`` and ``samples/grid_<step>.png`` / ``samples/grid_final.png``;
+  optionally ``GRID_FINAL_LAYOUT`` beside the final grid, a JSON object
+  ``{"prompts": [p, ...], "cells": [[[left, top, right, bottom], ...], ...]}``: per prompt
+  (in the grid's row order), the pixel boxes of its images in ``grid_final.png``. With it
+  the report's ``samples.png`` has one row per prompt across the arms; without it, one
+  panel per run showing the whole grid.
 """
 
 import os
@@ -30,6 +39,7 @@ TEACHER_ID = "ablate.teacher_id"
 TEACHER_HASH = "ablate.teacher_hash"
 PROMPT_SET_HASH = "ablate.prompt_set_hash"
 EVAL_PROTOCOL = "ablate.eval_protocol"  # e.g. "embedded-16px-clip" or "coco2014-30k-256"
+PROFILE = "ablate.profile"  # on the parent run; orchestrator.tracking.PROFILE must equal it
 
 STATUSES = ("finished", "diverged", "failed")
 
@@ -55,11 +65,12 @@ IMAGES_PER_SECOND = "images_per_second"
 # per iteration (forward + backward; distill.guidance.GuidanceScales.unet_passes).
 TRAIN_SECONDS = "train_seconds"
 DEVICE_HOURS = "device_hours"
-UNET_PASSES = "unet_passes_per_image"
+UNET_PASSES_PER_IMAGE = "unet_passes_per_image"
 # The sample grid of an evaluation, as an MLflow image (the dashboard's image panel).
 SAMPLES_IMAGE_KEY = "samples"
 
 GRID_FINAL = "samples/grid_final.png"
+GRID_FINAL_LAYOUT = "samples/grid_final.json"
 CONFIG_ARTIFACT = "config.json"
 
 # Where the store lives unless MLFLOW_TRACKING_URI says otherwise: one SQLite file in the

@@ -307,7 +307,7 @@ def test_the_dashboard_shows_the_answer(e2e):
         "strategy": "lsg", "kappa": "2", "seed": "0", "plan": "e2e", "size": "smoke",
         "profile": "embedded"}
     assert row[f"tags.{schema.DESCRIPTION}"].startswith("lsg at κ = 2, seed 0: 12 iterations")
-    assert row[f"metrics.{schema.UNET_PASSES}"] == 15  # lsg: 8 forward + 7 backward
+    assert row[f"metrics.{schema.UNET_PASSES_PER_IMAGE}"] == 15  # lsg: 8 forward + 7 backward
     assert row[f"metrics.{schema.TRAIN_SECONDS}"] > 0
     assert row[f"metrics.{schema.DEVICE_HOURS}"] == pytest.approx(
         row[f"metrics.{schema.TRAIN_SECONDS}"] / 3600)

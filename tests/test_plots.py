@@ -10,10 +10,13 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.container import ErrorbarContainer
 from PIL import Image
-from test_results import T975_DF1, shared_store
+from test_results import GRID_PROMPTS, T975_DF1, TILE, shared_store
 
 from results.load import load_runs
 from results.plots import (
+    COLUMN_WIDTH_IN,
+    MIN_FONT_PT,
+    UPSCALE_TO_PX,
     Panel,
     kappa_figure,
     sample_grid_figure,
@@ -99,15 +102,18 @@ def test_tradeoff_curve_per_strategy_and_teacher_point(kappa_runs, tmp_path):
     assert list(y) == pytest.approx([19.5, 23.5, 27.5])
     tx, ty = bars[2].lines[0].get_data()
     assert (list(tx), list(ty)) == ([0.31], [6.0])
-    assert sorted(t.get_text() for t in ax.texts) == ["κ=1", "κ=1", "κ=2", "κ=2", "κ=3", "κ=3"]
+    # Every point names its arm and κ; the teacher's star too.
+    assert sorted(t.get_text() for t in ax.texts) == [
+        "cfg, κ=1", "cfg, κ=2", "cfg, κ=3", "lsg, κ=1", "lsg, κ=2", "lsg, κ=3", "teacher"]
     _check_files(save_figure(fig, tmp_path / "tradeoff"))
 
 
 def test_kappa_figure_absent_when_kappa_fixed(store):
     lsg_runs = load_runs("lsg", store["uri"])
     assert kappa_figure(lsg_runs) is None
-    bars = _errorbars(tradeoff_figure(lsg_runs).axes[0])
-    assert len(bars) == 4  # lsg, cfg, none as single points, plus the teacher
+    ax = tradeoff_figure(lsg_runs).axes[0]
+    assert len(_errorbars(ax)) == 4  # lsg, cfg, none as single points, plus the teacher
+    assert sorted(t.get_text() for t in ax.texts) == ["cfg", "lsg", "none", "teacher"]
 
 
 def test_sample_grid_layout_and_images(store, kappa_runs, tmp_path):
@@ -135,9 +141,40 @@ def test_sample_grid_layout_and_images(store, kappa_runs, tmp_path):
     lsg_layout = sample_panels(lsg_runs)
     assert [[panel.title for panel in row] for row in lsg_layout] == [
         ["lsg", "cfg", "none", "Teacher (ddim, 25 steps, κ = 2)"]]
-    lsg_fig = sample_grid_figure(lsg_runs, fetch)
-    assert sum(1 for ax in lsg_fig.axes if ax.images) == 4  # the teacher logged a grid here
-    _check_files(save_figure(lsg_fig, tmp_path / "samples"))
+
+
+def test_samples_with_layouts_have_one_row_per_prompt_readable_at_column_width(store,
+                                                                               tmp_path):
+    """The lsg plan's grids come with their layout: one row per prompt, the prompt written
+    once above it at >= 8 pt once the figure is printed at column width, one column per arm
+    plus the teacher, the tiles enlarged by an integer factor with nearest neighbour."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store["uri"])
+    fig = sample_grid_figure(load_runs("lsg", store["uri"]),
+                             lambda run_id: fetch_grid(client, run_id, tmp_path / run_id))
+    width = fig.get_size_inches()[0]
+    assert width >= COLUMN_WIDTH_IN
+    print_scale = COLUMN_WIDTH_IN / width  # how much the figure shrinks at column width
+    rows = fig.subfigs
+    assert [row.texts[0].get_text() for row in rows] == list(GRID_PROMPTS)  # once per row
+    first = rows[0].axes
+    assert [ax.get_title() for ax in first] == ["lsg", "cfg", "none", "Teacher"]
+    assert not any(ax.get_title() for row in rows[1:] for ax in row.axes)
+    for text in [row.texts[0] for row in rows] + [ax.title for ax in first]:
+        assert text.get_fontsize() * print_scale >= MIN_FONT_PT - 1e-9
+    # Each cell: the prompt's 2 tiles (8 px, one white pixel apart) x 16 (8 px -> 128 px).
+    factor = UPSCALE_TO_PX // TILE
+    lsg_first, lsg_second = (np.asarray(row.axes[0].images[0].get_array()) for row in rows)
+    assert lsg_first.shape == (TILE * factor, (2 * TILE + 1) * factor, 3)
+    assert all(ax.images[0].get_interpolation() == "nearest" for row in rows for ax in row.axes)
+    # Nearest neighbour: every source pixel is a uniform block; rows keep their prompts
+    # (the second prompt's tiles are the darker ones), the gap stays white.
+    assert lsg_first[0, 0].tolist() == [200, 30, 30] and lsg_second[0, 0].tolist() == [100, 15, 15]
+    assert lsg_first[:, TILE * factor:(TILE + 1) * factor].min() == 255
+    teacher = np.asarray(rows[0].axes[3].images[0].get_array())
+    assert teacher[0, 0].tolist() == [128, 128, 128]
+    _check_files(save_figure(fig, tmp_path / "samples"))
 
 
 def test_sample_grid_panel_explains_a_group_without_finished_runs(store, kappa_runs, tmp_path):

@@ -6,7 +6,9 @@ the orchestrator writes it; expected numbers below are computed by hand.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,13 @@ LSG_TRIALS = {
     ("none", 2): ("diverged", 500.0, 0.10, 0.0),  # must never reach a mean
 }
 KAPPAS = (1.0, 2.0, 3.0)
+# plan lsg: device-hours per seed (one device) and UNet passes per image (8+7, 6+5, 5+4).
+# Means over finished seeds: lsg 1.1, cfg 0.8, none 0.65 (the diverged seed's 0.1 left out).
+LSG_COST = {"lsg": ((1.0, 1.1, 1.2), 15), "cfg": ((0.8, 0.8, 0.8), 11),
+            "none": ((0.6, 0.7, 0.1), 9)}
+# The lsg plan's grids: 2 prompts x 2 images of 8x8 pixels, with a layout beside them.
+GRID_PROMPTS = ("a red circle", "a small blue square on the left")
+TILE = 8
 
 
 def _kappa_trial(strategy: str, kappa: float, seed: int):
@@ -51,8 +60,28 @@ def _grid_png(path: Path, colour: tuple[int, int, int]) -> Path:
     return path
 
 
+def _prompt_grid(path: Path, colour: tuple[int, int, int]) -> None:
+    """A grid as evaluation.sample_grid lays it out (a label strip, then the tiles of each
+    prompt in a row), and its layout: the prompts and each tile's box. The second prompt's
+    tiles are darker, so a test can tell the rows apart."""
+    label, pad = 20, 2
+    image = np.full((pad + 2 * (TILE + pad), label + 2 * (TILE + pad) + pad, 3), 255, np.uint8)
+    cells = []
+    for r in range(len(GRID_PROMPTS)):
+        top = pad + r * (TILE + pad)
+        boxes = []
+        for c in range(2):
+            left = label + pad + c * (TILE + pad)
+            image[top:top + TILE, left:left + TILE] = [v // (r + 1) for v in colour]
+            boxes.append([left, top, left + TILE, top + TILE])
+        cells.append(boxes)
+    Image.fromarray(image).save(path)
+    path.with_suffix(".json").write_text(json.dumps({"prompts": list(GRID_PROMPTS),
+                                                     "cells": cells}))
+
+
 def _log_run(client, experiment_id, parent_id, role, name, params, status, metrics,
-             tmp: Path, grid_colour=None):
+             tmp: Path, grid_colour=None, layout=False):
     from mlflow.entities import Metric, Param, RunTag
 
     tags = {"mlflow.parentRunId": parent_id, schema.ROLE: role,
@@ -73,16 +102,21 @@ def _log_run(client, experiment_id, parent_id, role, name, params, status, metri
                      params=[Param(k, str(v)) for k, v in params.items()],
                      tags=[RunTag(schema.TRIAL_ID, name)])
     if grid_colour is not None:
-        client.log_artifact(run_id, str(_grid_png(tmp / run_id / "grid_final.png", grid_colour)),
-                            "samples")
+        grid = _grid_png(tmp / run_id / "grid_final.png", grid_colour)
+        if layout:
+            _prompt_grid(grid, grid_colour)
+            client.log_artifact(run_id, str(grid.with_suffix(".json")), "samples")
+        client.log_artifact(run_id, str(grid), "samples")
     if status is not None:
         client.set_terminated(run_id, "FINISHED" if status == "finished" else "FAILED")
     return run_id
 
 
 def build_store(root: Path) -> dict:
-    """A real SQLite MLflow store with plans lsg (an older and a latest parent run),
-    kappa (strategy x κ x 2 seeds), broken (no finished trial) and mixed (two FID keys)."""
+    """A real SQLite MLflow store with plans lsg (an older and a latest parent run, profile
+    embedded, with cost metrics and grid layouts), kappa (strategy x κ x 2 seeds, profile
+    sd15: the paper's rows for κ 2 and 3), broken (no finished trial) and mixed (two FID
+    keys)."""
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -94,9 +128,10 @@ def build_store(root: Path) -> dict:
         return client.create_experiment(schema.EXPERIMENT_PREFIX + plan,
                                         artifact_location=str(root / "artifacts" / plan))
 
-    def parent(experiment_id, plan):
+    def parent(experiment_id, plan, profile="embedded"):
         run = client.create_run(experiment_id, run_name=f"{plan}-parent",
-                                tags={schema.ROLE: "parent", schema.PLAN: plan})
+                                tags={schema.ROLE: "parent", schema.PLAN: plan,
+                                      schema.PROFILE: profile})
         client.set_terminated(run.info.run_id)
         return run.info.run_id
 
@@ -117,18 +152,20 @@ def build_store(root: Path) -> dict:
              {"fid2k": 99.0, "clip_score": 0.1, "colour_shape_size_acc": 0.1}, tmp)
     ids["lsg_parent"] = latest = parent(lsg, "lsg")
     for (strategy, seed), (status, fid, clip, acc) in LSG_TRIALS.items():
+        hours, passes = LSG_COST[strategy][0][seed], LSG_COST[strategy][1]
         _log_run(client, lsg, latest, "trial", f"strategy={strategy},seed={seed}",
                  trial_params(strategy, 2.0, seed), status,
                  {"fid2k": fid, "clip_score": clip, "colour_shape_size_acc": acc,
-                  "loss_generator": 0.5},
-                 tmp, grid_colour=colours[strategy])
+                  "loss_generator": 0.5, schema.TRAIN_SECONDS: hours * 3600,
+                  schema.DEVICE_HOURS: hours, schema.UNET_PASSES_PER_IMAGE: passes},
+                 tmp, grid_colour=colours[strategy], layout=True)
     _log_run(client, lsg, latest, "teacher", "teacher", {"sampler": "ddim", "sampler_steps": 25,
                                                          "kappa": 2.0},
              "finished", {"fid2k": 5.0, "clip_score": 0.33, "colour_shape_size_acc": 0.95}, tmp,
-             grid_colour=(128, 128, 128))
+             grid_colour=(128, 128, 128), layout=True)
 
     kappa = experiment("kappa")
-    ids["kappa_parent"] = kp = parent(kappa, "kappa")
+    ids["kappa_parent"] = kp = parent(kappa, "kappa", profile="sd15")
     for strategy in ("lsg", "cfg"):
         for k in KAPPAS:
             for seed in (0, 1):
@@ -308,7 +345,7 @@ def test_lsg_table_rows_deltas_and_diverged_shown(store):
     rows = {r.label[0].text.split(":")[0]: r for b in table.blocks for r in b.rows}
     assert list(rows) == ["lsg", "cfg", "none", "Teacher (ddim, 25 steps, κ = 2)"]
     assert table.headers == ["FID (2k) ↓", "Δ FID", "CLIP ↑", "Δ CLIP", "Adherence (%) ↑",
-                             "Δ Adherence", "Seeds"]
+                             "Δ Adherence", "Cost ×", "Seeds"]
     lsg, cfg, none = rows["lsg"].cells, rows["cfg"].cells, rows["none"].cells
     assert lsg[0].markdown() == f"**12.00** ± {T975_DF2 * 2 / math.sqrt(3):.2f}"
     assert lsg[1].text == "—"  # the reference row has no Δ
@@ -337,7 +374,7 @@ def test_kappa_table_blocks_per_strategy_and_generic_fallback(store):
     assert table.label_headers == ["κ"]
     titles = [b.title for b in table.blocks]
     assert titles == ["lsg: LSG kept (paper)", "cfg: LSG removed, teacher guidance only",
-                      "Reference"]
+                      "Reference", "Published (Zhou et al., Table 1)"]
     lsg_rows = table.blocks[0].rows
     assert [r.label[0].text for r in lsg_rows] == ["1", "2", "3"]
     # lsg κ=1: fid 14, 15 -> mean 14.5, std 0.7071, ci = 12.706 * 0.5 = 6.35
@@ -375,8 +412,8 @@ def test_cli_all_plans_writes_every_output_logs_to_parent_and_prints_markdown(
     # power.md: seeds per arm for 80% power of each comparison with lsg.
     assert names == ["convergence.md", "fid_clip_tradeoff.pdf", "fid_clip_tradeoff.png",
                      "metrics_vs_iteration.pdf", "metrics_vs_iteration.png", "power.md",
-                     "runs.csv", "samples.pdf", "samples.png", "table.csv", "table.md",
-                     "table.tex"]
+                     "runs.csv", "samples.pdf", "samples.png", "table-narrow.tex",
+                     "table-wide.tex", "table.csv", "table.md", "table.tex"]
     assert (tmp_path / "tables" / "kappa" / "metrics_vs_kappa.pdf").is_file()
     # Step 50 holds 3x+1 of each final value, so FID's order is the same at both steps:
     # lsg (mean 12) < cfg (21) < none (32, its diverged seed left out).
@@ -422,9 +459,9 @@ def test_unset_param_is_its_own_configuration_not_dropped():
     got = [(r.label[0].text, r.cells[0].markdown(), r.cells[-1].text)
            for r in table.blocks[0].rows]
     # Unset: fid 10 and 14 over seeds 0, 1 -> mean 12, CI = t(0.975, 1) * sqrt(8) / sqrt(2).
-    # Equal means as printed: both are the best, both bold.
-    assert got == [("6", "**12.00**", "1"), ("None", f"**12.00** ± {T975_DF1 * 2:.2f}", "2")]
-    assert "| None | **12.00** ± 25.41 | 2 |" in to_markdown(table)
+    # Equal means as printed: a tie for best, so neither is bold.
+    assert got == [("6", "12.00", "1"), ("None", f"12.00 ± {T975_DF1 * 2:.2f}", "2")]
+    assert "| None | 12.00 ± 25.41 | 2 |" in to_markdown(table)
 
 
 def test_mixed_evaluation_protocols_are_refused():
@@ -473,7 +510,9 @@ def test_only_seeds_vary_gives_one_row_with_all_trials():
     assert [c.markdown() for c in row.label + row.cells] == [
         "all trials", "0.310 ± 0.127", "failed 1/3"]
     assert table.label_headers == ["Configuration"]
-    assert "all trials & 0.310{\\scriptsize" in to_latex(table)
+    # The interval under the mean, smaller: a nested tabular (no package needed).
+    assert ("all trials & \\begin{tabular}[t]{@{}r@{}}0.310\\\\{\\scriptsize$\\pm$0.127}"
+            "\\end{tabular}") in to_latex(table)
 
 
 def test_delta_cells_say_not_significant_where_the_welch_test_says_so():
@@ -483,4 +522,149 @@ def test_delta_cells_say_not_significant_where_the_welch_test_says_so():
     assert _delta_cell(-0.05, 0.01, "clip_score").markdown() == "-0.050†"
     # One seed on a side: no test, so neither mark nor "n.s.".
     assert _delta_cell(2.0, math.nan, "fid2k").markdown() == "+2.00"
-    assert _delta_cell(1.0, 0.30, "fid2k").latex() == "$+$1.00 n.s."
+    assert _delta_cell(1.0, 0.30, "fid2k").latex() == (
+        "\\begin{tabular}[t]{@{}r@{}}$+$1.00\\\\{\\scriptsize n.s.}\\end{tabular}")
+
+
+# --------------------------------------------------------------------------- issue 13 rules
+
+
+def _frame(rows: list[dict], plan_params=("strategy", "kappa", "seed"), **attrs):
+    import pandas as pd
+
+    frame = pd.DataFrame([{"run_id": f"r{i}", "run_name": "", "role": "trial",
+                           "status": "finished", "trial_id": "", **row}
+                          for i, row in enumerate(rows)])
+    frame.attrs.update(parent_run_id="p", param_columns=[c for c in plan_params if c in frame],
+                       **attrs)
+    return frame
+
+
+def test_cost_column_is_device_hours_relative_to_lsg(store):
+    from results.load import load_runs
+    from results.tables import build_table, to_markdown
+
+    table = build_table("lsg", load_runs("lsg", store["uri"]))
+    rows = {r.label[0].text.split(":")[0]: r for b in table.blocks for r in b.rows}
+    cost = table.headers.index("Cost ×")
+    # Mean device-hours over finished seeds: lsg 1.1, cfg 0.8, none 0.65 (diverged left out).
+    assert [rows[s].cells[cost].text for s in ("lsg", "cfg", "none")] == ["1.00", "0.73", "0.59"]
+    assert rows["Teacher (ddim, 25 steps, κ = 2)"].cells[cost].text == "—"
+    assert "Cost ×: device-hours vs lsg" in table.caption
+    csv = table.csv.set_index("strategy")
+    assert csv.loc["cfg", "cost_vs_lsg"] == pytest.approx(0.8 / 1.1)
+    assert csv.loc["lsg", "device_hours_mean"] == pytest.approx(1.1)
+    assert csv.loc["none", "unet_passes_per_image_mean"] == 9
+    assert "| **12.00** ± 4.97 | — |" in to_markdown(table)  # lsg: no Δ against itself
+
+
+def test_cost_falls_back_to_unet_passes_and_is_absent_without_cost_metrics():
+    from results.tables import build_table
+
+    passes = {"lsg": 15, "cfg": 11, "none": 9}
+    rows = [{"strategy": s, "kappa": 2.0, "seed": seed, "fid2k": 10.0 + seed,
+             "unet_passes_per_image": passes[s],
+             # One run without device-hours: the column must not mix two units.
+             "device_hours": None if (s, seed) == ("cfg", 0) else 1.0}
+            for s in passes for seed in (0, 1)]
+    table = build_table("lsg", _frame(rows))
+    cost = table.headers.index("Cost ×")
+    # 11 / 15 = 0.733, 9 / 15 = 0.6
+    assert [r.cells[cost].text for r in table.blocks[0].rows] == ["1.00", "0.73", "0.60"]
+    assert "Cost ×: UNet passes per image vs lsg" in table.caption
+    for row in rows:
+        del row["unet_passes_per_image"], row["device_hours"]
+    plain = build_table("lsg", _frame(rows))
+    assert "Cost ×" not in plain.headers and "Cost" not in plain.caption
+
+
+def test_no_negative_zero_anywhere(tmp_path):
+    from results.tables import build_table, metric_format, param_text, to_latex, to_markdown
+
+    assert metric_format("clip_score").number(-0.0001) == "0.000"
+    assert metric_format("fid2k").number(-0.004) == "0.00"
+    assert metric_format("fid2k").number(-0.006) == "-0.01"
+    assert param_text("kappa", -0.0) == "0"
+    # cfg's CLIP is 0.0001 below lsg's: Δ and means round to zero; κ is a negative zero.
+    rows = [{"strategy": s, "kappa": -0.0, "seed": seed, "fid2k": 10.0 + seed,
+             "clip_score": (0.3 if s == "lsg" else 0.2999) + 0.01 * seed,
+             "colour_shape_size_acc": -0.0}
+            for s in ("lsg", "cfg") for seed in (0, 1)]
+    table = build_table("lsg", _frame(rows))
+    table.csv.to_csv(tmp_path / "t.csv", index=False)
+    texts = [to_markdown(table), (tmp_path / "t.csv").read_text(), table.caption,
+             *(to_latex(table, v) for v in ("table", "table-wide", "table-narrow"))]
+    for text in texts:
+        assert not re.search(r"(-|\$-\$|−)0(\.0+)?(?![0-9.]*[1-9])", text), text
+
+
+def test_published_rows_only_for_the_sd_profiles():
+    from results.tables import build_table, to_markdown
+
+    rows = [{"strategy": "lsg", "kappa": k, "seed": seed, "fid30k": 9.0 + k + seed,
+             "clip_score": 0.3} for k in (1.5, 2.5, 3.0) for seed in (0, 1)]
+    table = build_table("kappa", _frame(rows, profile="sd21base"))
+    block = table.blocks[-1]
+    assert block.title == "Published (Zhou et al., Table 1)"
+    # SD2.1-base: κ 1.5 -> 9.52 / 0.308, κ 3 -> 13.50 / 0.321; the paper has no κ 2.5.
+    assert [[c.text for c in r.label + r.cells] for r in block.rows] == [
+        ["1.5", "9.52", "0.308", "paper"], ["3", "13.50", "0.321", "paper"]]
+    assert table.caption.endswith("; published: Zhou et al., Table 1.")
+    assert any("Long and Short Guidance in Score identity Distillation" in n
+               and "SD2.1-base" in n for n in table.notes)
+    assert "| 1.5 | 9.52 | 0.308 | paper |" in to_markdown(table)
+    assert not any(r.cells[0].bold for r in block.rows)  # a reference, never the best
+    lsg = build_table("lsg", _frame([{**r, "strategy": s, "kappa": 2.0} for r in rows[:2]
+                                     for s in ("lsg", "cfg")], profile="sd15"))
+    assert [c.text for c in lsg.blocks[-1].rows[0].label] == ["lsg, κ = 2"]
+    assert lsg.blocks[-1].rows[0].cells[0].text == "9.56"  # SD1.5, κ 2: 9.56 / 0.313
+    for profile in ("embedded", None):
+        table = build_table("kappa", _frame(rows, profile=profile))
+        assert not any((b.title or "").startswith("Published") for b in table.blocks)
+
+
+def test_profile_tag_is_read_and_shared_with_the_orchestrator(store):
+    from orchestrator import tracking
+    from results.load import load_runs
+
+    assert tracking.PROFILE == schema.PROFILE
+    assert load_runs("lsg", store["uri"]).attrs["profile"] == "embedded"
+    assert load_runs("kappa", store["uri"]).attrs["profile"] == "sd15"
+
+
+def test_summary_metrics_per_arm_with_interval_bounds(store):
+    from results import summary_metrics
+    from results.load import load_runs
+
+    summary = summary_metrics(load_runs("lsg", store["uri"]))
+    half = T975_DF2 * 2 / math.sqrt(3)  # lsg FID 10, 12, 14
+    assert summary["lsg.fid2k.mean"] == pytest.approx(12.0)
+    assert summary["lsg.fid2k.ci_low"] == pytest.approx(12.0 - half)
+    assert summary["lsg.fid2k.ci_high"] == pytest.approx(12.0 + half)
+    assert summary["none.fid2k.mean"] == pytest.approx(32.0)  # the diverged seed left out
+    assert summary["cfg.clip_score.mean"] == pytest.approx(0.28)
+    assert summary["cfg.cost_vs_lsg"] == pytest.approx(0.8 / 1.1)
+    assert summary["teacher.fid2k.mean"] == 5.0 and "teacher.fid2k.ci_low" not in summary
+    assert all(re.fullmatch(r"[A-Za-z0-9_\-. /]+", key) for key in summary)
+    kappa = summary_metrics(load_runs("kappa", store["uri"]))
+    assert kappa["lsg_kappa1.fid2k.mean"] == pytest.approx(14.5)
+    assert kappa["cfg_kappa3.fid2k.mean"] == pytest.approx(27.5)
+
+
+def test_report_returns_table_verdict_and_summary_for_the_parent_run(store, tmp_path):
+    from results import summary_metrics, verdict_line, write_report
+    from results.load import load_runs
+
+    report = write_report("lsg", tmp_path, store["uri"])
+    line = verdict_line("lsg", store["uri"], store["lsg_parent"])
+    assert line == report.verdict and line.startswith("verdict (two-sided Welch t-test")
+    assert report.table_markdown.startswith("**Table (tab:ablate-lsg).**")
+    assert report.markdown_text.startswith(report.table_markdown)
+    assert report.markdown_text.rstrip().endswith(line)
+    assert report.summary == summary_metrics(load_runs("lsg", store["uri"]))
+    assert report.latex_wide.name == "table-wide.tex"
+    assert report.latex_narrow.name == "table-narrow.tex"
+    # The run id is a note, not part of the caption.
+    assert f"MLflow parent run {store['lsg_parent']}." not in report.table_markdown.split(
+        "\n")[0]
+    assert f"MLflow parent run {store['lsg_parent']}." in report.table_markdown

@@ -1,0 +1,71 @@
+"""What the plan's parent run shows of its result: per-arm summary metrics and the verdict.
+
+The orchestrator logs :func:`summary_metrics` on the parent run so the runs table's parent
+row carries each arm's mean and 95% interval (``lsg.fid2k.mean``, ``lsg.fid2k.ci_low``, ...),
+and puts :func:`verdict_line` with the Markdown table into the run's description.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+
+from results.load import load_runs
+from results.tables import build_table, param_text
+from results.verdict import verdict
+
+# MLflow metric keys may hold alphanumerics, underscores, dashes, periods, spaces and slashes.
+_NOT_ALLOWED = re.compile(r"[^A-Za-z0-9_\-. /]")
+STAT_SUFFIX = "_mean"
+
+
+def metric_key(*parts: str) -> str:
+    """Parts joined by '.', each character MLflow refuses replaced by '_'."""
+    return _NOT_ALLOWED.sub("_", ".".join(parts))
+
+
+def _arm(row: pd.Series, keys: list[str], teachers: int) -> str:
+    """'lsg' for a strategy, 'kappa1.5' for another param, joined by '_'; the teacher is
+    'teacher' (with its κ when there are several teacher rows)."""
+    if row["role"] == "teacher":
+        kappa = row.get("kappa")
+        return "teacher" + (f"_kappa{param_text('kappa', kappa)}"
+                            if teachers > 1 and pd.notna(kappa) else "")
+    parts = [str(row[k]) if k == "strategy" else f"{k}{param_text(k, row[k])}" for k in keys]
+    return "_".join(parts) or "all"
+
+
+def summary_metrics(runs: pd.DataFrame) -> dict[str, float]:
+    """Per arm of the plan's comparison table (``runs`` as :func:`results.load_runs` returns
+    them): ``<arm>.<metric>.mean``, ``.ci_low`` and ``.ci_high`` (the 95% t-interval over
+    finished seeds; no bounds with one seed) for every final metric, and ``<arm>.cost_vs_lsg``
+    where the table has a cost column. Arms: the strategy in the lsg plan, ``kappa<κ>`` in
+    the kappa plan, the row's params otherwise. NaN values are left out."""
+    table = build_table(runs.attrs.get("plan", ""), runs)
+    rows = table.csv[table.csv["role"].isin(["trial", "teacher"])]
+    metrics = [c[:-len(STAT_SUFFIX)] for c in rows.columns
+               if c.endswith(STAT_SUFFIX) and f"{c[:-len(STAT_SUFFIX)]}_ci95" in rows]
+    teachers = int((rows["role"] == "teacher").sum())
+    out: dict[str, float] = {}
+    for _, row in rows.iterrows():
+        arm = _arm(row, table.keys, teachers)
+        for metric in metrics:
+            mean, ci = row[f"{metric}_mean"], row[f"{metric}_ci95"]
+            if not math.isfinite(mean):
+                continue
+            out[metric_key(arm, metric, "mean")] = float(mean)
+            if math.isfinite(ci):
+                out[metric_key(arm, metric, "ci_low")] = float(mean - ci)
+                out[metric_key(arm, metric, "ci_high")] = float(mean + ci)
+        if math.isfinite(row.get("cost_vs_lsg", math.nan)):
+            out[metric_key(arm, "cost_vs_lsg")] = float(row["cost_vs_lsg"])
+    return out
+
+
+def verdict_line(plan: str, tracking_uri: str | None = None,
+                 parent_run_id: str | None = None) -> str:
+    """The one-line verdict (:func:`results.verdict.verdict`) of the plan's latest parent
+    run, or of the named one."""
+    return verdict(plan, load_runs(plan, tracking_uri, parent_run_id))
