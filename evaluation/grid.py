@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,13 @@ LABEL_HEIGHT_PAD = 6
 
 
 def sample_grid(images: torch.Tensor, captions: list[str], path: str | Path,
-                columns: int = 8) -> Path:
+                columns: int = 8, layout_path: str | Path | None = None) -> Path:
     """Write a PNG grid of images grouped by prompt (first ``columns`` images per prompt,
-    first ``MAX_ROWS`` prompts in order of appearance) and return its path."""
+    first ``MAX_ROWS`` prompts in order of appearance) and return its path.
+
+    ``layout_path``: also write where each image sits, as JSON ``{"prompts": [...],
+    "cells": [[[left, top, right, bottom], ...] per prompt]}`` (results.schema's
+    GRID_FINAL_LAYOUT), so a report can cut the grid into one row per prompt."""
     from PIL import Image, ImageDraw, ImageFont
 
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
@@ -47,16 +52,23 @@ def sample_grid(images: torch.Tensor, captions: list[str], path: str | Path,
     canvas = Image.new("RGB", (label_w + columns * (cell_w + PAD) + PAD,
                                len(rows) * (cell_h + PAD) + PAD), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    cells = []
     for r, (caption, indices) in enumerate(rows.items()):
         top = PAD + r * (cell_h + PAD)
         draw.text((LABEL_HEIGHT_PAD, top + cell_h // 2), caption, fill=(0, 0, 0), font=font,
                   anchor="lm")
+        boxes = []
         for c, index in enumerate(indices):
             tile = Image.fromarray(np.ascontiguousarray(pixels[index]))
             resample = Image.NEAREST if scale > 1 else Image.BICUBIC
             tile = tile.resize((cell_w, cell_h), resample)
-            canvas.paste(tile, (label_w + PAD + c * (cell_w + PAD), top))
+            left = label_w + PAD + c * (cell_w + PAD)
+            canvas.paste(tile, (left, top))
+            boxes.append([left, top, left + cell_w, top + cell_h])
+        cells.append(boxes)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
+    if layout_path is not None:
+        Path(layout_path).write_text(json.dumps({"prompts": list(rows), "cells": cells}))
     return path

@@ -433,7 +433,8 @@ class PlanRun:
         status = {t.trial_id: "failed" if t.trial_id in failed else
                   (self.done[t.trial_id] or {}).get("status", "unfinished") for t in self.trials}
         tables = output_root() / "tables" / self.plan.name
-        markdown = self._report_markdown(status, tables)
+        written = self._write_report(tables)
+        markdown = written.markdown_text if written else self._fallback_table(status)
         for t in self.trials:
             if t.trial_id in failed:
                 print(f"FAILED {t.name}: {failed[t.trial_id].splitlines()[0][:300]}",
@@ -442,10 +443,8 @@ class PlanRun:
                 print(f"DIVERGED {t.name}: its losses became non-finite; see its MLflow run",
                       file=self.out)
         print(f"\n{markdown}\n", file=self.out)
-        verdict = next((line for line in markdown.splitlines() if line.startswith("verdict")), "")
-        # The parent run's description is the answer: the verdict first, then the report.
-        tracking.retry_locked(self.client.set_tag, self.parent_id, schema.DESCRIPTION,
-                              (f"**{verdict}**\n\n" if verdict else "") + markdown)
+        verdict = written.verdict if written else ""
+        self._publish(written, markdown)
         print(f"MLflow: {self.uri}  (parent run {self.parent_id})", file=self.out)
         print(f"Dashboard: ablate mlflow-ui --tracking-uri {self.uri}", file=self.out)
         print(f"Tables: {tables}", file=self.out)
@@ -453,16 +452,31 @@ class PlanRun:
             print(verdict[0].upper() + verdict[1:], file=self.out)
         return RunOutcome(exit_code, self.parent_id, status, markdown)
 
-    def _report_markdown(self, status: dict[str, str], tables: Path) -> str:
-        """The results package's report; without a finished trial (all failed or
-        diverged), a table of what each trial ended with, so the run still shows it."""
+    def _write_report(self, tables: Path):
+        """The results package's report (tables, figures, verdict, per-arm summary), or None
+        when there is nothing to compare (every trial failed or diverged)."""
         from results import ResultsError, write_report
 
         try:
             return write_report(self.plan.name, tables, tracking_uri=self.uri,
-                                parent_run_id=self.parent_id).markdown_text
+                                parent_run_id=self.parent_id)
         except ResultsError as exc:
             print(f"no comparison table: {exc}", file=sys.stderr)
+            return None
+
+    def _publish(self, written, markdown: str) -> None:
+        """The parent run is the report: its description leads with the verdict, then the
+        table; each arm's summary (mean and interval bounds) is a metric of it, so the
+        runs table's parent row itself shows the result."""
+        description = f"**{written.verdict}**\n\n{written.table_markdown}" if written else markdown
+        tracking.retry_locked(self.client.set_tag, self.parent_id, schema.DESCRIPTION,
+                              description)
+        if written:
+            step = max(t.config.iterations for t in self.trials)
+            tracking.RunLogger(self.uri, self.parent_id).log_metrics(written.summary, step)
+
+    def _fallback_table(self, status: dict[str, str]) -> str:
+        """What each trial ended with, when there is no comparison table."""
         finals = {t.trial_id: (self.done[t.trial_id] or {}).get("final_metrics", {})
                   for t in self.trials}
         keys = sorted({k for metrics in finals.values() for k, v in metrics.items()

@@ -28,6 +28,7 @@ RESULT_FILE = "result.json"
 # puts the iteration into the trial's spec, never into its config or id.
 FAULTS_ENV = "ABLATE_TEST_FAULTS"
 FAULT_MARKER = ".fault-injected"
+SYSTEM_METRICS_INTERVAL_S = 10
 
 # Per-process caches. The driver asks Tune to reuse actors, so one worker process runs
 # trial after trial; loading the teacher and building the evaluation suite (reference
@@ -108,8 +109,10 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     # Every rank passes an evaluate, so every rank reports at each evaluation point (Ray
     # Train's report is a barrier); the core calls it on rank 0 only.
     evaluate = _evaluated_on_rank_0
+    monitor = None
     if main:
         tracking.retry_locked(logger.client.update_run, spec["run_id"], status="RUNNING")
+        monitor = _system_metrics(spec)
         evaluate = _evaluator(_suite(spec, config), config, logger)
 
     def report(metrics: dict[str, float], iteration: int) -> None:
@@ -122,7 +125,11 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     teacher = _teacher(spec, config)
     # Wall-clock span of the trial's own compute, so benchmarks can tell it from overhead.
     started_at = time.time()
-    result = distill(config, workdir, teacher=teacher, report=report, evaluate=evaluate)
+    try:
+        result = distill(config, workdir, teacher=teacher, report=report, evaluate=evaluate)
+    finally:
+        if monitor is not None:
+            monitor.finish()
     finished_at = time.time()
     final = {**{k: v for k, v in result.final_metrics.items() if isinstance(v, (int, float))},
              "iteration": result.iterations, "done_status": result.status}
@@ -143,6 +150,17 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
                         "imported_at": imported_at, "ready_at": started_at}})
         tracking.finish(logger.client, spec["run_id"], "FINISHED", outcome=result.status)
     send(final)
+
+
+def _system_metrics(spec: dict[str, Any]):
+    """MLflow's CPU, memory and (NVIDIA) GPU sampler on the trial's run: the dashboard's
+    System metrics tab. It samples every SYSTEM_METRICS_INTERVAL_S in a daemon thread."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(spec["run_id"], sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                                   tracking_uri=spec["tracking_uri"])
+    monitor.start()
+    return monitor
 
 
 def _cost(spec: dict[str, Any], config, seconds: float) -> dict[str, float]:
@@ -203,9 +221,13 @@ def _evaluator(suite, config, logger):
         name = schema.GRID_FINAL if final else f"samples/grid_{iteration}.png"
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(name).name
+            # The final grid's layout lets the report cut it into one row per prompt.
+            layout = Path(tmp) / Path(schema.GRID_FINAL_LAYOUT).name if final else None
             evaluation.sample_grid(sample_fn(grid_prompts, 0), grid_prompts, path,
-                                   columns=GRID_SAMPLES_PER_PROMPT)
+                                   columns=GRID_SAMPLES_PER_PROMPT, layout_path=layout)
             logger.log_artifact(path, str(Path(name).parent))
+            if layout is not None:
+                logger.log_artifact(layout, str(Path(name).parent))
             logger.log_image(path, schema.SAMPLES_IMAGE_KEY, iteration)
         return metrics
 

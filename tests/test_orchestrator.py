@@ -180,7 +180,7 @@ def test_curves_evaluations_and_artifacts(e2e):
         artifacts = {a.path for a in client.list_artifacts(run_id)}
         assert schema.CONFIG_ARTIFACT in artifacts
         grids = {a.path for a in client.list_artifacts(run_id, "samples")}
-        assert grids == {"samples/grid_6.png", schema.GRID_FINAL}
+        assert grids == {"samples/grid_6.png", schema.GRID_FINAL, schema.GRID_FINAL_LAYOUT}
         config = json.loads(Path(client.download_artifacts(run_id, schema.CONFIG_ARTIFACT))
                             .read_text())
         assert config["trial_id"] == trial.trial_id and config["config"]["iterations"] == 12
@@ -298,7 +298,13 @@ def test_the_dashboard_shows_the_answer(e2e):
     experiment = client.get_experiment_by_name(schema.EXPERIMENT_PREFIX + "e2e")
     assert experiment.tags[schema.DESCRIPTION] == "Two trials, one crashing once and one diverging."
     parent = runs[runs[f"tags.{schema.ROLE}"] == "parent"].iloc[0]
-    assert "| Teacher" in parent[f"tags.{schema.DESCRIPTION}"]
+    description = parent[f"tags.{schema.DESCRIPTION}"]
+    assert description.startswith("**verdict") and "| Teacher" in description
+    # One finished arm (the other diverged): its mean FID is a metric of the parent row.
+    crashed_fid = json.loads((e2e["storage"] / "trials" / "e2e" / e2e["trials"][0].trial_id
+                              / "result.json").read_text())["final_metrics"]["fid48"]
+    assert any(k.endswith(".fid48.mean") and parent[k] == pytest.approx(crashed_fid)
+               for k in parent.index if k.startswith("metrics.")), parent.filter(like="metrics.")
     assert {a.path for a in client.list_artifacts(parent["run_id"], "plan")} == {
         "plan/e2e.yaml", "plan/trials.json"}
     crashed = e2e["trials"][0]
