@@ -28,7 +28,7 @@ RESULT_FILE = "result.json"
 # puts the iteration into the trial's spec, never into its config or id.
 FAULTS_ENV = "ABLATE_TEST_FAULTS"
 FAULT_MARKER = ".fault-injected"
-SYSTEM_METRICS_INTERVAL_S = 10
+SYSTEM_METRICS_INTERVAL_S = 5  # half of MLflow's default: a smoke trial is shorter than that
 
 # Per-process caches. The driver asks Tune to reuse actors, so one worker process runs
 # trial after trial; loading the teacher and building the evaluation suite (reference

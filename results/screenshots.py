@@ -2,9 +2,9 @@
 
 Serves a finished store with ``mlflow ui`` on 127.0.0.1, opens three pages in headless
 Chromium (Debian's ``chromium``) and writes PNGs to ``docs/``: the plan's runs table, the
-parent run (the report: description with the verdict and table) and the charts view of
-the parent's per-arm metrics. The server is started here and stopped here, by its process
-group; nothing else is touched.
+parent run (the report: description with the verdict and table, per-arm metrics) and one
+trial's run (tags, description, cost and system metrics). The server is started here and
+stopped here, by its process group; nothing else is touched.
 
     python -m results.screenshots [--plan lsg] [--tracking-uri URI] [--out docs] [--port 5077]
 """
@@ -29,7 +29,7 @@ SERVER_START_TIMEOUT_S = 120
 # Chromium renders the single-page app in virtual time; this much lets its requests finish.
 RENDER_BUDGET_MS = 20000
 # Tall enough for the parent run's description below its child-run list.
-WINDOWS = {"runs": "1600,900", "parent": "1600,2000", "charts": "1600,1400"}
+WINDOWS = {"runs": "1600,900", "parent": "1600,2000", "trial": "1600,1600"}
 
 
 def _wait_for(url: str, process: subprocess.Popen) -> None:
@@ -59,9 +59,14 @@ def _pages(uri: str, plan: str) -> dict[str, str]:
     if not parents:
         raise ResultsError(f"plan {plan!r} has no parent run in {uri}")
     parent = parents[0].info.run_id
-    return {"runs": f"#/experiments/{exp}/runs",
-            "parent": f"#/experiments/{exp}/runs/{parent}",
-            "charts": f"#/experiments/{exp}/runs?compareRunsMode=CHART"}
+    trials = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}' and "
+                                f"tags.`{schema.ROLE}` = 'trial'",
+                                order_by=["attributes.run_name ASC"], max_results=1)
+    pages = {"runs": f"#/experiments/{exp}/runs",
+             "parent": f"#/experiments/{exp}/runs/{parent}"}
+    if trials:
+        pages["trial"] = f"#/experiments/{exp}/runs/{trials[0].info.run_id}"
+    return pages
 
 
 def _screenshot(chromium: str, url: str, out: Path, window: str) -> None:
