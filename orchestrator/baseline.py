@@ -10,12 +10,15 @@ runs before them, where it would compete with the trials for memory.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 from distill.paths import output_root
@@ -43,16 +46,10 @@ def metrics(plan: Plan, teacher, suite, num_images: int, out: TextIO) -> dict[st
         return json.loads(cache.read_text())
     print(f"teacher baseline: {baseline.steps} steps at guidance {baseline.guidance_scale:g}"
           " (computed once, then cached)", file=out, flush=True)
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, plan.resources.cpu))
     started = time.perf_counter()
-    try:
+    with _torch_threads(plan):
         result = evaluation.teacher_baseline(teacher, suite, num_steps=baseline.steps,
                                              guidance_scale=baseline.guidance_scale, seed=0)
-    finally:
-        torch.set_num_threads(previous)
     print(f"teacher baseline: done in {time.perf_counter() - started:.0f} s", file=out,
           flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -62,9 +59,42 @@ def metrics(plan: Plan, teacher, suite, num_images: int, out: TextIO) -> dict[st
     return result
 
 
+@contextlib.contextmanager
+def _torch_threads(plan: Plan):
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, plan.resources.cpu))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _log_grid(logger: tracking.RunLogger, plan: Plan, teacher, suite) -> None:
+    """The teacher's samples for the trials' grid prompts, laid out as theirs, so the
+    report's samples.png has a teacher column beside the arms."""
+    from evaluation.baseline import teacher_sample_fn
+    from evaluation.grid import sample_grid
+    from orchestrator.trial import GRID_PROMPTS, GRID_SAMPLES_PER_PROMPT
+
+    baseline = plan.evaluation.teacher_baseline
+    prompts = [c for c in suite.captions[:GRID_PROMPTS] for _ in range(GRID_SAMPLES_PER_PROMPT)]
+    sample = teacher_sample_fn(teacher, baseline.steps, baseline.guidance_scale)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(schema.GRID_FINAL).name
+        layout = Path(tmp) / Path(schema.GRID_FINAL_LAYOUT).name
+        with _torch_threads(plan):
+            images = sample(prompts, 0)
+        sample_grid(images, prompts, path, columns=GRID_SAMPLES_PER_PROMPT, layout_path=layout)
+        for file in (path, layout):
+            logger.log_artifact(file, str(Path(schema.GRID_FINAL).parent))
+
+
 def log_run(mlflow_client, uri: str, experiment_id: str, parent_id: str, plan: Plan, teacher,
             suite, existing, values: dict[str, float], step: int) -> None:
-    """The parent's one teacher child run, created (or reopened) and closed FINISHED."""
+    """The parent's one teacher child run, created (or reopened) and closed FINISHED, with
+    its metrics at ``step`` and its sample grid."""
     baseline = plan.evaluation.teacher_baseline
     if "teacher" in existing:
         run_id = existing["teacher"].info.run_id
@@ -76,7 +106,9 @@ def log_run(mlflow_client, uri: str, experiment_id: str, parent_id: str, plan: P
                   schema.EVAL_PROTOCOL: suite.protocol},
             params={"sampler": "ddim", "sampler_steps": baseline.steps,
                     "kappa": baseline.guidance_scale})
-    tracking.RunLogger(uri, run_id).log_metrics(values, step)
+    logger = tracking.RunLogger(uri, run_id)
+    logger.log_metrics(values, step)
+    _log_grid(logger, plan, teacher, suite)
     tracking.finish(mlflow_client, run_id, "FINISHED", outcome="finished")
 
 

@@ -321,4 +321,7 @@ def test_the_dashboard_shows_the_answer(e2e):
     assert len(images) >= 2, images  # the evaluations at 6 and 12
     teacher = runs[runs[f"tags.{schema.ROLE}"] == "teacher"].iloc[0]
     assert [m.step for m in client.get_metric_history(teacher["run_id"], "fid48")] == [12]
+    # The teacher's grid, laid out as the trials', for samples.png's teacher column.
+    assert {a.path for a in client.list_artifacts(teacher["run_id"], "samples")} == {
+        schema.GRID_FINAL, schema.GRID_FINAL_LAYOUT}
     assert set(runs["status"]) <= {"FINISHED"}
