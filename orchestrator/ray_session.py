@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import threading
 from pathlib import Path
 
@@ -55,6 +56,25 @@ def check_cluster_resources(plan: Plan) -> None:
                 f"{plan.source}: resources.{key}: {wanted} exceeds the Ray cluster's "
                 f"{available.get(ray_key, 0):g} {ray_key}s (RAY_ADDRESS="
                 f"{os.environ.get('RAY_ADDRESS', 'local')})")
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A ``host:port`` (or ``ray://host:port``) with nothing listening is an error now, not
+    after Ray's minutes of reconnect attempts; ``auto`` and ``local`` are Ray's to resolve."""
+    if address in ("auto", "local"):
+        return
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"RAY_ADDRESS={address}: expected host:port (e.g. 10.0.0.1:6379) or "
+                          "ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise ConfigError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({why}); start "
+                          "its head (`ray start --head`) or unset RAY_ADDRESS to run on this "
+                          "machine") from None
 
 
 def start_ray() -> bool:

@@ -28,7 +28,7 @@ from distill.config import ConfigError
 from distill.paths import output_root
 from orchestrator import baseline, preflight, profiles, tracking
 from orchestrator.plan import MAX_TRIALS, Plan, Trial, expand, load_plan, trial_set_hash, with_seeds
-from orchestrator.ray_session import RaySession, check_local_resources
+from orchestrator.ray_session import RaySession, check_local_resources, check_reachable
 from orchestrator.trainable import run_trial
 from orchestrator.trial import FAULTS_ENV, read_result
 from results import schema
@@ -164,9 +164,11 @@ class PlanRun:
         # Every missing weight, prompt, caption and metric file at once, before anything starts.
         preflight.check(profile, max(t.config.eval_num_images for t in trials))
         preflight.check_trial_files(plan.source, trials)
-        _quiet_model_loading()
-        if not os.environ.get("RAY_ADDRESS"):
+        if os.environ.get("RAY_ADDRESS"):
+            check_reachable(os.environ["RAY_ADDRESS"])  # before minutes of Ray's reconnects
+        else:
             check_local_resources(plan)
+        _quiet_model_loading()
         uri = tracking.tracking_uri()
         storage_dir = storage_root(storage)
         done = {t.trial_id: read_result(trial_workdir(storage_dir, plan, t)) for t in trials}

@@ -447,3 +447,14 @@ def test_a_huge_axis_is_refused_by_its_trial_count(tmp_path):
         load_plan(path)
     with pytest.raises(ConfigError, match=r"axes.kappa: duplicate value 2.0"):
         load_plan(write(tmp_path, "name: dup\naxes:\n  kappa: [1.0, 2, 3, 2.0]\n", "dup.yaml"))
+
+
+def test_ray_address_with_nothing_listening_is_refused_at_once(monkeypatch):
+    """No minutes of Ray's reconnect attempts: a closed port is an error naming the fix."""
+    from orchestrator import ray_session
+
+    with pytest.raises(ConfigError, match=r"RAY_ADDRESS=127.0.0.1:9: no Ray cluster answers"):
+        ray_session.check_reachable("127.0.0.1:9")
+    with pytest.raises(ConfigError, match="expected host:port"):
+        ray_session.check_reachable("nonsense")
+    ray_session.check_reachable("auto")  # Ray's to resolve
