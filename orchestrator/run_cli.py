@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from orchestrator.profiles import PROFILE_NAMES as PROFILES
 
@@ -99,8 +98,8 @@ def _mlflow_ui(args: argparse.Namespace) -> int:
     # 2-core machine must not compete with the trials it shows.
     command = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1",
                "--port", str(args.port), "--workers", "1", "--backend-store-uri", uri]
-    if uri.startswith("sqlite:///"):
-        store = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    store = schema.sqlite_path(uri)
+    if store is not None:
         command += ["--default-artifact-root", (store.parent / schema.ARTIFACT_DIR).as_uri()]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     print(f"MLflow dashboard: http://127.0.0.1:{args.port}  (store: {uri}); Ctrl-C stops it",

@@ -146,6 +146,7 @@ class PlanRun:
     setup: Setup | None = None
     client: Any = None  # MlflowClient
     experiment_id: str = ""
+    latest_parent: Any = None  # the newest parent run of this trial set, if any
     parent_id: str | None = None
     existing: dict[str, Any] = field(default_factory=dict)  # the parent's child runs by key
     child_ids: dict[str, str] = field(default_factory=dict)  # trial id -> MLflow run id
@@ -225,6 +226,8 @@ class PlanRun:
                 self.setup = loading.result()
         self.client = tracking.client(self.uri)
         self.experiment_id = tracking.experiment_id(self.client, self.plan.name)
+        self.latest_parent = tracking.latest_parent(self.client, self.experiment_id,
+                                                    trial_set_hash(self.trials))
         if self.plan.description.strip():  # the experiment's description in the dashboard
             tracking.retry_locked(self.client.set_experiment_tag, self.experiment_id,
                                   schema.DESCRIPTION, self.plan.description.strip())
@@ -259,19 +262,15 @@ class PlanRun:
 
     def _finished_parent(self) -> str | None:
         """The parent run that already holds every trial finished, if nothing is pending."""
-        if self.pending:
+        if self.pending or self.latest_parent is None:
             return None
-        latest = tracking.latest_parent(self.client, self.experiment_id,
-                                        trial_set_hash(self.trials))
-        if latest is not None and latest.info.status == "FINISHED":
-            return latest.info.run_id
-        return None
+        finished = self.latest_parent.info.status == "FINISHED"
+        return self.latest_parent.info.run_id if finished else None
 
     # -- open runs -------------------------------------------------------------------------
     def open_parent(self) -> None:
         """The parent run; an unfinished one of the same trial set is reopened."""
-        latest = tracking.latest_parent(self.client, self.experiment_id,
-                                        trial_set_hash(self.trials))
+        latest = self.latest_parent
         reopen = latest if latest is not None and latest.info.status != "FINISHED" else None
         self.parent_id = tracking.open_parent(
             self.client, self.experiment_id, plan_name=self.plan.name,

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote
 
 from distill.config import ConfigError
 from distill.paths import REPO_ROOT, output_root
@@ -80,9 +79,10 @@ def check_reachable(uri: str) -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    if uri.startswith("sqlite:///"):
+    store = schema.sqlite_path(uri)
+    if store is not None:
         # SQLite in a folder that is missing or read-only: MLflow retries for minutes.
-        folder = Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0])).parent
+        folder = store.parent
         if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             what = "does not exist" if not folder.is_dir() else "is not writable"
             raise ConfigError(

@@ -21,8 +21,6 @@ it was tagged) so later steps know which column is which and what world the runs
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from urllib.parse import unquote
 
 import pandas as pd
 
@@ -39,9 +37,8 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
     """The given URI or the project default; a SQLite store that does not exist is an
     error here, because MLflow would silently create an empty one and report nothing."""
     uri = tracking_uri or schema.default_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        # sqlite:///rel/path or sqlite:////abs/path (SQLAlchemy's form); drop any ?query.
-        path = Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
+    path = schema.sqlite_path(uri)
+    if path is not None:
         if not path.is_file():
             raise ResultsError(
                 f"no MLflow store at {path} (tracking URI {uri}); run a plan first "

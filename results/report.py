@@ -144,4 +144,4 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
                        runs_csv=runs_csv, figures=tuple(figures), markdown_text=text,
                        parent_run_id=parent, verdict=line, latex_wide=latex["table-wide"],
                        latex_narrow=latex["table-narrow"], table_markdown=table_markdown,
-                       summary=summary_metrics(runs))
+                       summary=summary_metrics(table))

@@ -25,6 +25,8 @@ One place for these names so writer and reader cannot drift apart.
 """
 
 import os
+from pathlib import Path
+from urllib.parse import unquote
 
 from distill.paths import home
 
@@ -78,6 +80,14 @@ CONFIG_ARTIFACT = "config.json"
 TRACKING_DB = "mlflow.db"
 # Artifacts go beside it (not MLflow's default ./mlruns, which depends on the working dir).
 ARTIFACT_DIR = "mlartifacts"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (``sqlite:///rel`` or ``sqlite:////abs``,
+    SQLAlchemy's forms, any ``?query`` dropped); None for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
 
 
 def default_tracking_uri() -> str:

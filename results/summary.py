@@ -13,7 +13,7 @@ import re
 import pandas as pd
 
 from results.load import load_runs
-from results.tables import build_table, param_text
+from results.tables import Table, param_text
 from results.verdict import verdict
 
 # MLflow metric keys may hold alphanumerics, underscores, dashes, periods, spaces and slashes.
@@ -37,13 +37,13 @@ def _arm(row: pd.Series, keys: list[str], teachers: int) -> str:
     return "_".join(parts) or "all"
 
 
-def summary_metrics(runs: pd.DataFrame) -> dict[str, float]:
-    """Per arm of the plan's comparison table (``runs`` as :func:`results.load_runs` returns
-    them): ``<arm>.<metric>.mean``, ``.ci_low`` and ``.ci_high`` (the 95% t-interval over
-    finished seeds; no bounds with one seed) for every final metric, and ``<arm>.cost_vs_lsg``
-    where the table has a cost column. Arms: the strategy in the lsg plan, ``kappa<κ>`` in
-    the kappa plan, the row's params otherwise. NaN values are left out."""
-    table = build_table(runs.attrs.get("plan", ""), runs)
+def summary_metrics(table: Table) -> dict[str, float]:
+    """Per arm of the plan's comparison table (:func:`results.tables.build_table`, the one
+    the report writes): ``<arm>.<metric>.mean``, ``.ci_low`` and ``.ci_high`` (the 95%
+    t-interval over finished seeds; no bounds with one seed) for every final metric, and
+    ``<arm>.cost_vs_lsg`` where the table has a cost column. Arms: the strategy in the lsg
+    plan, ``kappa<κ>`` in the kappa plan, the row's params otherwise. NaN values are left
+    out."""
     rows = table.csv[table.csv["role"].isin(["trial", "teacher"])]
     metrics = [c[:-len(STAT_SUFFIX)] for c in rows.columns
                if c.endswith(STAT_SUFFIX) and f"{c[:-len(STAT_SUFFIX)]}_ci95" in rows]

@@ -242,7 +242,7 @@ def param_text(param: str, value) -> str:
     if param == "strategy":
         return STRATEGY_LABELS.get(value, str(value))
     if _missing(value):
-        return "None"  # what the config said (e.g. fault_inject_at_iteration unset)
+        return "None"  # what the config said (e.g. ema_rampup_ratio: null)
     if isinstance(value, float):
         return f"{value + 0.0:g}"  # + 0.0 turns -0.0 into 0.0
     return str(value)

@@ -635,8 +635,9 @@ def test_profile_tag_is_read_and_shared_with_the_orchestrator(store):
 def test_summary_metrics_per_arm_with_interval_bounds(store):
     from results import summary_metrics
     from results.load import load_runs
+    from results.tables import build_table
 
-    summary = summary_metrics(load_runs("lsg", store["uri"]))
+    summary = summary_metrics(build_table("lsg", load_runs("lsg", store["uri"])))
     half = T975_DF2 * 2 / math.sqrt(3)  # lsg FID 10, 12, 14
     assert summary["lsg.fid2k.mean"] == pytest.approx(12.0)
     assert summary["lsg.fid2k.ci_low"] == pytest.approx(12.0 - half)
@@ -646,7 +647,7 @@ def test_summary_metrics_per_arm_with_interval_bounds(store):
     assert summary["cfg.cost_vs_lsg"] == pytest.approx(0.8 / 1.1)
     assert summary["teacher.fid2k.mean"] == 5.0 and "teacher.fid2k.ci_low" not in summary
     assert all(re.fullmatch(r"[A-Za-z0-9_\-. /]+", key) for key in summary)
-    kappa = summary_metrics(load_runs("kappa", store["uri"]))
+    kappa = summary_metrics(build_table("kappa", load_runs("kappa", store["uri"])))
     assert kappa["lsg_kappa1.fid2k.mean"] == pytest.approx(14.5)
     assert kappa["cfg_kappa3.fid2k.mean"] == pytest.approx(27.5)
 
@@ -654,6 +655,7 @@ def test_summary_metrics_per_arm_with_interval_bounds(store):
 def test_report_returns_table_verdict_and_summary_for_the_parent_run(store, tmp_path):
     from results import summary_metrics, verdict_line, write_report
     from results.load import load_runs
+    from results.tables import build_table
 
     report = write_report("lsg", tmp_path, store["uri"])
     line = verdict_line("lsg", store["uri"], store["lsg_parent"])
@@ -661,7 +663,7 @@ def test_report_returns_table_verdict_and_summary_for_the_parent_run(store, tmp_
     assert report.table_markdown.startswith("**Table (tab:ablate-lsg).**")
     assert report.markdown_text.startswith(report.table_markdown)
     assert report.markdown_text.rstrip().endswith(line)
-    assert report.summary == summary_metrics(load_runs("lsg", store["uri"]))
+    assert report.summary == summary_metrics(build_table("lsg", load_runs("lsg", store["uri"])))
     assert report.latex_wide.name == "table-wide.tex"
     assert report.latex_narrow.name == "table-narrow.tex"
     # The run id is a note, not part of the caption.
