@@ -48,6 +48,7 @@ class DistillResult:
     iterations: int  # completed iterations
     final_metrics: dict[str, float]
     checkpoint_dir: Path
+    resumed_from: int = 0  # the checkpoint's iteration this call continued from (0: fresh)
 
 
 def _no_report(metrics: dict[str, float], step: int) -> None:
@@ -406,6 +407,7 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
     sample_fn = sid.sample_fn(teacher.encode_prompts, teacher.decode)
     checkpoint_dir = workdir / "checkpoint"
     step, log = _restore(checkpoint_dir, sid, rng, config, teacher.teacher_hash)
+    resumed_from = step
 
     def save_checkpoint() -> None:
         if not parallel.is_main():  # every rank holds the same state; one writes it
@@ -434,7 +436,8 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
             losses = sid.iteration(cond_fake_score, cond_generator, rng)
             if losses is None:
                 report({"diverged": 1.0}, step + 1)
-                return DistillResult("diverged", step, {"diverged": 1.0}, checkpoint_dir)
+                return DistillResult("diverged", step, {"diverged": 1.0}, checkpoint_dir,
+                                     resumed_from)
             sid.update_ema(step * config.batch_size)
             step += 1
             log.add(losses, time.perf_counter() - started, config.batch_size)
@@ -458,4 +461,5 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
     if evaluate is not None:
         eval_metrics = _evaluate_on_main(evaluate, sample_fn, step)
         report(eval_metrics, step)
-    return DistillResult("finished", step, {**eval_metrics, **log.last}, checkpoint_dir)
+    return DistillResult("finished", step, {**eval_metrics, **log.last}, checkpoint_dir,
+                         resumed_from)

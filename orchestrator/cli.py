@@ -56,12 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from distill.errors import UserError
+    from orchestrator.tracking import TrackingLost
 
     try:
         return int(args.handler(args) or 0)
     except (UserError, FileNotFoundError) as exc:
         print(f"error: {_readable(str(exc))}", file=sys.stderr)
         return 2
+    except TrackingLost as exc:  # not the user's input: the run failed, and says how to resume
+        print(f"error: {_readable(str(exc))}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -31,7 +31,17 @@ def _worker(spec: dict[str, Any]) -> None:
     if torch.cuda.is_available():
         # Workers of one node may see all of its GPUs; "cuda" must mean this rank's.
         torch.cuda.set_device(ray.train.torch.get_device())
-    execute_trial(spec, ray.train.report)
+    execute_trial({**spec, "node": node_name()}, ray.train.report)
+
+
+def node_name() -> str:
+    """This worker's Ray node: its ``--node-name`` (the IP unless set), for the trial's
+    ``ablate.node`` tag, so a cluster run shows where each trial ran."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    return next((node["NodeName"] for node in ray.nodes() if node["NodeID"] == node_id),
+                node_id)
 
 
 def run_workers(spec: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ from orchestrator import baseline, preflight, profiles, tracking
 from orchestrator.plan import MAX_TRIALS, Plan, Trial, expand, load_plan, trial_set_hash, with_seeds
 from orchestrator.ray_session import RaySession, check_local_resources, check_reachable
 from orchestrator.trainable import run_trial
-from orchestrator.trial import FAULTS_ENV, read_result
+from orchestrator.trial import FAULTS_ENV, HOLD_ENV, read_result
 from results import schema
 
 DATA_PARALLEL_DRIVER_MEMORY = 64 * 1024**2  # bytes; Ray's logical memory resource
@@ -171,6 +171,12 @@ class PlanRun:
             check_local_resources(plan)
         _quiet_model_loading()
         uri = tracking.tracking_uri()
+        tracking.http_retry_policy()  # before a local Ray starts: its workers inherit it
+        # MLflow prints a "View run" link for each run closed on a server; the report
+        # prints the parent's once.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        if tracking.is_server(uri):
+            tracking.check_reachable(uri)  # one quick request, so before Ray starts
         storage_dir = storage_root(storage)
         done = {t.trial_id: read_result(trial_workdir(storage_dir, plan, t)) for t in trials}
         return cls(plan, size, profile, trials, storage_dir, uri, out, done)
@@ -181,7 +187,19 @@ class PlanRun:
 
     def execute(self) -> RunOutcome:
         with _plan_lock(self.storage, self.plan):
-            return self._execute()
+            try:
+                return self._execute()
+            except Exception as exc:
+                why = tracking.probe(self.uri)
+                if why is None:
+                    raise
+                # The server went away mid-run: the checkpoints are on disk and the runs
+                # are reopened by the rerun, so the fix is the server, not the run.
+                raise tracking.TrackingLost(
+                    f"the MLflow tracking server {self.uri} stopped answering ({why}) and "
+                    f"did not come back within the retries ({type(exc).__name__}); trials "
+                    f"keep their checkpoints under {self.storage / 'trials' / self.plan.name}"
+                    "; start the server again and rerun the same command to resume") from None
 
     def _execute(self) -> RunOutcome:
         self._print_trials()
@@ -353,12 +371,18 @@ class PlanRun:
         try:
             yield
         finally:
-            for run_id in self.child_ids.values():
-                run = tracking.retry_locked(self.client.get_run, run_id)
-                if run.info.status in ("RUNNING", "SCHEDULED"):
-                    tracking.finish(self.client, run_id, "KILLED")
-            tracking.finish(self.client, self.parent_id, self.parent_status)
+            # Nothing can be closed on a server that is gone (each call would wait out the
+            # retries); the rerun reopens these runs.
+            if tracking.probe(self.uri) is None:
+                self._close_runs()
             signal.signal(signal.SIGTERM, previous)
+
+    def _close_runs(self) -> None:
+        for run_id in self.child_ids.values():
+            run = tracking.retry_locked(self.client.get_run, run_id)
+            if run.info.status in ("RUNNING", "SCHEDULED"):
+                tracking.finish(self.client, run_id, "KILLED")
+        tracking.finish(self.client, self.parent_id, self.parent_status)
 
     # -- start baseline --------------------------------------------------------------------
     def start_baseline(self) -> baseline.BesideTrials:
@@ -406,7 +430,8 @@ class PlanRun:
                 "cpu": self.plan.resources.cpu, "gpu": self.plan.resources.gpu,
                 "ablate_home": str(output_root()), "size": self.size,
                 "profile": self.profile.to_dict(), "workers": self.profile.workers,
-                "fault_at_iteration": _test_faults().get(t.trial_id)}
+                "mlflow_http": tracking.http_retry_policy(),
+                "fault_at_iteration": _test_faults().get(t.trial_id), "hold": _test_hold()}
 
     # -- close -----------------------------------------------------------------------------
     def close(self, failed: dict[str, str], beside: baseline.BesideTrials) -> RunOutcome:
@@ -521,6 +546,15 @@ def _test_faults() -> dict[str, int]:
     and its retry from the last checkpoint are exercised through real Ray Tune."""
     raw = os.environ.get(FAULTS_ENV)
     return {str(k): int(v) for k, v in json.loads(raw).items()} if raw else {}
+
+
+def _test_hold() -> dict | None:
+    """Test-only: ``ABLATE_TEST_HOLD='{"iteration": 15, "release": "<file>"}'`` makes each
+    trial, the first time it reports that iteration, write ``.held`` (its node) in its
+    workdir and wait there until the release file exists (tests/test_cluster.py), so a
+    test can take a node away from under trials it knows to be mid-way."""
+    raw = os.environ.get(HOLD_ENV)
+    return json.loads(raw) if raw else None
 
 
 class _SetEvent:

@@ -151,6 +151,19 @@ class RunStatuses(Callback):
         return {**self.__dict__, "_client": None}
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        self._stop_if_tracking_lost(trial)
         self._client = self._client or tracking.client(self.uri)
         run_id = self.run_ids[trial.config["spec"]["trial_id"]]
         tracking.retry_locked(self._client.update_run, run_id, status="SCHEDULED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._stop_if_tracking_lost(trial)
+
+    def _stop_if_tracking_lost(self, trial) -> None:
+        """A trial failed and the tracking server is gone: every other trial would fail the
+        same way after its retries, so Tune stops here (an error raised by a callback ends
+        ``Tuner.fit``) and the driver says what to do (runner.PlanRun.execute)."""
+        why = tracking.gone(self.uri)
+        if why is not None:
+            raise tracking.TrackingLost(f"{trial}: the tracking server {self.uri} is gone "
+                                        f"({why})")

@@ -34,6 +34,73 @@ RUN_NAME = "mlflow.runName"
 # A trial process may wait this long in total for a locked SQLite file before it gives up.
 LOCK_RETRY_SECONDS = 120.0
 
+# How every process of a run retries a tracking *server* (MLflow's own urllib3 retries,
+# set through its variables). urllib3 sleeps 0, 2, 4, 8, 16, 32 s between the 7 attempts:
+# a server restarted within about a minute loses nothing; one gone for longer fails the
+# trials that write to it, and the driver stops (TrackingLost). MLflow's defaults (7
+# retries, factor 2, 120 s per request) would wait over 4 minutes per call. A variable the
+# user set wins; the driver hands its values to every trial (spec["mlflow_http"]), so
+# workers on other nodes retry as the driver does.
+HTTP_RETRY_POLICY = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+PROBE_TIMEOUT_S = 5.0
+
+
+class TrackingLost(Exception):
+    """The tracking server stopped answering in the middle of a run (beyond the retries)."""
+
+
+def http_retry_policy() -> dict[str, str]:
+    """The retry variables in force for this process (the user's, else ours), set in
+    os.environ so that a local Ray's workers inherit them too."""
+    for key, value in HTTP_RETRY_POLICY.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in HTTP_RETRY_POLICY}
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def retry_budget_s() -> float:
+    """About how long the current policy retries one call (urllib3 sleeps 0, then
+    factor * 2**k for k = 1 .. retries - 1), jitter left out."""
+    policy = http_retry_policy()
+    retries = int(policy["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    factor = float(policy["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
+    return sum(factor * 2 ** k for k in range(1, retries))
+
+
+def gone(uri: str) -> str | None:
+    """Why the server is gone if it stays unanswering for the retry budget, else None:
+    a server restarting is waited for as every trial's call would wait for it."""
+    deadline = time.monotonic() + retry_budget_s()
+    while True:
+        why = probe(uri)
+        if why is None or time.monotonic() >= deadline:
+            return why
+        time.sleep(1.0)
+
+
+def probe(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why a tracking server does not answer at all (refused, timed out), or None if it
+    answers something. One attempt, no retries: a yes/no before waiting on MLflow's."""
+    import urllib.error
+    import urllib.request
+
+    if not is_server(uri):
+        return None
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return None  # it answered: a proxy without /health is still a server
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return str(getattr(reason, "strerror", None) or reason)
+    return None
+
 
 def tracking_uri() -> str:
     return schema.default_tracking_uri()
@@ -71,14 +138,18 @@ def client(uri: str | None = None):
 def check_reachable(uri: str) -> None:
     """Fail before any trial starts if the tracking store cannot be used.
 
-    An HTTP server that is down would otherwise be retried for minutes by MLflow.
+    A server that is down is refused after one probe, not after MLflow's retries.
     """
     import logging
 
     # "Creating initial MLflow database tables..." is noise on every fresh output folder.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    why = probe(uri)
+    if why is not None:
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI={uri}: no MLflow tracking server answers there ({why}); "
+            "start it (`mlflow server --host ... --port ...`), fix the URI, or unset "
+            "MLFLOW_TRACKING_URI to use the SQLite store in the output folder")
     store = schema.sqlite_path(uri)
     if store is not None:
         # SQLite in a folder that is missing or read-only: MLflow retries for minutes.

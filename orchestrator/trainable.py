@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.data_parallel import run_workers
+from orchestrator.data_parallel import node_name, run_workers
 from orchestrator.trial import execute_trial
 
 
 def run_trial(tune_config: dict[str, Any]) -> None:
     """Ray Tune function trainable; ``tune_config["spec"]`` is built by the driver."""
-    spec = tune_config["spec"]
+    spec = {**tune_config["spec"], "node": node_name()}
     if spec.get("workers", 1) > 1:
         # N data-parallel workers: a Ray Train TorchTrainer inside this Tune trial; each
         # worker runs execute_trial and their reports reach Tune through it.
@@ -23,3 +23,4 @@ def run_trial(tune_config: dict[str, Any]) -> None:
     from ray import tune
 
     execute_trial(spec, tune.report)
+

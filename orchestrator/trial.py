@@ -28,6 +28,9 @@ RESULT_FILE = "result.json"
 # puts the iteration into the trial's spec, never into its config or id.
 FAULTS_ENV = "ABLATE_TEST_FAULTS"
 FAULT_MARKER = ".fault-injected"
+HOLD_ENV = "ABLATE_TEST_HOLD"  # likewise (orchestrator.runner._test_hold)
+HOLD_MARKER = ".held"
+HOLD_LIMIT_S = 600
 SYSTEM_METRICS_INTERVAL_S = 5  # half of MLflow's default: a smoke trial is shorter than that
 
 # Per-process caches. The driver asks Tune to reuse actors, so one worker process runs
@@ -79,6 +82,18 @@ def _inject_fault_once(workdir: Path, iteration: int) -> None:
         raise RuntimeError(f"injected fault at iteration {iteration} ({FAULTS_ENV})")
 
 
+def _hold_once(workdir: Path, hold: dict[str, Any], node: str) -> None:
+    """Wait at the held iteration until the release file exists (once per trial: the
+    marker survives the retry, which therefore runs through)."""
+    marker = workdir / HOLD_MARKER
+    if marker.exists():
+        return
+    marker.write_text(node)
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while not Path(hold["release"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def execute_trial(spec: dict[str, Any], send: Any) -> None:
     """One trial (or one data-parallel rank of it): ``distill`` with MLflow wired in.
 
@@ -87,6 +102,9 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     to MLflow and result.json and builds the evaluation suite.
     """
     entered_at = time.time()
+    # The driver's retry policy for a tracking server, which a worker on another node
+    # (started by `ray start`, not by the driver) would not otherwise have.
+    os.environ.update(spec.get("mlflow_http", {}))
     # The core caches teachers and metric models under the output folder; point it at the
     # driver's, which a worker started before this plan (shared Ray session) may not have.
     os.environ["ABLATE_HOME"] = spec["ablate_home"]
@@ -98,6 +116,7 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     from distill.config import DistillConfig, from_dict
     from distill.loop import distill
     from orchestrator import tracking
+    from results import schema
 
     imported_at = time.time()
     torch.set_num_threads(spec["cpu"])
@@ -112,12 +131,17 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     monitor = None
     if main:
         tracking.retry_locked(logger.client.update_run, spec["run_id"], status="RUNNING")
+        if spec.get("node"):  # which machine runs it (the last one, after a retry)
+            tracking.retry_locked(logger.client.set_tag, spec["run_id"], schema.NODE,
+                                  spec["node"])
         monitor = _system_metrics(spec)
         evaluate = _evaluator(_suite(spec, config), config, logger)
 
     def report(metrics: dict[str, float], iteration: int) -> None:
         if iteration == spec.get("fault_at_iteration"):
             _inject_fault_once(workdir, iteration)
+        if spec.get("hold") and iteration == spec["hold"]["iteration"]:
+            _hold_once(workdir, spec["hold"], spec.get("node", "?"))
         if main:
             logger.log_metrics(metrics, iteration)
         send({**metrics, "iteration": iteration})
@@ -141,6 +165,8 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
             # A finished trial is reused on rerun only while its teacher is unchanged.
             "teacher_hash": teacher.teacher_hash,
             "status": result.status, "iterations": result.iterations,
+            # The last attempt's start: > 0 when a retry or rerun resumed a checkpoint.
+            "resumed_from": result.resumed_from,
             "final_metrics": dict(result.final_metrics), "cost": cost,
             "config": dataclasses.asdict(config),
             "distill_started_at": started_at, "distill_finished_at": finished_at,

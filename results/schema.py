@@ -41,6 +41,7 @@ TEACHER_ID = "ablate.teacher_id"
 TEACHER_HASH = "ablate.teacher_hash"
 PROMPT_SET_HASH = "ablate.prompt_set_hash"
 EVAL_PROTOCOL = "ablate.eval_protocol"  # e.g. "embedded-16px-clip" or "coco2014-30k-256"
+NODE = "ablate.node"  # the Ray node (its --node-name, else its IP) a trial ran on
 PROFILE = "ablate.profile"  # on the parent run; orchestrator.tracking.PROFILE must equal it
 
 STATUSES = ("finished", "diverged", "failed")
