@@ -147,7 +147,7 @@ def check_reachable(uri: str) -> None:
     why = probe(uri)
     if why is not None:
         raise ConfigError(
-            f"MLFLOW_TRACKING_URI={uri}: no MLflow tracking server answers there ({why}); "
+            f"MLFLOW_TRACKING_URI={uri}: the MLflow tracking server is unreachable ({why}); "
             "start it (`mlflow server --host ... --port ...`), fix the URI, or unset "
             "MLFLOW_TRACKING_URI to use the SQLite store in the output folder")
     store = schema.sqlite_path(uri)

@@ -47,6 +47,13 @@ OUTAGE_PLAN = """\
 """
 
 
+def _note(folder: Path, what: str) -> None:
+    """When each fault happened, beside the driver's log (its times are since its start):
+    what BENCHMARKS.md's fault table reads."""
+    with (folder / "events.log").open("a") as f:
+        f.write(f"{time.time():.2f} {what}\n")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -209,11 +216,14 @@ def test_node_lost_and_tracking_server_restarted_mid_trial(cluster, home, tmp_pa
         held = _held(storage, "kappa")
         assert sorted(held.values()) == ["head", "worker"], held  # both nodes run trials
         lost = next(trial_id for trial_id, node in held.items() if node == "worker")
+        _note(tmp_path, "both held; worker node and tracking server SIGKILLed")
         cluster.kill("worker")
         cluster.kill("mlflow")
         cluster.start_mlflow()  # same backend and port, some seconds later
+        _note(tmp_path, "tracking server answers again; trials released")
         release.touch()
         assert driver.wait(timeout=PLAN_TIMEOUT_S) == 0, log.read_text()
+        _note(tmp_path, "driver exited 0")
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -266,9 +276,11 @@ def test_tracking_server_gone_past_the_retries_fails_cleanly_then_rerun_resumes(
     try:
         _wait(lambda: len(_held(storage, "outage")) >= 1, "a trial held", PLAN_TIMEOUT_S,
               [(driver, log)])
+        _note(tmp_path, "held; tracking server SIGKILLed, trial released")
         cluster.kill("mlflow")
         release.touch()
         code = driver.wait(timeout=PLAN_TIMEOUT_S)
+        _note(tmp_path, f"driver exited {code}")
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -281,8 +293,10 @@ def test_tracking_server_gone_past_the_retries_fails_cleanly_then_rerun_resumes(
 
     cluster.start_mlflow()
     rerun_log = tmp_path / "rerun.log"
+    _note(tmp_path, "tracking server back; rerun started")
     rerun = _driver(cluster, home, storage, plan, rerun_log)
     assert rerun.wait(timeout=PLAN_TIMEOUT_S) == 0, rerun_log.read_text()
+    _note(tmp_path, "rerun exited 0")
     trials = _trials(plan)
     _assert_complete(tracking.client(cluster.uri), "outage", trials)
     held = next(iter(_held(storage, "outage")))

@@ -223,11 +223,19 @@ def test_bad_plan_exits_2_naming_file_and_key(what, text, key, tmp_path, monkeyp
 
 
 def test_unreachable_tracking_uri_exits_2_before_any_trial(tmp_path, monkeypatch, capsys):
+    """A tracking server that does not answer is refused by one probe before Ray starts,
+    not after MLflow's retries (tests/test_cluster.py covers a server lost mid-run)."""
+    import time
+
     monkeypatch.setenv("ABLATE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: refused
+    started = time.monotonic()
     code = cli.main(["run", str(REPO / "ablations/lsg.yaml"), "--size", "smoke"])
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 2 and time.monotonic() - started < 30
+    from orchestrator.ray_session import ray_temp_dir
+
+    assert not ray_temp_dir().exists()  # no local Ray was started
     assert "MLFLOW_TRACKING_URI=http://127.0.0.1:9" in err and "unreachable" in err
     assert not (tmp_path / "home" / "trials").exists()
 
