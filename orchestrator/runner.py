@@ -472,7 +472,10 @@ class PlanRun:
         verdict = written.verdict if written else ""
         self._publish(written, markdown)
         print(f"MLflow: {self.uri}  (parent run {self.parent_id})", file=self.out)
-        print(f"Dashboard: ablate mlflow-ui --tracking-uri {self.uri}", file=self.out)
+        # A tracking server is its own dashboard; a SQLite store needs one started.
+        dashboard = (self.uri if tracking.is_server(self.uri)
+                     else f"ablate mlflow-ui --tracking-uri {self.uri}")
+        print(f"Dashboard: {dashboard}", file=self.out)
         print(f"Tables: {tables}", file=self.out)
         if verdict:
             print(verdict[0].upper() + verdict[1:], file=self.out)
