@@ -4,11 +4,17 @@ overlaps the report)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from distill.config import ConfigError
@@ -20,6 +26,7 @@ from orchestrator.plan import Plan
 # longer output folder gets its Ray files under /tmp/ablate-ray-<hash> instead.
 MAX_RAY_TEMP_DIR_CHARS = 35
 RAY_START_ATTEMPTS = 3
+WATCHDOG = Path(__file__).with_name("ray_watchdog.py")
 
 
 def ray_temp_dir() -> Path:
@@ -77,6 +84,36 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                           "machine") from None
 
 
+@functools.cache
+def _watchdog(temp_dir: Path) -> subprocess.Popen:
+    """This process's watchdog (ray_watchdog.py): it kills the local Ray this process started
+    if the process ends without shutting it down. Cached: the pipe must stay open until exit."""
+    # Its own session: Ctrl-C or a kill of the driver's process group must not end it first.
+    # No stdout or stderr: it must not hold a `| tee` open through its grace period. Our
+    # end of the pipe is close-on-exec, so Ray's processes cannot keep it open.
+    argv = [sys.executable, str(WATCHDOG), str(os.getpid()), str(os.getsid(0)), str(temp_dir)]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _tell_watchdog(temp_dir: Path, mark: str) -> None:
+    pipe = _watchdog(temp_dir).stdin
+    # A watchdog that died is a lost safety net, not a reason to stop the plan.
+    with contextlib.suppress(OSError):
+        pipe.write(f"{mark}{time.time()}\n".encode())
+        pipe.flush()
+
+
+@contextlib.contextmanager
+def _watched(temp_dir: Path) -> Iterator[None]:
+    """The processes started inside are this process's Ray: the watchdog records them."""
+    _tell_watchdog(temp_dir, "+")
+    try:
+        yield
+    finally:
+        _tell_watchdog(temp_dir, "-")
+
+
 def start_ray() -> bool:
     """Connect to RAY_ADDRESS or start a local Ray; False if this process already had one."""
     import ray
@@ -93,17 +130,26 @@ def start_ray() -> bool:
         return True
     temp_dir = ray_temp_dir()
     temp_dir.mkdir(parents=True, exist_ok=True)
+    # A local Ray is ours to end if this process dies without ray.shutdown(); a cluster
+    # joined through RAY_ADDRESS above is not, so only this path is watched.
+    with _watched(temp_dir):
+        _init_local(temp_dir, kwargs)
+    return True
+
+
+def _init_local(temp_dir: Path, kwargs: dict) -> None:
+    import ray
+
     # Ray gives its raylet a fixed 30 s to come up; on a laptop whose cores are busy with
     # other jobs that can pass, so a timed-out start is tried again before giving up.
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         try:
             ray.init(include_dashboard=False, _temp_dir=str(temp_dir), **kwargs)
-            return True
+            return
         except Exception as exc:  # only Ray's start-up timeout is retried; the rest re-raised
             if "timed out during startup" not in str(exc) or attempt == RAY_START_ATTEMPTS:
                 raise
         ray.shutdown()
-    raise AssertionError("unreachable")
 
 
 def _shutdown() -> None:
