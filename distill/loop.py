@@ -270,7 +270,7 @@ def load_prompts(spec: str) -> list[str]:
     if spec.startswith("embedded:"):
         raise ConfigError(f"prompts = {spec!r}: the only embedded prompt set is 'embedded:train'")
     path = Path(spec).expanduser()
-    if not path.is_file():
+    if not path.exists():  # a folder or an unreadable file: read_text_file says which
         raise ConfigError(f"prompts = {spec!r}: file {path} not found; give a text file with one "
                           "prompt per line, or 'embedded:train'")
     text = read_text_file(path, "prompts")

@@ -35,12 +35,22 @@ class Generator:
                 f"kappa {self.config.kappa})")
 
 
-def load_generator(workdir: Path, progress: bool = False) -> Generator:
-    """The EMA generator of a distillation workdir (or its ``checkpoint/`` folder).
+@dataclass(frozen=True)
+class SavedGenerator:
+    """A checkpoint's EMA weights and config, read and checked; no teacher loaded yet."""
 
-    Refuses (:class:`CheckpointError`, naming the folder) a folder without a checkpoint and
-    a checkpoint distilled from another teacher than its config names now.
-    """
+    directory: Path
+    config: DistillConfig
+    meta: dict
+    tensors: dict
+
+
+def read_generator(workdir: Path) -> SavedGenerator:
+    """The EMA weights of a distillation workdir (or its ``checkpoint/`` folder), read
+    before anything is built, so a missing or damaged checkpoint is refused first.
+
+    Refuses (:class:`CheckpointError`, naming the folder) a folder without a checkpoint
+    and one whose files are all unreadable."""
     workdir = Path(workdir)
     directory = workdir / "checkpoint" if (workdir / "checkpoint").is_dir() else workdir
     if not checkpoint.exists(directory):
@@ -49,6 +59,18 @@ def load_generator(workdir: Path, progress: bool = False) -> Generator:
             "distillation workdir or its checkpoint/ folder")
     tensors, meta = checkpoint.load(directory, prefix=EMA_PREFIX)
     config = from_dict(DistillConfig, meta["config"], source=str(directory / checkpoint.STATE_JSON))
+    return SavedGenerator(directory, config, meta, tensors)
+
+
+def load_generator(workdir: Path | SavedGenerator, progress: bool = False) -> Generator:
+    """The EMA generator of a distillation workdir (or of what :func:`read_generator`
+    read from one), with the teacher its config names.
+
+    Refuses (:class:`CheckpointError`, naming the folder) what :func:`read_generator`
+    refuses and a checkpoint distilled from another teacher than its config names now.
+    """
+    saved = workdir if isinstance(workdir, SavedGenerator) else read_generator(workdir)
+    directory, config, meta = saved.directory, saved.config, saved.meta
     teacher = load_config_teacher(config.teacher, progress=progress)
     if meta.get("teacher_hash") != teacher.teacher_hash:
         raise CheckpointError(
@@ -56,7 +78,7 @@ def load_generator(workdir: Path, progress: bool = False) -> Generator:
             f"{config.teacher} is now {teacher.teacher_hash}; evaluate with that teacher")
     device = next(teacher.unet.parameters()).device
     unet = copy.deepcopy(teacher.unet).requires_grad_(False).eval()
-    unet.load_state_dict({k[len(EMA_PREFIX):]: v.to(device) for k, v in tensors.items()})
+    unet.load_state_dict({k[len(EMA_PREFIX):]: v.to(device) for k, v in saved.tensors.items()})
     schedule = NoiseSchedule(teacher.alphas_cumprod, device)
     sample = sampler(unet, schedule, teacher.sample_shape, config.t_init, config.precision,
                      teacher.encode_prompts, teacher.decode)

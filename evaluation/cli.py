@@ -85,11 +85,10 @@ def _metric_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _suite(args: argparse.Namespace):
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The flags' values, before anything is read or built."""
     from distill.config import MAX_EVAL_IMAGES, MIN_EVAL_IMAGES
-    from evaluation.clip_score import EMBEDDED_PROMPT_PREFIX, REAL_PROMPT_PREFIX
     from evaluation.errors import EvalError
-    from evaluation.suite import embedded_suite, real_suite
 
     if not MIN_EVAL_IMAGES <= args.num_images <= MAX_EVAL_IMAGES:
         raise EvalError(f"--num-images {args.num_images}: must be in {MIN_EVAL_IMAGES}.."
@@ -99,12 +98,19 @@ def _suite(args: argparse.Namespace):
     if args.guidance_scale is not None and not (math.isfinite(args.guidance_scale)
                                                 and args.guidance_scale > 0):
         raise EvalError(f"--guidance-scale {args.guidance_scale}: must be a finite number > 0")
+    missing = [f"--{n.replace('_', '-')}" for n in ("captions", "reference", "clip_checkpoint")
+               if getattr(args, n) is None]
+    if args.real and missing:
+        raise EvalError(f"--real needs {', '.join(missing)} (local files; nothing is "
+                        "downloaded)")
+
+
+def _suite(args: argparse.Namespace):
+    from evaluation.clip_score import EMBEDDED_PROMPT_PREFIX, REAL_PROMPT_PREFIX
+    from evaluation.suite import embedded_suite, real_suite
+
+    _check_arguments(args)
     if args.real:
-        missing = [f"--{n.replace('_', '-')}" for n in ("captions", "reference", "clip_checkpoint")
-                   if getattr(args, n) is None]
-        if missing:
-            raise EvalError(f"--real needs {', '.join(missing)} (local files; nothing is "
-                            "downloaded)")
         prefix = REAL_PROMPT_PREFIX if args.prompt_prefix is None else args.prompt_prefix
         return real_suite(args.captions, args.reference, args.clip_checkpoint,
                           args.inception_dir, args.num_images, prefix, _device())
@@ -121,6 +127,13 @@ def _device() -> str:
 def _eval(args: argparse.Namespace) -> int:
     from distill.config import DistillConfig
 
+    saved = None
+    if args.teacher is None:
+        from distill.restore import read_generator
+
+        _check_arguments(args)
+        # A missing or damaged checkpoint is refused before the suite is built (and cached).
+        saved = read_generator(args.checkpoint)
     suite = _suite(args)
     if args.teacher is not None:
         from distill.loop import load_config_teacher
@@ -132,7 +145,7 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         from distill.restore import load_generator
 
-        generator = load_generator(args.checkpoint)
+        generator = load_generator(saved)
         sample_fn, what = generator.sample, generator.describe()
     # What suite.evaluate_sample_fn does, keeping the images for the grid.
     images = suite.generate(sample_fn, args.seed)

@@ -128,8 +128,23 @@ def check_trial_files(source: str, trials: list) -> None:
 
             problems += [f"teacher = {spec!r}: {line}" for line in check_teacher_dir(Path(spec))]
     for spec in sorted({t.config.prompts for t in trials}):
-        if not spec.startswith("embedded:") and not Path(spec).expanduser().is_file():
-            problems.append(f"prompts = {spec!r}: file not found; give a text file with one "
-                            "prompt per line, or 'embedded:train'")
+        if not spec.startswith("embedded:"):
+            problems += _prompts_problems(spec)
     if problems:
-        raise ConfigError(f"{source}: " + "\n  ".join(problems) + "\n  Nothing was started.")
+        raise ConfigError(f"{source}: " + "; ".join(problems) + "; nothing was started")
+
+
+def _prompts_problems(spec: str) -> list[str]:
+    """A prompts file the plan names, read as a trial would read it (binary, empty, a
+    folder), so that a bad one is refused here and not by every trial after Ray starts."""
+    if not Path(spec).expanduser().exists():
+        return [f"prompts = {spec!r}: file not found; give a text file with one prompt per "
+                "line, or 'embedded:train'"]
+    from distill.loop import load_prompts  # torch: only when a file is named
+
+    try:
+        load_prompts(spec)
+    except ConfigError as exc:
+        message = str(exc)
+        return [message if message.startswith("prompts = ") else f"prompts = {spec!r}: {message}"]
+    return []

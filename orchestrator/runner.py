@@ -177,7 +177,11 @@ class PlanRun:
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         if tracking.is_server(uri):
             tracking.check_reachable(uri)  # one quick request, so before Ray starts
+        elif os.environ.get("MLFLOW_TRACKING_URI"):  # the default's folder is the output's
+            tracking.check_store_folder(uri)
         storage_dir = storage_root(storage)
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            output_root()  # the default store's folder, also when trials are stored elsewhere
         done = {t.trial_id: read_result(trial_workdir(storage_dir, plan, t)) for t in trials}
         return cls(plan, size, profile, trials, storage_dir, uri, out, done)
 

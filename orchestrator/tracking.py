@@ -14,6 +14,7 @@ import json
 import os
 import random
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,8 +61,7 @@ def http_retry_policy() -> dict[str, str]:
     return {key: os.environ[key] for key in HTTP_RETRY_POLICY}
 
 
-def is_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
+is_server = schema.is_server
 
 
 def retry_budget_s() -> float:
@@ -85,21 +85,8 @@ def gone(uri: str) -> str | None:
 
 
 def probe(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
-    """Why a tracking server does not answer at all (refused, timed out), or None if it
-    answers something. One attempt, no retries: a yes/no before waiting on MLflow's."""
-    import urllib.error
-    import urllib.request
-
-    if not is_server(uri):
-        return None
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
-    except urllib.error.HTTPError:
-        return None  # it answered: a proxy without /health is still a server
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return str(getattr(reason, "strerror", None) or reason)
-    return None
+    """Why a tracking server does not answer at all, or None (see schema.probe_server)."""
+    return schema.probe_server(uri, timeout_s)
 
 
 def tracking_uri() -> str:
@@ -135,6 +122,29 @@ def client(uri: str | None = None):
     return MlflowClient(tracking_uri=uri or tracking_uri())
 
 
+def check_store_folder(uri: str) -> None:
+    """A SQLite store's folder must exist and take a new file: MLflow would retry for
+    minutes in a missing or read-only one. A file is created and removed there, as asking
+    os.access would answer yes to root on a read-only or virtual file system."""
+    store = schema.sqlite_path(uri)
+    if store is None:
+        return
+    folder = store.parent
+    if not folder.is_dir():
+        why = "does not exist"
+    else:
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
+            why = None
+        except OSError as exc:
+            why = f"is not writable ({exc.strerror or exc})"
+    if why is not None:
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI={uri}: the folder {folder} {why}; create it, fix the URI, "
+            "or unset MLFLOW_TRACKING_URI to use the SQLite store in the output folder")
+
+
 def check_reachable(uri: str) -> None:
     """Fail before any trial starts if the tracking store cannot be used.
 
@@ -150,15 +160,7 @@ def check_reachable(uri: str) -> None:
             f"MLFLOW_TRACKING_URI={uri}: the MLflow tracking server is unreachable ({why}); "
             "start it (`mlflow server --host ... --port ...`), fix the URI, or unset "
             "MLFLOW_TRACKING_URI to use the SQLite store in the output folder")
-    store = schema.sqlite_path(uri)
-    if store is not None:
-        # SQLite in a folder that is missing or read-only: MLflow retries for minutes.
-        folder = store.parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            what = "does not exist" if not folder.is_dir() else "is not writable"
-            raise ConfigError(
-                f"MLFLOW_TRACKING_URI={uri}: the folder {folder} {what}; create it, fix the "
-                "URI, or unset MLFLOW_TRACKING_URI to use the SQLite store in the output folder")
+    check_store_folder(uri)
     try:
         retry_locked(client(uri).search_experiments, max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure means unusable; its text is kept

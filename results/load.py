@@ -20,6 +20,7 @@ it was tagged) so later steps know which column is which and what world the runs
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pandas as pd
@@ -37,6 +38,10 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
     """The given URI or the project default; a SQLite store that does not exist is an
     error here, because MLflow would silently create an empty one and report nothing."""
     uri = tracking_uri or schema.default_tracking_uri()
+    why = schema.probe_server(uri)
+    if why is not None:  # one request, not MLflow's retries (which the user may have raised)
+        raise ResultsError(f"no MLflow tracking server answers at {uri} ({why}); start it, or "
+                           "point MLFLOW_TRACKING_URI / --tracking-uri at a running one")
     path = schema.sqlite_path(uri)
     if path is not None:
         if not path.is_file():
@@ -55,12 +60,39 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
             what = "is empty" if not header else "is not an SQLite database"
             raise ResultsError(f"{path} {what}, so it holds no MLflow runs; restore the store "
                                "from a backup or point --tracking-uri at another one")
+        _check_mlflow_tables(path)
     return uri
+
+
+MLFLOW_TABLES = ("alembic_version", "experiments", "runs")
+
+
+def _check_mlflow_tables(path) -> None:
+    """An SQLite database without MLflow's tables is refused, read-only: MLflow would
+    write its schema into it (a reader must never change a store, nor someone's other
+    database). A damaged file is left for MLflow to report, with the store's name."""
+    import sqlite3
+
+    try:
+        read_only = f"{path.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(read_only, uri=True)) as db:
+            tables = {row[0] for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return  # damaged: MLflow's own read fails, and store_error names the store
+    missing = [t for t in MLFLOW_TABLES if t not in tables]
+    if missing:
+        raise ResultsError(f"{path} is an SQLite database but not an MLflow store (no "
+                           f"{', '.join(missing)} table); point --tracking-uri at the store "
+                           "`ablate run` wrote")
 
 
 def store_error(uri: str, exc: BaseException) -> ResultsError:
     """A store that opened but failed to answer (truncated, corrupt, wrong schema)."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if schema.is_server(uri):
+        return ResultsError(f"the MLflow tracking server {uri} failed to answer ({first}); "
+                            "check that it is running and reachable, then rerun")
     return ResultsError(f"the MLflow store {uri} cannot be read ({first}); it may be truncated "
                         "or corrupt: restore it from a backup, or rerun the plans")
 

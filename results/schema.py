@@ -91,5 +91,28 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
 
 
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def probe_server(uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why a tracking server does not answer at all (refused, timed out), or None if it
+    answers something (or ``uri`` is no server). One attempt, no retries: a yes/no before
+    waiting on MLflow's, which the user's MLFLOW_HTTP_REQUEST_* may make minutes long."""
+    import urllib.error
+    import urllib.request
+
+    if not is_server(uri):
+        return None
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return None  # it answered: a proxy without /health is still a server
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return str(getattr(reason, "strerror", None) or reason)
+    return None
+
+
 def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / TRACKING_DB}"

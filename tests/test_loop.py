@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -204,7 +205,8 @@ def test_resume_after_a_fault_is_bit_identical_to_an_uninterrupted_run(teacher, 
         distill(dataclasses.replace(config, kappa=3.0), tmp_path / "a", teacher=teacher)
 
 
-@pytest.mark.parametrize("damage", ["truncate newest", "truncate both", "empty record"])
+@pytest.mark.parametrize("damage", ["truncate newest", "truncate both", "empty record",
+                                    "random bytes newest"])
 def test_a_damaged_checkpoint_is_survived_with_nothing_lost(teacher, tmp_path, damage, capsys):
     """A node lost mid-write can leave the newest checkpoint truncated: the run resumes from
     the one kept before it (or, with none readable, starts over), saying so, and on CPU ends
@@ -219,6 +221,8 @@ def test_a_damaged_checkpoint_is_survived_with_nothing_lost(teacher, tmp_path, d
     assert [f.name for f in files] == ["state-00000002.safetensors", "state-00000004.safetensors"]
     if damage == "empty record":
         (folder / checkpoint.STATE_JSON).write_text("[]")
+    elif damage == "random bytes newest":  # the recorded size, but no safetensors file
+        files[-1].write_bytes(os.urandom(files[-1].stat().st_size))
     else:
         for victim in (files if damage == "truncate both" else files[-1:]):
             with victim.open("r+b") as f:
@@ -232,6 +236,8 @@ def test_a_damaged_checkpoint_is_survived_with_nothing_lost(teacher, tmp_path, d
     elif damage == "truncate newest":
         assert "state-00000004.safetensors is" in err and "(truncated)" in err
         assert "resumed from step 2" in err
+    elif damage == "random bytes newest":
+        assert "state-00000004.safetensors unreadable" in err and "resumed from step 2" in err
     else:  # state.json unusable, but the newest per-step record and its tensors are fine
         assert "state.json is not a checkpoint record" in err and "resumed from step 4" in err
     assert resumed.status == "finished" and resumed.iterations == 6

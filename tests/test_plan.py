@@ -365,8 +365,9 @@ def test_mlflow_ui_serves_the_store_with_one_worker_and_no_job_runner(tmp_path, 
 
     store = tmp_path / "runs" / "mlflow.db"
     store.parent.mkdir()
-    with sqlite3.connect(store) as db:  # an SQLite database: the header check passes
-        db.execute("CREATE TABLE t (x)")
+    with sqlite3.connect(store) as db:  # MLflow's tables: the store checks pass
+        for table in ("alembic_version", "experiments", "runs"):
+            db.execute(f"CREATE TABLE {table} (x)")
     started = {}
     monkeypatch.setattr("os.execve", lambda path, argv, env: started.update(argv=argv, env=env))
     assert cli.main(["mlflow-ui", "--tracking-uri", f"sqlite:///{store}", "--port", "5123"]) == 0
@@ -380,13 +381,19 @@ def test_mlflow_ui_serves_the_store_with_one_worker_and_no_job_runner(tmp_path, 
 
 
 def test_sqlite_store_in_a_missing_folder_exits_2_naming_it(tmp_path, monkeypatch, capsys):
+    from orchestrator import ray_session
+
+    # Recorded, not pytest.fail: an error raised beside Ray's start would mask a failure.
+    started = []
+    monkeypatch.setattr(ray_session, "start_ray", lambda *a, **k: started.append(1))
     monkeypatch.setenv("ABLATE_HOME", str(tmp_path / "home"))
     missing = tmp_path / "nowhere" / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing}")
     code = cli.main(["run", str(REPO / "ablations/lsg.yaml"), "--size", "smoke"])
     err = capsys.readouterr().err
     assert code == 2 and f"the folder {missing.parent} does not exist" in err, err
-    assert not missing.parent.exists() and not (tmp_path / "home" / "trials").exists()
+    assert not started, "Ray was started"
+    assert list(tmp_path.iterdir()) == []  # no output folder, store or trial folder
 
 
 def test_tables_on_a_closed_port_exits_2_at_once(tmp_path, monkeypatch, capsys):
@@ -441,6 +448,7 @@ def test_a_missing_teacher_or_prompts_file_is_refused_before_ray(tmp_path, monke
     with pytest.raises(ConfigError) as err:
         runner.run_plan(plan, size="default", out=io.StringIO())
     message = str(err.value)
+    assert "\n" not in message  # one line: `ablate` prints one
     assert message.startswith(f"{plan}: teacher = '{tmp_path / 'no-teacher'}'")
     assert "teacher directory does not exist" in message
     assert f"prompts = '{tmp_path / 'no-prompts.txt'}': file not found" in message
