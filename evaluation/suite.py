@@ -20,7 +20,7 @@ import torch
 from distill import world
 from distill.config import read_text_file
 from evaluation.adherence import adherence
-from evaluation.clip_model import ensure_clip, load_clip
+from evaluation.clip_model import CLIP_SIZES, ensure_clip, load_clip
 from evaluation.clip_score import (
     EMBEDDED_PROMPT_PREFIX,
     REAL_CLIP_MODEL,
@@ -210,6 +210,23 @@ class SuiteFiles:
     inception_dir: str | None = None  # folder holding clean-fid's Inception (paper metrics)
 
 
+INCEPTION_DIMS = 2048  # clean-fid's Inception pool features
+
+
+def _clip_size(size: str) -> str:
+    """The embedded CLIP that scores a run of the embedded world at a size."""
+    return "smoke" if size == "smoke" else "default"
+
+
+def fid_feature_dims(metrics: str, size: str, embedded_world: bool) -> int:
+    """The dimension of the features FID is computed on in the suite ``build_suite``
+    builds, known without loading a model: FID needs more images than this
+    (``feature_stats``), so a run asking for fewer is refused before it starts."""
+    if embedded_world:
+        return CLIP_SIZES[_clip_size(size)].embed_dim
+    return INCEPTION_DIMS if metrics == "paper" else CLIP_SIZES["default"].embed_dim
+
+
 def build_suite(metrics: str, size: str, num_images: int, files: SuiteFiles | None = None,
                 device: str | torch.device = "cpu") -> EvalSuite:
     """The evaluation suite of a run, loading its metric models.
@@ -223,7 +240,7 @@ def build_suite(metrics: str, size: str, num_images: int, files: SuiteFiles | No
     """
 
     if files is None:
-        clip_dir = ensure_clip("smoke", progress=False) if size == "smoke" else None
+        clip_dir = ensure_clip("smoke", progress=False) if _clip_size(size) == "smoke" else None
         return embedded_suite(num_images, seed=0, clip_dir=clip_dir)
     if metrics == "paper":
         return real_suite(files.captions, files.reference, files.clip_checkpoint,

@@ -148,3 +148,18 @@ def _prompts_problems(spec: str) -> list[str]:
         message = str(exc)
         return [message if message.startswith("prompts = ") else f"prompts = {spec!r}: {message}"]
     return []
+
+
+def check_fid_images(source: str, trials: list, profile: Profile, size: str) -> None:
+    """Enough evaluation images for FID's covariance under this profile and size, checked
+    before Ray starts (a trial would otherwise fail at its first evaluation)."""
+    from evaluation.suite import fid_feature_dims  # torch: a run imports it anyway
+
+    dims = fid_feature_dims(profile.metrics, size, profile.is_embedded)
+    few = min((t.config.eval_num_images for t in trials), default=dims + 1)
+    if few <= dims:
+        raise ConfigError(
+            f"{source}: eval_num_images = {few} at --size {size}: FID on this profile's "
+            f"{dims}-dimensional features needs more images than dimensions; set "
+            f"`sizes: {{{size}: {{eval_num_images: {max(64, dims + 1)}}}}}` in the plan (or "
+            f"evaluation.eval_num_images, or the profile's eval_num_images); nothing was started")

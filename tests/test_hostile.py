@@ -100,6 +100,14 @@ RUN = [
          files=_plan("evaluation: {eval_num_images: 1}\n")),
     Case("plan: eval_num_images 10^12", ["run", "{tmp}/plan.yaml"], ["eval_num_images"],
          files=_plan("evaluation: {eval_num_images: 1000000000000}\n")),
+    # Valid numbers FID cannot use: no more images than the metric's feature dimensions.
+    Case("plan: --size smoke without sizes.smoke (the preset's 16 images, 32 dimensions)",
+         ["run", "{tmp}/plan.yaml", "--size", "smoke"],
+         ["{tmp}/plan.yaml", "eval_num_images = 16", "32-dimensional",
+          "sizes: {smoke: {eval_num_images: 64}}"], files=_plan("")),
+    Case("plan: eval_num_images 64 at the default size (64 dimensions)",
+         ["run", "{tmp}/plan.yaml"], ["eval_num_images = 64", "64-dimensional"],
+         files=_plan("evaluation: {eval_num_images: 64}\n")),
     # Files the plan names (the default size: smoke would swap in the embedded teacher).
     Case("plan: missing teacher folder", ["run", "{tmp}/plan.yaml"],
          ["{tmp}/plan.yaml: teacher = '{tmp}/no-teacher'", "does not exist"],
@@ -271,4 +279,4 @@ def test_every_hostile_input_exits_2_with_one_error_line(tmp_path, monkeypatch, 
     slowest = max(timings, key=timings.get)
     print(f"{len(CASES)} hostile inputs, each exit 2 with one error line "
           f"(slowest: {slowest}, {timings[slowest]:.1f} s)")
-    assert len(CASES) >= 45  # a case dropped from the lists is a case no longer proved
+    assert len(CASES) >= 48  # a case dropped from the lists is a case no longer proved
