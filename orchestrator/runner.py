@@ -165,11 +165,11 @@ class PlanRun:
         # Every missing weight, prompt, caption and metric file at once, before anything starts.
         preflight.check(profile, max(t.config.eval_num_images for t in trials))
         preflight.check_trial_files(plan.source, trials)
-        preflight.check_fid_images(plan.source, trials, profile, size)
         if os.environ.get("RAY_ADDRESS"):
             check_reachable(os.environ["RAY_ADDRESS"])  # before minutes of Ray's reconnects
         else:
             check_local_resources(plan)
+        preflight.check_fid_images(plan.source, trials, profile, size)
         _quiet_model_loading()
         uri = tracking.tracking_uri()
         tracking.http_retry_policy()  # before a local Ray starts: its workers inherit it

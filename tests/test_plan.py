@@ -427,7 +427,7 @@ def test_a_second_run_of_the_same_plan_and_folder_is_refused(tmp_path, monkeypat
         held.write("4242")
         held.flush()
         with pytest.raises(ConfigError, match=r"another `ablate run` of plan t \(pid 4242\)"):
-            runner.run_plan(write(tmp_path, MINIMAL), size="smoke", out=io.StringIO())
+            runner.run_plan(write(tmp_path, MINIMAL), out=io.StringIO())
 
 
 def test_a_missing_teacher_or_prompts_file_is_refused_before_ray(tmp_path, monkeypatch):
