@@ -29,8 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=25, help="teacher DDIM steps (default 25)")
     p.add_argument("--guidance-scale", type=float, default=None, metavar="KAPPA",
                    help="teacher CFG scale κ (default: DistillConfig's kappa, 2.0)")
-    p.add_argument("--num-images", type=int, default=2000,
-                   help="evaluation images, one per held-out caption (default 2000 -> fid2k)")
+    p.add_argument("--num-images", type=int, default=None,
+                   help="evaluation images, one per held-out caption (default 2000 -> fid2k; "
+                        "with --real 30000, the paper's, as FID on Inception's 2048 "
+                        "dimensions needs more images than that)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--prompt-prefix", default=None,
                    help="text put before every prompt for the CLIP score (default: '' embedded, "
@@ -90,6 +92,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     from distill.config import MAX_EVAL_IMAGES, MIN_EVAL_IMAGES
     from evaluation.errors import EvalError
 
+    if args.num_images is None:  # the SD profiles' eval_num_images under --real
+        args.num_images = 30_000 if args.real else 2000
     if not MIN_EVAL_IMAGES <= args.num_images <= MAX_EVAL_IMAGES:
         raise EvalError(f"--num-images {args.num_images}: must be in {MIN_EVAL_IMAGES}.."
                         f"{MAX_EVAL_IMAGES:,} (FID needs a covariance; the paper uses 30,000)")
@@ -98,6 +102,14 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.guidance_scale is not None and not (math.isfinite(args.guidance_scale)
                                                 and args.guidance_scale > 0):
         raise EvalError(f"--guidance-scale {args.guidance_scale}: must be a finite number > 0")
+    from evaluation.suite import fid_feature_dims
+
+    # ``_suite``: --real scores with clean-fid's Inception, otherwise the shipped CLIP.
+    dims = fid_feature_dims("paper" if args.real else "embedded", "default", not args.real)
+    if args.num_images <= dims:
+        raise EvalError(f"--num-images {args.num_images}: FID on {dims}-dimensional features "
+                        f"needs more images than dimensions (at least {dims + 1}; thousands "
+                        "for a stable number)")
     missing = [f"--{n.replace('_', '-')}" for n in ("captions", "reference", "clip_checkpoint")
                if getattr(args, n) is None]
     if args.real and missing:
@@ -106,10 +118,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 
 def _suite(args: argparse.Namespace):
+    """The evaluation suite the flags name (checked by ``_check_arguments``)."""
     from evaluation.clip_score import EMBEDDED_PROMPT_PREFIX, REAL_PROMPT_PREFIX
     from evaluation.suite import embedded_suite, real_suite
 
-    _check_arguments(args)
     if args.real:
         prefix = REAL_PROMPT_PREFIX if args.prompt_prefix is None else args.prompt_prefix
         return real_suite(args.captions, args.reference, args.clip_checkpoint,
@@ -127,11 +139,11 @@ def _device() -> str:
 def _eval(args: argparse.Namespace) -> int:
     from distill.config import DistillConfig
 
+    _check_arguments(args)
     saved = None
     if args.teacher is None:
         from distill.restore import read_generator
 
-        _check_arguments(args)
         # A missing or damaged checkpoint is refused before the suite is built (and cached).
         saved = read_generator(args.checkpoint)
     suite = _suite(args)

@@ -162,6 +162,9 @@ def test_metric_models_cli_verifies_the_shipped_clip(capsys):
 @pytest.mark.parametrize("args, named", [
     (["--num-images", "1"], "--num-images 1: must be in 2..1,000,000"),
     (["--num-images", "1000000000000"], "--num-images 1000000000000"),
+    (["--num-images", "64"], "--num-images 64: FID on 64-dimensional features"),
+    (["--real", "--captions", "c", "--reference", "r", "--clip-checkpoint", "k",
+      "--num-images", "2048"], "--num-images 2048: FID on 2048-dimensional features"),
     (["--steps", "0"], "--steps 0"),
     (["--guidance-scale", "nan"], "--guidance-scale nan: must be a finite number > 0"),
     (["--guidance-scale", "-1"], "--guidance-scale -1.0"),
