@@ -21,6 +21,13 @@ from typing import Any, Literal
 from distill.errors import ConfigError
 
 STRATEGIES = ("lsg", "cfg", "none", "short")
+# What each strategy is, for row labels of tables and figures (STRATEGIES is their order).
+STRATEGY_DESCRIPTIONS = {
+    "lsg": "LSG kept (paper)",
+    "cfg": "LSG removed, teacher guidance only",
+    "none": "SiD alone",
+    "short": "fake-score guidance only",
+}
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from distill import checkpoint, parallel, scale, world
+from distill import metrics as registry
 from distill import teacher as teacher_mod
 from distill.config import ConfigError, DistillConfig, read_text_file
 from distill.generator import SampleFn, autocast, generate, sampler
@@ -39,7 +40,7 @@ Report = Callable[[dict[str, float], int], None]
 # long the run is and how often it is watched, not what one iteration computes.
 RESUMABLE_CHANGES = frozenset({"iterations", "log_every", "checkpoint_every", "eval_every",
                                "eval_num_images"})
-LOSS_KEYS = ("loss_fake_score", "loss_generator")
+LOSS_KEYS = (registry.LOSS_FAKE_SCORE.key, registry.LOSS_GENERATOR.key)
 
 
 @dataclass(frozen=True)
@@ -141,12 +142,13 @@ class SiD:
             # As without deferral: G is not stepped in an iteration whose ψ loss diverged.
             diverged = diverged | ~torch.isfinite(loss_gen)
             _step_unless(self.opt_generator, diverged)
-            return {"loss_fake_score": loss_fake, "loss_generator": loss_gen,
+            return {registry.LOSS_FAKE_SCORE.key: loss_fake, registry.LOSS_GENERATOR.key: loss_gen,
                     "diverged": diverged}
         if not torch.isfinite(loss_gen):
             return None
         self.opt_generator.step()
-        return {"loss_fake_score": float(loss_fake), "loss_generator": float(loss_gen)}
+        return {registry.LOSS_FAKE_SCORE.key: float(loss_fake),
+                registry.LOSS_GENERATOR.key: float(loss_gen)}
 
     def _fake_score_update(self, chunks: tuple[torch.Tensor, ...], owned: range,
                            rng: torch.Generator) -> torch.Tensor:
@@ -345,7 +347,7 @@ class _LossLog:
     def flush(self) -> dict[str, float]:
         """The span's mean losses and images/s; starts the next span."""
         self.last = {k: self.sums[k] / self.count for k in LOSS_KEYS}
-        metrics = {**self.last, "images_per_second": self.images / self.seconds}
+        metrics = {**self.last, registry.IMAGES_PER_SECOND.key: self.images / self.seconds}
         self.sums, self.count = dict.fromkeys(LOSS_KEYS, 0.0), 0
         self.seconds, self.images = 0.0, 0
         return metrics

@@ -12,7 +12,7 @@ import importlib
 _EXPORTS = {
     "fid_from_features": "evaluation.fid",
     "fid_from_stats": "evaluation.fid",
-    "fid_key": "evaluation.keys",
+    "fid_key": "distill.metrics",
     "EvalError": "evaluation.errors",
     "EvalSuite": "evaluation.suite",
     "embedded_suite": "evaluation.suite",

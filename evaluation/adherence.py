@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from distill import metrics as registry
 from distill import world
 
 _PALETTE_NAMES = list(world.COLOURS)
@@ -139,7 +140,7 @@ def adherence(images: torch.Tensor | np.ndarray, captions: list[world.Caption]) 
     n = len(captions)
     out = {f"{a}_acc": hits[a] / n for a in ATTRIBUTES}
     out["all_acc"] = all_hits / n
-    out["colour_shape_size_acc"] = css_hits / n
+    out[registry.ADHERENCE.key] = css_hits / n
     out["foreground_area"] = float(np.mean(areas))
     out["background_deviation"] = float(np.nanmean(deviations))
     return out

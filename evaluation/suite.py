@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill import metrics as registry
 from distill import world
 from distill.config import read_text_file
 from evaluation.adherence import adherence
@@ -41,7 +42,6 @@ from evaluation.fid import (
     inception_extractor,
     read_image_folder,
 )
-from evaluation.keys import fid_key
 
 SampleFn = Callable[[list[str], int], torch.Tensor]
 
@@ -62,9 +62,9 @@ class EvalSuite:
         """FID (key carries N), CLIP score (raw mean cosine) and, embedded, adherence."""
         self._check(images, captions)
         features = self.extractor.images_features(images)
-        metrics = {fid_key(len(images)): fid_from_stats(
+        metrics = {registry.fid_key(len(images)): fid_from_stats(
             *feature_stats(features, "generated images"), self.reference_mu, self.reference_sigma)}
-        metrics["clip_score"] = self.clip.score(images, captions)
+        metrics[registry.CLIP_SCORE.key] = self.clip.score(images, captions)
         if self.with_adherence:
             metrics.update(adherence(images, [world.parse_caption(c) for c in captions]))
         return metrics

@@ -27,6 +27,7 @@ from distill.config import (
     trial_id,
 )
 from orchestrator.profiles import EMBEDDED, Profile
+from results.comparison import Comparison, ComparisonError, from_plan
 
 SIZES = ("smoke", "default")
 # Three seeds unless a plan says otherwise: one seed is an anecdote, and a 95% t-interval
@@ -100,6 +101,8 @@ class Plan:
     evaluation: Evaluation
     sizes: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
     max_failures: int = 1
+    # What the plan compares (its compare: section, or the default rule); None: no axes.
+    comparison: Comparison | None = None
 
     @property
     def name_keys(self) -> tuple[str, ...]:
@@ -123,7 +126,7 @@ class Trial:
 
 
 _TOP_KEYS = {"name", "description", "base", "axes", "zip", "seeds", "resources", "evaluation",
-             "sizes", "max_failures"}
+             "sizes", "max_failures", "compare"}
 
 
 def _fail(source: str, key: str, why: str) -> None:
@@ -337,10 +340,19 @@ def plan_from_dict(data: dict, source: str = "<plan>", max_trials: int = MAX_TRI
                             _check_mapping(source, "resources", data.get("resources", {})),
                             source, "resources."),
         evaluation=_check_evaluation(source, data.get("evaluation", {})),
-        sizes=_check_sizes(source, data.get("sizes", {})), max_failures=max_failures)
+        sizes=_check_sizes(source, data.get("sizes", {})), max_failures=max_failures,
+        comparison=_check_compare(source, data.get("compare"), axes, zip_groups))
     _check_trial_count(plan, max_trials)  # before expanding: a typo can mean millions
     _check_every_value(plan)
     return plan
+
+
+def _check_compare(source: str, raw: Any, axes: tuple, zip_groups: tuple) -> Comparison | None:
+    """The plan's comparison (results/comparison.py), checked against its axes and zip keys."""
+    try:
+        return from_plan(raw, [*axes, *(kv for group in zip_groups for kv in group)])
+    except ComparisonError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _check_every_value(plan: Plan) -> None:

@@ -308,6 +308,13 @@ class PlanRun:
                              "trials": [{"trial_id": t.trial_id, "name": t.name,
                                          "config": dataclasses.asdict(t.config)}
                                         for t in self.trials]}, "plan/trials.json")
+        if self.plan.comparison is not None:
+            # Every invocation (a reopened parent too): what to compare is analysis, so a
+            # plan whose compare: section changed is reported the new way on resume.
+            from results.comparison import ARTIFACT
+
+            tracking.RunLogger(self.uri, self.parent_id).log_dict(
+                json.loads(self.plan.comparison.to_json()), ARTIFACT)
 
     def open_children(self) -> None:
         """One child run per trial; trials finished earlier have theirs closed with their

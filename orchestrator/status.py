@@ -16,17 +16,12 @@ from typing import TextIO
 
 from ray.tune import Callback
 
+from distill import metrics as registry
 from orchestrator import tracking
-from results import schema
 
-# The metrics worth a glance while a run is in flight, in this order.
-SHOWN = ("loss_fake_score", "loss_generator", "images_per_second", schema.CLIP_SCORE,
-         schema.ADHERENCE)
-
-
-def _short(key: str) -> str:
-    return {"loss_fake_score": "L_psi", "loss_generator": "L_G",
-            "images_per_second": "img/s", schema.ADHERENCE: "adherence"}.get(key, key)
+# The metrics worth a glance while a run is in flight, in this order (FID's keys after).
+SHOWN = (registry.LOSS_FAKE_SCORE, registry.LOSS_GENERATOR, registry.IMAGES_PER_SECOND,
+         registry.CLIP_SCORE, registry.ADHERENCE)
 
 
 def _duration(seconds: float) -> str:
@@ -36,12 +31,13 @@ def _duration(seconds: float) -> str:
 
 def format_line(elapsed_s: float, name: str, state: str, iteration: int | None,
                 total: int | None, metrics: dict) -> str:
-    shown = [k for k in SHOWN if k in metrics] + sorted(k for k in metrics if k.startswith("fid"))
+    shown = [(m.short, m.key) for m in SHOWN if m.key in metrics] + sorted(
+        (k, k) for k in metrics if registry.FID.matches(k))
     parts = []
-    for key in shown:
+    for short, key in shown:
         value = metrics[key]
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            parts.append(f"{_short(key)}={value:.4g}")
+            parts.append(f"{short}={value:.4g}")
     progress = f"it {iteration}/{total}" if iteration is not None else ""
     return f"[{elapsed_s:6.0f}s] {name:<34} {state:<9} {progress:<12} {' '.join(parts)}".rstrip()
 

@@ -192,13 +192,14 @@ def _system_metrics(spec: dict[str, Any]):
 def _cost(spec: dict[str, Any], config, seconds: float) -> dict[str, float]:
     """What the trial cost: its distill span, device-hours (a CPU trial counts one device
     per worker) and UNet passes per image per iteration, forward plus backward."""
+    from distill import metrics as registry
     from distill.guidance import guidance_scales
-    from results import schema
 
     devices = spec.get("workers", 1) * (spec["gpu"] if spec.get("gpu", 0) > 0 else 1)
     forward, backward = guidance_scales(config.strategy, config.kappa).unet_passes()
-    return {schema.TRAIN_SECONDS: seconds, schema.DEVICE_HOURS: seconds * devices / 3600,
-            schema.UNET_PASSES_PER_IMAGE: forward + backward}
+    return {registry.TRAIN_SECONDS.key: seconds,
+            registry.DEVICE_HOURS.key: seconds * devices / 3600,
+            registry.UNET_PASSES_PER_IMAGE.key: forward + backward}
 
 
 def _evaluated_on_rank_0(sample_fn, iteration: int) -> dict:

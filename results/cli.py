@@ -29,6 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "is read from the run, so --plan may be left out)")
     p.add_argument("--out", metavar="DIR", type=Path,
                    help="folder to write <plan>/ into (default: $ABLATE_HOME/tables)")
+    p.add_argument("--compare", metavar="PLAN.yaml", type=Path,
+                   help="compare as this plan file's compare: section says (or, without one, "
+                        "its first axis's first value against the rest) instead of what the "
+                        "parent run recorded; for runs logged before the plan declared it. "
+                        "The verdict: each arm vs the reference, difference with 95%% "
+                        "interval, better/worse (Holm-corrected), equivalent within ±δ, or "
+                        "unresolved with the smallest detectable difference")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow store (default: $MLFLOW_TRACKING_URI or "
                         "sqlite:///$ABLATE_HOME/mlflow.db)")
@@ -45,6 +52,7 @@ def _tables(args: argparse.Namespace) -> int:
     # A tracking server that does not answer is an error now, not after minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    comparison = _comparison(args.compare) if args.compare else None
     uri = resolve_tracking_uri(args.tracking_uri)
     try:
         plans = _plans(args, uri)
@@ -54,7 +62,7 @@ def _tables(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ResultsError(f"cannot create the report folder {base} ({exc.strerror}); "
                                "pass --out a writable folder") from None
-        skipped = _write_reports(plans, base, uri, args.parent_run)
+        skipped = _write_reports(plans, base, uri, args.parent_run, comparison)
     except (SQLAlchemyError, MlflowException) as exc:
         raise ResultsError(str(store_error(uri, exc))) from None
     for line in skipped:
@@ -77,7 +85,24 @@ def _plans(args: argparse.Namespace, uri: str) -> list[str]:
     return plans
 
 
-def _write_reports(plans: list[str], base: Path, uri: str, parent_run: str | None) -> list[str]:
+def _comparison(path: Path):
+    """The comparison a plan file declares, checked against its axes; ResultsError naming
+    the file and the key otherwise."""
+    from distill.config import ConfigError, load_yaml
+    from results.comparison import ComparisonError, axes_of_plan_data, from_plan
+
+    try:
+        data = load_yaml(path)
+        comparison = from_plan(data.get("compare"), axes_of_plan_data(data))
+    except (ConfigError, ComparisonError) as exc:
+        raise ResultsError(f"--compare {path}: {exc}") from None
+    if comparison is None:
+        raise ResultsError(f"--compare {path}: the plan has no axes, so nothing to compare")
+    return comparison
+
+
+def _write_reports(plans: list[str], base: Path, uri: str, parent_run: str | None,
+                   comparison=None) -> list[str]:
     """Write and print each plan's report; return the plans skipped (with why). A single
     plan that cannot be reported is an error; among several, the others still are."""
     from results.report import write_report
@@ -85,7 +110,7 @@ def _write_reports(plans: list[str], base: Path, uri: str, parent_run: str | Non
     written, skipped = 0, []
     for plan in plans:
         try:
-            report = write_report(plan, base / plan, uri, parent_run)
+            report = write_report(plan, base / plan, uri, parent_run, comparison)
         except ResultsError as exc:
             if len(plans) == 1:
                 raise

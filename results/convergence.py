@@ -1,7 +1,8 @@
 """Metrics against training iterations, from plans that evaluate during training
 (``evaluation.eval_every > 0``): the curve, and from which iteration the arms' order settles.
 
-The order of the arms (strategies, or κ values) on a metric at an iteration is the order
+The arms are the plan's comparison's (:mod:`results.comparison`). The order of the arms on a
+metric at an iteration is the order
 of their means over seeds there. An iteration budget is only trustworthy once that order
 has stopped changing, so :func:`settled_at` gives the first evaluated iteration from which
 the order equals the final one at every later evaluation, and :func:`ordering_table`
@@ -13,24 +14,22 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from results import schema
+from results.arms import arm_text
 from results.load import _client
-from results.stats import ci95_half_width, lower_is_better
+from results.stats import ci95_half_width, lower_is_better, metric_columns, metric_of
 
-CURVE_METRICS = (schema.CLIP_SCORE, schema.ADHERENCE)
+ARM = "arm"  # the history's column naming a run's arm ('lsg', 'κ=2', 'strategy=lsg, κ=2')
 
 
 def curve_metrics(runs: pd.DataFrame) -> list[str]:
-    """The FID key and the CLIP and adherence metrics the finished trials carry."""
+    """The keys of the registry's curve metrics that the finished trials carry."""
     trials = runs[(runs["role"] == "trial") & (runs["status"] == "finished")]
-    fids = [c for c in runs.attrs.get("metric_columns", []) if c.startswith("fid")
-            and trials[c].notna().any()]
-    return fids[:1] + [m for m in CURVE_METRICS if m in trials and trials[m].notna().any()]
+    return [k for k in metric_columns(trials, "curve") if trials[k].notna().any()]
 
 
-def load_history(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+def load_history(runs: pd.DataFrame, metrics: list[str], arms: list[str]) -> pd.DataFrame:
     """Every logged value of ``metrics`` of the finished trials: one row per (run, step),
-    with the run's ``strategy``, ``kappa`` and ``seed``."""
+    with the run's arm (its values of the ``arms`` params, as text) and ``seed``."""
     client = _client(runs.attrs["tracking_uri"])
     trials = runs[(runs["role"] == "trial") & (runs["status"] == "finished")]
     rows = []
@@ -39,20 +38,18 @@ def load_history(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
         for metric in metrics:
             for point in client.get_metric_history(run["run_id"], metric):
                 values.setdefault(point.step, {})[metric] = point.value
+        arm = arm_text(arms, [run.get(k) for k in arms])
         for step, by_metric in values.items():
-            rows.append({"run_id": run["run_id"], "step": step,
-                         **{k: run.get(k) for k in ("strategy", "kappa", "seed")}, **by_metric})
-    return pd.DataFrame(rows, columns=["run_id", "step", "strategy", "kappa", "seed", *metrics])
-
-
-def arm_key(history: pd.DataFrame) -> str:
-    """What the arms are: the strategy when it varies, else κ."""
-    return "strategy" if history["strategy"].nunique() > 1 else "kappa"
+            rows.append({"run_id": run["run_id"], "step": step, ARM: arm,
+                         "seed": run.get("seed"), **by_metric})
+    history = pd.DataFrame(rows, columns=["run_id", "step", ARM, "seed", *metrics])
+    history.attrs["arms"] = list(arms)
+    return history
 
 
 def curve(history: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per (arm, step): mean, 95% t-interval half-width and seed count of ``metric``."""
-    key = arm_key(history)
+    key = ARM
     rows = []
     for (arm, step), group in history.groupby([key, "step"], sort=True):
         values = group[metric].dropna().to_numpy(dtype=float)
@@ -72,7 +69,7 @@ def _order(means: dict, metric: str) -> tuple:
 def ordering(history: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per evaluated step: the order of the arms' means, best first, and how many seeds
     order the arms that way on their own values."""
-    key = arm_key(history)
+    key = ARM
     rows = []
     for step, at in history.groupby("step", sort=True):
         means = at.groupby(key)[metric].mean().to_dict()
@@ -107,12 +104,12 @@ def _order_text(order: tuple, metric: str) -> str:
         f"{arm:g}" if isinstance(arm, float) else str(arm) for arm in order)
 
 
-def ordering_table(history: pd.DataFrame, metrics: list[str]) -> str:
+def ordering_table(history: pd.DataFrame, metrics: list[str],
+                   protocol: str | None = None) -> str:
     """Markdown: per evaluated iteration, each metric's order (mean over seeds) with the
     number of seeds that agree, then the iteration from which each order has settled."""
-    key = arm_key(history)
-    label = {schema.CLIP_SCORE: "CLIP", schema.ADHERENCE: "adherence"}
-    names = [("FID" if m.startswith("fid") else label.get(m, m)) for m in metrics]
+    key = ", ".join(history.attrs.get("arms", [])) or ARM
+    names = [metric_of(m).short_for(protocol) for m in metrics]
     orders = {m: ordering(history, m) for m in metrics}
     lines = [f"| iteration | {' | '.join(f'{n} order ({key}; seeds agreeing)' for n in names)} |",
              "|---|" + "---|" * len(metrics)]

@@ -14,8 +14,9 @@ child. The frame has one row per child run and plain column names:
   orchestrator logs final metrics at the last step).
 
 ``df.attrs`` carries ``plan``, ``parent_run_id``, ``tracking_uri``, ``param_columns``,
-``metric_columns`` and ``profile`` (the parent's profile tag, None on runs from before
-it was tagged) so later steps know which column is which and what world the runs ran in.
+``metric_columns``, ``profile`` (the parent's profile tag, None on runs from before
+it was tagged) and ``comparison`` (what the plan compares, :func:`load_comparison`) so later
+steps know which column is which, what world the runs ran in and what to compare.
 """
 
 from __future__ import annotations
@@ -211,4 +212,37 @@ def load_runs(plan: str, tracking_uri: str | None = None,
     df.attrs.update(plan=plan, parent_run_id=parent.info.run_id, tracking_uri=uri,
                     param_columns=params, metric_columns=metrics,
                     profile=parent.data.tags.get(schema.PROFILE))
+    df.attrs["comparison"] = load_comparison(client, parent.info.run_id, df)
     return df
+
+
+def load_comparison(client, parent_run_id: str, runs: pd.DataFrame):
+    """What the parent run's plan compares: its ``plan/comparison.json`` (logged by the
+    driver); for parent runs from before it was logged, the plan file logged beside it
+    (its ``compare:`` section, or the default rule over its axes); failing both, the first
+    param that varies against its first value (:func:`results.arms.infer`)."""
+    import tempfile
+
+    import yaml
+
+    from results import comparison as comparisons
+    from results.arms import infer
+
+    names = {f.path for f in client.list_artifacts(parent_run_id, "plan")}
+    with tempfile.TemporaryDirectory(prefix="ablate-plan-") as tmp:
+        if comparisons.ARTIFACT in names:
+            path = client.download_artifacts(parent_run_id, comparisons.ARTIFACT, tmp)
+            with open(path, encoding="utf-8") as f:
+                return comparisons.Comparison.from_json(f.read())
+        plans = sorted(n for n in names if n.endswith((".yaml", ".yml")))
+        if plans:
+            path = client.download_artifacts(parent_run_id, plans[0], tmp)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    data = yaml.safe_load(f)
+                axes = comparisons.axes_of_plan_data(data)
+                return comparisons.from_plan(data.get("compare"), axes)
+            except (yaml.YAMLError, AttributeError, TypeError, comparisons.ComparisonError):
+                pass  # a plan file this version cannot read: infer from the runs below
+    trials = runs[runs["role"] == "trial"]
+    return infer(trials, [p for p in runs.attrs["param_columns"] if p in trials])

@@ -1,5 +1,6 @@
-"""Figures for the paper: metrics vs κ with 95% CI bands, the FID–CLIP trade-off per
-strategy, and a sample-grid figure from the trials' logged ``samples/grid_final.png``.
+"""Figures for the paper: metrics against a swept param (κ, α, ...) with 95% CI bands, the
+FID–CLIP trade-off per series, and a sample-grid figure from the trials' logged
+``samples/grid_final.png``.
 
 The sample figure is sized to be read printed at a two-column paper's column width
 (:data:`COLUMN_WIDTH_IN`): its text is at least :data:`MIN_FONT_PT` there.
@@ -22,53 +23,67 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from distill import metrics as registry
+from distill.config import STRATEGIES
 from results import schema
-from results.convergence import arm_key, curve, has_curve
-from results.stats import OUTCOMES, aggregate, metric_columns
-from results.tables import (
-    PARAM_HEADERS,
-    combos,
-    metric_format,
-    ordered_values,
-    param_text,
-    runs_text,
-    teacher_label,
-    varying_params,
-)
+from results.arms import PARAM_HEADERS, combos, ordered_values, param_text, varying_params
+from results.convergence import ARM, curve, has_curve
+from results.stats import OUTCOMES, aggregate, metric_columns, metric_key, metric_of
+from results.tables import runs_text, teacher_label
+from results.verdict import Verdict
 
-_COLOURS = {"lsg": "tab:blue", "cfg": "tab:orange", "none": "tab:green", "short": "tab:red"}
 COLUMN_WIDTH_IN = 3.3  # a two-column paper's column (IEEE, ACM, CVPR: 3.3-3.5 in)
 MIN_FONT_PT = 8.0  # the smallest text of the sample figure, printed at column width
 TILES_PER_CELL = 2  # images per prompt and arm: enough to see variety, large enough to see
 UPSCALE_TO_PX = 128  # tiles are enlarged by an integer factor (nearest) to at least this
 
 
-def _series(trials: pd.DataFrame, params: list[str]) -> tuple[list[str], pd.DataFrame]:
-    """Series keys (everything that varies except κ) and the per-(series, κ) aggregate."""
+def _colour(keys: list[str], combo: tuple, index: int) -> str:
+    """A strategy keeps its colour across figures (its place in STRATEGIES); else by order."""
+    if keys and keys[0] == "strategy" and combo[0] in STRATEGIES:
+        return f"C{STRATEGIES.index(combo[0])}"
+    return f"C{index}"
+
+
+def _series(trials: pd.DataFrame, params: list[str], x: str | None
+            ) -> tuple[list[str], pd.DataFrame]:
+    """Series keys (everything that varies except ``x``) and the per-(series, x) aggregate."""
     varying = varying_params(trials, params)
-    keys = [p for p in varying if p != "kappa"]
-    if "strategy" in trials and "strategy" not in keys:
+    keys = [p for p in varying if p != x]
+    if "strategy" in trials and "strategy" not in keys and x != "strategy":
         # A constant strategy (the default κ sweep is lsg only) still names the series.
         keys = ["strategy", *keys]
-    by = keys + (["kappa"] if "kappa" in trials else [])
+    by = keys + ([x] if x and x in trials else [])
     return keys, aggregate(trials, by, metric_columns(trials[trials["status"] == "finished"]))
 
 
-def _series_groups(agg: pd.DataFrame, keys: list[str]):
-    """(label, colour, rows sorted by κ) per series, strategies in the paper's order."""
+def swept_param(trials: pd.DataFrame, verdict: Verdict | None) -> str | None:
+    """The x axis of the sweep figure: the first numeric param of the comparison's arms,
+    then of its blocks, that takes two or more values; None if there is none."""
+    if verdict is None:
+        return None
+    for param in (*verdict.layout.arms, *verdict.layout.blocks):
+        values = trials[param].dropna() if param in trials else pd.Series([], dtype=float)
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric and values.nunique() > 1:
+            return param
+    return None
+
+
+def _series_groups(agg: pd.DataFrame, keys: list[str], x: str | None):
+    """(label, colour, rows sorted by ``x``) per series, strategies in the paper's order."""
     if not keys:
-        yield "distilled" + _outcome_note(agg), "tab:blue", (
-            agg.sort_values("kappa") if "kappa" in agg else agg)
+        yield "distilled" + _outcome_note(agg), "C0", (
+            agg.sort_values(x) if x and x in agg else agg)
         return
     for index, combo in enumerate(combos(agg, keys)):
         rows = agg
         for key, value in zip(keys, combo):
             rows = rows[rows[key].map(str) == str(value)]
-        rows = rows.sort_values("kappa") if "kappa" in rows else rows
+        rows = rows.sort_values(x) if x and x in rows else rows
         label = ", ".join(str(v) if k == "strategy" else f"{PARAM_HEADERS.get(k, k)}="
                           f"{param_text(k, v)}" for k, v in zip(keys, combo))
-        colour = _COLOURS.get(combo[0]) if keys[0] == "strategy" else f"C{index}"
-        yield label + _outcome_note(rows), colour or f"C{index}", rows
+        yield label + _outcome_note(rows), _colour(keys, combo, index), rows
 
 
 def _outcome_note(rows: pd.DataFrame) -> str:
@@ -82,64 +97,68 @@ def _err(values: pd.Series) -> np.ndarray:
     return np.nan_to_num(values.to_numpy(dtype=float), nan=0.0)
 
 
-def kappa_figure(runs: pd.DataFrame) -> Figure | None:
-    """FID and CLIP (and adherence, when logged) against κ: one line per strategy with
-    its 95% t-interval over seeds as a band; teacher baselines as dashed lines.
-    None when κ does not vary across the plan's trials."""
+def sweep_figure(runs: pd.DataFrame, verdict: Verdict | None
+                 ) -> tuple[str, Figure] | None:
+    """(param, figure): the table's metrics against the swept param (:func:`swept_param`),
+    one line per series with its 95% t-interval over seeds as a band; teacher baselines as
+    dashed lines. None when no numeric param of the comparison varies."""
     trials = runs[runs["role"] == "trial"]
-    if "kappa" not in trials or trials["kappa"].nunique() < 2:
+    x = swept_param(trials, verdict)
+    if x is None:
         return None
     params = [p for p in runs.attrs.get("param_columns", trials.columns) if p in trials]
-    keys, agg = _series(trials, params)
-    metrics = [m for m in agg.attrs["metrics"] if m.startswith("fid")
-               or m in (schema.CLIP_SCORE, schema.ADHERENCE)]
+    keys, agg = _series(trials, params, x)
+    keys = [k for k in keys if k != x]
+    metrics = metric_columns(trials[trials["status"] == "finished"], "table")
+    protocol = verdict.protocol if verdict is not None else None
     teacher = _teacher_agg(runs, agg.attrs["metrics"])
     fig = Figure(figsize=(4.0 * len(metrics), 3.4), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    for ax, metric in zip(axes, metrics):
-        fmt = metric_format(metric)
-        for label, colour, rows in _series_groups(agg, keys):
-            mean = rows[f"{metric}_mean"].to_numpy(dtype=float) * fmt.scale
-            half = _err(rows[f"{metric}_ci95"]) * fmt.scale
-            ax.plot(rows["kappa"], mean, marker="o", color=colour, label=label)
-            # The 95% t-interval as a band: where bands overlap, the κ values are not
-            # told apart by this many seeds (the verdict line gives the Welch test).
-            ax.fill_between(rows["kappa"].to_numpy(dtype=float), mean - half, mean + half,
+    for ax, key in zip(axes, metrics):
+        metric = metric_of(key)
+        for label, colour, rows in _series_groups(agg, keys, x):
+            mean = rows[f"{key}_mean"].to_numpy(dtype=float) * metric.scale
+            half = _err(rows[f"{key}_ci95"]) * metric.scale
+            ax.plot(rows[x], mean, marker="o", color=colour, label=label)
+            # The 95% t-interval as a band: where bands overlap, the values are not told
+            # apart by this many seeds (the verdict gives the corrected tests).
+            ax.fill_between(rows[x].to_numpy(dtype=float), mean - half, mean + half,
                             color=colour, alpha=0.2, linewidth=0)
         for _, row in teacher.iterrows():
-            if math.isfinite(row[f"{metric}_mean"]):
-                ax.axhline(row[f"{metric}_mean"] * fmt.scale, color="0.4", linestyle="--",
+            if math.isfinite(row[f"{key}_mean"]):
+                ax.axhline(row[f"{key}_mean"] * metric.scale, color="0.4", linestyle="--",
                            linewidth=1, label=teacher_label(row))
-        ax.set_xlabel("guidance scale κ")
-        ax.set_ylabel(fmt.header)
+        ax.set_xlabel("guidance scale κ" if x == "kappa" else PARAM_HEADERS.get(x, x))
+        ax.set_ylabel(metric.header(key, protocol))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    return fig
+    return x, fig
 
 
-def curve_figure(history: pd.DataFrame, metrics: list[str]) -> Figure | None:
-    """Each metric against training iterations: one line per arm (strategy, or κ) with its
+def curve_figure(history: pd.DataFrame, metrics: list[str],
+                 protocol: str | None = None) -> Figure | None:
+    """Each metric against training iterations: one line per arm (the comparison's) with its
     95% t-interval over seeds as a band. None without evaluations at two or more iterations."""
 
     if not has_curve(history):
         return None
-    key = arm_key(history)
     fig = Figure(figsize=(4.0 * len(metrics), 3.4), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    for ax, metric in zip(axes, metrics):
-        fmt = metric_format(metric)
-        points = curve(history, metric)
-        for index, arm in enumerate(ordered_values(points[key])):
-            rows = points[points[key] == arm].sort_values("step")
-            mean = rows["mean"].to_numpy(dtype=float) * fmt.scale
-            half = _err(rows["ci95"]) * fmt.scale
-            colour = _COLOURS.get(arm, f"C{index}") if key == "strategy" else f"C{index}"
-            label = str(arm) if key == "strategy" else f"κ={param_text('kappa', arm)}"
-            ax.plot(rows["step"], mean, marker="o", color=colour, label=label)
+    arm_keys = history.attrs.get("arms", [])
+    for ax, key in zip(axes, metrics):
+        metric = metric_of(key)
+        points = curve(history, key)
+        for index, arm in enumerate(ordered_values(points[ARM])):
+            rows = points[points[ARM] == arm].sort_values("step")
+            mean = rows["mean"].to_numpy(dtype=float) * metric.scale
+            half = _err(rows["ci95"]) * metric.scale
+            colour = (f"C{STRATEGIES.index(arm)}" if arm_keys == ["strategy"]
+                      and arm in STRATEGIES else f"C{index}")
+            ax.plot(rows["step"], mean, marker="o", color=colour, label=str(arm))
             ax.fill_between(rows["step"].to_numpy(dtype=float), mean - half, mean + half,
                             color=colour, alpha=0.2, linewidth=0)
         ax.set_xlabel("training iteration")
-        ax.set_ylabel(fmt.header)
+        ax.set_ylabel(metric.header(key, protocol))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     return fig
@@ -158,11 +177,14 @@ def tradeoff_figure(runs: pd.DataFrame) -> Figure | None:
     None without both an FID and a CLIP metric."""
     trials = runs[runs["role"] == "trial"]
     params = [p for p in runs.attrs.get("param_columns", trials.columns) if p in trials]
-    keys, agg = _series(trials, params)
-    fids = [m for m in agg.attrs["metrics"] if m.startswith("fid")]
-    if not fids or schema.CLIP_SCORE not in agg.attrs["metrics"]:
+    keys, agg = _series(trials, params, "kappa")
+    finished = trials[trials["status"] == "finished"]
+    fid, clip = metric_key(finished, registry.FID), metric_key(finished, registry.CLIP_SCORE)
+    if fid is None or clip is None:
         return None
-    fid, clip = fids[0], schema.CLIP_SCORE
+    protocols = finished["eval_protocol"].dropna().unique() if "eval_protocol" in finished \
+        else []
+    protocol = str(protocols[0]) if len(protocols) else None
     fig = Figure(figsize=(5.0, 4.0), layout="constrained")
     ax = fig.subplots()
     kappa_varies = "kappa" in agg and agg["kappa"].nunique() > 1
@@ -173,7 +195,7 @@ def tradeoff_figure(runs: pd.DataFrame) -> Figure | None:
             ax.annotate(text, (row[f"{clip}_mean"], row[f"{fid}_mean"]),
                         textcoords="offset points", xytext=(4, 4), fontsize=7)
 
-    for label, colour, rows in _series_groups(agg, keys):
+    for label, colour, rows in _series_groups(agg, keys, "kappa"):
         ax.errorbar(rows[f"{clip}_mean"], rows[f"{fid}_mean"], xerr=_err(rows[f"{clip}_ci95"]),
                     yerr=_err(rows[f"{fid}_ci95"]), marker="o", capsize=3, color=colour,
                     label=label)
@@ -187,9 +209,9 @@ def tradeoff_figure(runs: pd.DataFrame) -> Figure | None:
                     yerr=_err(pd.Series([row[f"{fid}_ci95"]])), marker="*", markersize=12,
                     color="0.3", linestyle="none", capsize=3, label=teacher_label(row))
         annotate("teacher", row)
-    ax.set_xlabel(metric_format(clip).header)
-    ax.set_ylabel(metric_format(fid).header)
-    ax.set_title("FID–CLIP trade-off")
+    ax.set_xlabel(metric_of(clip).header(clip, protocol))
+    ax.set_ylabel(metric_of(fid).header(fid, protocol))
+    ax.set_title(f"{metric_of(fid).label_for(None, protocol)}–CLIP trade-off")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return fig

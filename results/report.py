@@ -10,27 +10,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from results import schema
+from results.comparison import Comparison
 from results.convergence import curve_metrics, has_curve, load_history, ordering_table
 from results.load import load_runs
 from results.plots import (
     curve_figure,
-    kappa_figure,
     sample_grid_figure,
     save_figure,
+    sweep_figure,
     tradeoff_figure,
 )
 from results.summary import summary_metrics
 from results.tables import LATEX_VARIANTS, build_table, to_latex, to_markdown
-from results.verdict import power_table, verdict
+from results.verdict import power_table
 
 REPORT_ARTIFACT_DIR = "report"
 # Every file a report may write; all are removed first so a figure that no longer
 # applies (κ stopped varying, say) cannot linger from an older report.
 _FILES = (*(f"{stem}.tex" for stem in LATEX_VARIANTS), "table.md", "table.csv", "runs.csv",
           "convergence.md", "power.md",
-          *(f"{stem}.{ext}" for stem in ("metrics_vs_kappa", "fid_clip_tradeoff", "samples",
-                                         "metrics_vs_iteration")
+          *(f"{stem}.{ext}" for stem in ("fid_clip_tradeoff", "samples", "metrics_vs_iteration")
             for ext in ("png", "pdf")))
+# metrics_vs_<param>.png/.pdf, one name per swept param: removed by pattern.
+_SWEEP_FILES = "metrics_vs_*"
 
 
 @contextlib.contextmanager
@@ -78,19 +80,55 @@ def fetch_grid(client, run_id: str, dst_dir: Path) -> Path | None:
         return Path(client.download_artifacts(run_id, schema.GRID_FINAL, str(dst_dir)))
 
 
+def _figures(runs, table, out_dir: Path, client) -> tuple[list[Path], list[Path]]:
+    """(figures, other files): the sweep, trade-off and sample figures, and for plans that
+    evaluate during training (eval_every > 0) the curve and the iteration from which the
+    arms' order has settled (convergence.md)."""
+    figures: list[Path] = []
+    with tempfile.TemporaryDirectory(prefix="ablate-grids-") as tmp:
+        def fetch(run_id: str) -> Path | None:
+            return fetch_grid(client, run_id, Path(tmp) / run_id)
+
+        swept = sweep_figure(runs, table.verdict)
+        if swept is not None:
+            figures += save_figure(swept[1], out_dir / f"metrics_vs_{swept[0]}")
+        for stem, build in (("fid_clip_tradeoff", tradeoff_figure),
+                            ("samples", lambda r: sample_grid_figure(r, fetch))):
+            fig = build(runs)
+            if fig is not None:
+                figures += save_figure(fig, out_dir / stem)
+    extra: list[Path] = []
+    metrics = curve_metrics(runs)
+    arms = table.verdict.layout.arms
+    history = load_history(runs, metrics, arms) if metrics and arms else None
+    if history is not None and has_curve(history):
+        protocol = table.verdict.protocol
+        figures += save_figure(curve_figure(history, metrics, protocol),
+                               out_dir / "metrics_vs_iteration")
+        (out_dir / "convergence.md").write_text(ordering_table(history, metrics, protocol))
+        extra.append(out_dir / "convergence.md")
+    return figures, extra
+
+
 def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
-                 parent_run_id: str | None = None) -> ReportPaths:
+                 parent_run_id: str | None = None,
+                 comparison: Comparison | None = None) -> ReportPaths:
     """Write the plan's tables and figures to ``out_dir`` and log them to its parent run.
+    ``comparison`` replaces the one the parent run carries (``ablate tables --compare``).
 
     Raises :class:`results.ResultsError` (before writing anything) when the plan has no
     finished trials or its runs mix FID keys.
     """
     runs = load_runs(plan, tracking_uri, parent_run_id)
+    if comparison is not None:
+        runs.attrs["comparison"] = comparison
     table = build_table(plan, runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in _FILES:
         (out_dir / name).unlink(missing_ok=True)
+    for path in out_dir.glob(_SWEEP_FILES):
+        path.unlink()
 
     latex = {stem: out_dir / f"{stem}.tex" for stem in LATEX_VARIANTS}
     for stem, path in latex.items():
@@ -105,37 +143,17 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
 
     client = MlflowClient(tracking_uri=runs.attrs["tracking_uri"])
     parent = runs.attrs["parent_run_id"]
-    figures: list[Path] = []
-    with tempfile.TemporaryDirectory(prefix="ablate-grids-") as tmp:
-        def fetch(run_id: str) -> Path | None:
-            return fetch_grid(client, run_id, Path(tmp) / run_id)
-
-        for stem, build in (("metrics_vs_kappa", kappa_figure),
-                            ("fid_clip_tradeoff", tradeoff_figure),
-                            ("samples", lambda r: sample_grid_figure(r, fetch))):
-            fig = build(runs)
-            if fig is not None:
-                figures += save_figure(fig, out_dir / stem)
-    # Plans that evaluate during training (eval_every > 0) also get the curve and the
-    # iteration from which the arms' order has settled.
-    extra: list[Path] = []
-    metrics = curve_metrics(runs)
-    history = load_history(runs, metrics) if metrics else None
-    if history is not None and has_curve(history):
-        figures += save_figure(curve_figure(history, metrics), out_dir / "metrics_vs_iteration")
-        (out_dir / "convergence.md").write_text(ordering_table(history, metrics))
-        extra.append(out_dir / "convergence.md")
-
+    figures, extra = _figures(runs, table, out_dir, client)
     table_markdown = to_markdown(table)
     text = table_markdown
     if figures:
         text += ("\nFigures (PNG and PDF; bars and bands are 95% t-intervals over seeds): "
                  + ", ".join(p.name for p in figures if p.suffix == ".png") + "\n")
-    power = power_table(runs)
+    power = power_table(table.verdict)
     if power is not None:
         (out_dir / "power.md").write_text(power)
         extra.append(out_dir / "power.md")
-    line = verdict(plan, runs)
+    line = table.verdict.line()
     text += f"\n{line}\n"
     markdown.write_text(text)
     for path in (*latex.values(), markdown, csv, runs_csv, *extra, *figures):

@@ -12,10 +12,13 @@ One place for these names so writer and reader cannot drift apart.
   ``PROMPT_SET_HASH``, ``EVAL_PROTOCOL``, and the outcome tag ``STATUS`` (one of ``STATUSES``).
 - A teacher-baseline child run (``ROLE = "teacher"``) carries the same final metrics for the
   teacher's multi-step samples, with params ``sampler``, ``sampler_steps``, ``kappa``.
-- Final metrics are logged at the last step under the keys below; curves (losses, images/s)
-  and evaluation metrics at intermediate points use the same keys with their step.
-- Cost metrics of a trial (final step): ``TRAIN_SECONDS`` (the distillation span),
-  ``DEVICE_HOURS`` (train_seconds x devices / 3600) and ``UNET_PASSES_PER_IMAGE``.
+- Final metrics are logged at the last step under the registry's keys (distill/metrics.py);
+  curves (losses, images/s) and evaluation metrics at intermediate points use the same
+  keys with their step.
+- Cost metrics of a trial (final step): ``train_seconds`` (the distillation span),
+  ``device_hours`` (train_seconds x devices / 3600) and ``unet_passes_per_image``.
+- The parent run's artifacts: the plan file and ``plan/trials.json`` under ``plan/``, and
+  ``plan/comparison.json``, what the plan compares (results/comparison.py).
 - Artifacts: ``config.json`` and ``samples/grid_<step>.png`` / ``samples/grid_final.png``;
   optionally ``GRID_FINAL_LAYOUT`` beside the final grid, a JSON object
   ``{"prompts": [p, ...], "cells": [[[left, top, right, bottom], ...], ...]}``: per prompt
@@ -52,23 +55,7 @@ GROUP_TAGS = ("strategy", "kappa", "seed", "plan", "size", "profile")
 # MLflow shows this tag as a run's (or an experiment's) description.
 DESCRIPTION = "mlflow.note.content"
 
-# Metric keys. FID's key carries its sample count (see evaluation.fid_key), so a
-# 1-image FID can never be confused with fid2k/fid30k.
-CLIP_SCORE = "clip_score"  # raw mean cosine, not x100
-# Colour, shape and size all right (embedded world). Not position: the embedded teacher
-# leaves it at chance (RESULTS.md), which would cut every row to a third.
-ADHERENCE = "colour_shape_size_acc"
-COLOUR_ACC = "colour_acc"
-SHAPE_ACC = "shape_acc"
-LOSS_FAKE_SCORE = "loss_fake_score"
-LOSS_GENERATOR = "loss_generator"
-IMAGES_PER_SECOND = "images_per_second"
-# Cost of a trial, logged at its last iteration: the distill span, that span times the
-# devices it held (a CPU trial counts as one device per worker), and UNet passes per image
-# per iteration (forward + backward; distill.guidance.GuidanceScales.unet_passes).
-TRAIN_SECONDS = "train_seconds"
-DEVICE_HOURS = "device_hours"
-UNET_PASSES_PER_IMAGE = "unet_passes_per_image"
+# Metric keys, names and directions: distill/metrics.py, the metric registry.
 # The sample grid of an evaluation, as an MLflow image (the dashboard's image panel).
 SAMPLES_IMAGE_KEY = "samples"
 

@@ -1,45 +1,39 @@
-"""Seed statistics: mean, std, n and a 95% t-interval per metric, with the
-outcome counts beside them so a diverged or failed trial is visible, never averaged in.
+"""Seed statistics: per-arm means and 95% t-intervals, and the difference between two arms
+with its interval, its test, its equivalence test and the effect the seeds could detect.
 
 Only finished runs enter the statistics; a diverged run's last FID (often NaN or
 huge) would otherwise drag a mean without anyone noticing.
+
+The tests are statsmodels' and scipy's (``tests/test_stats.py`` checks how they are called
+against hand-computed values): Welch's t-test (scipy) or the paired t-test, the two
+one-sided tests of equivalence (statsmodels ``ttost_ind`` / ``ttost_paired``), Holm's
+correction (``multipletests``) and t-test power (``TTestIndPower`` / ``TTestPower``).
 """
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from results import schema
+from distill import metrics as registry
 from results.load import INCOMPLETE, ResultsError
 
-# evaluation.fid_key puts the image count in the key: fid64, fid2k, fid30k.
-FID_KEY = re.compile(r"^fid(\d+(?:\.\d+)?)(k?)$")
-# Final metrics in the order tables show them (FID first, then the schema's own).
-OTHER_METRICS = (schema.CLIP_SCORE, schema.ADHERENCE, schema.COLOUR_ACC, schema.SHAPE_ACC)
 OUTCOMES = ("finished", "diverged", "failed", INCOMPLETE)
-# Metrics where a smaller value is better; every other final metric is "higher is better".
-LOWER_IS_BETTER = "fid"
-
-
-def fid_num_images(key: str) -> int:
-    """How many generated images an FID key was computed on: fid2k -> 2000."""
-    match = FID_KEY.match(key)
-    if not match:
-        raise ValueError(f"{key!r} is not an FID metric key (fid<count>[k])")
-    return round(float(match.group(1)) * (1000 if match.group(2) else 1))
+ALPHA = 0.05  # every test's level: two-sided, and each one-sided test of equivalence
+POWER = 0.8  # the power behind "detectable" and "seeds needed"
+MOST_SEEDS = 10_000  # "seeds needed" above this is reported as more than it
 
 
 def fid_column(df: pd.DataFrame) -> str | None:
     """The one FID key the finished runs carry (None if none does). Two different keys
     (fid2k and fid30k, say) measure different things, so they are refused, not mixed."""
     finished = df[df["status"] == "finished"] if "status" in df else df
-    keys = [c for c in df.columns if FID_KEY.match(str(c)) and finished[c].notna().any()]
+    keys = [c for c in df.columns if registry.FID.matches(str(c)) and finished[c].notna().any()]
     if len(keys) > 1:
         counts = {k: int(finished[k].notna().sum()) for k in keys}
         raise ResultsError(
@@ -49,14 +43,30 @@ def fid_column(df: pd.DataFrame) -> str | None:
     return keys[0] if keys else None
 
 
-def metric_columns(df: pd.DataFrame) -> list[str]:
-    """The final metrics present: the FID key (if any), then CLIP and adherence metrics."""
-    fid = fid_column(df)
-    return ([fid] if fid else []) + [m for m in OTHER_METRICS if m in df.columns]
+def metric_key(df: pd.DataFrame, metric: registry.Metric) -> str | None:
+    """The column of ``df`` that holds ``metric`` (FID: its one key), None if absent."""
+    if metric.family is not None:
+        if metric is registry.FID:
+            return fid_column(df)
+        keys = [c for c in df.columns if metric.matches(str(c))]
+        return keys[0] if keys else None
+    return metric.key if metric.key in df.columns else None
 
 
-def lower_is_better(metric: str) -> bool:
-    return metric.startswith(LOWER_IS_BETTER)
+def metric_columns(df: pd.DataFrame, where: str = "final") -> list[str]:
+    """The keys present in ``df`` of the registered metrics flagged ``where`` ('final',
+    'table', 'curve', 'verdict'), in the registry's order."""
+    keys = [metric_key(df, m) for m in registry.all_metrics() if getattr(m, where)]
+    return [k for k in keys if k is not None]
+
+
+def metric_of(key: str) -> registry.Metric:
+    """The registered metric behind a column; unregistered keys get a neutral entry."""
+    return registry.for_key(key) or registry.Metric(key, key, key, key)
+
+
+def lower_is_better(key: str) -> bool:
+    return bool(metric_of(key).lower_is_better)
 
 
 def ci95_half_width(std: float, n: int) -> float:
@@ -69,18 +79,6 @@ def ci95_half_width(std: float, n: int) -> float:
 def finished_values(df: pd.DataFrame, metric: str) -> np.ndarray:
     values = df.loc[df["status"] == "finished", metric]
     return values.dropna().to_numpy(dtype=float)
-
-
-def welch_p_value(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided Welch t-test p-value; NaN when either side has fewer than 2 values or
-    both have no spread (the test is undefined there, so no significance is claimed)."""
-    if len(a) < 2 or len(b) < 2 or (np.var(a) == 0 and np.var(b) == 0):
-        return math.nan
-    with warnings.catch_warnings():
-        # A metric that does not move across seeds on one side (CLIP to 3 decimals, say)
-        # is a legitimate input; scipy's "nearly identical data" warning is noise here.
-        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
-        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str] | None = None) -> pd.DataFrame:
@@ -121,27 +119,145 @@ def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str] | None = None)
     return out
 
 
-def seeds_for_power(delta: float, sd_a: float, sd_b: float, alpha: float = 0.05,
-                    power: float = 0.8, most: int = 10_000) -> int | None:
-    """Seeds per arm a two-sided two-sample t-test needs to detect a true difference
-    ``delta`` between arms with these per-seed spreads at level ``alpha`` with ``power``.
 
-    Equal seeds per arm; the noncentral t distribution with the pooled spread (exact for
-    the equal-variance test, and Welch's test is close to it with equal n). None when the
-    difference is 0 or the spreads are unknown; ``most`` + 1 stands for "more than ``most``".
+
+# --------------------------------------------------------------------------- two arms
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Arm minus reference on one metric, on the scale the test runs on (the log scale for
+    ``log_scale`` metrics: ``estimate`` is then the log of the ratio of geometric means).
+
+    ``low``/``high``: the 95% interval; ``p``: the two-sided test of no difference;
+    ``p_equivalence``: the larger p of the two one-sided tests against ±``margin`` (below
+    the level: the difference lies inside the margin); ``detectable``: the smallest true
+    difference these seeds detect with 80% power at ``power_alpha``; ``seeds_needed``: seeds
+    per arm that detect a difference of ``margin`` with 80% power (None: not computable).
+    ``why`` says why nothing could be tested (then every number is NaN).
     """
-    sd = math.sqrt((sd_a ** 2 + sd_b ** 2) / 2)
-    if not (math.isfinite(delta) and math.isfinite(sd)) or delta == 0:
+
+    n_arm: int
+    n_reference: int
+    estimate: float
+    low: float
+    high: float
+    p: float
+    p_equivalence: float
+    detectable: float
+    seeds_needed: int | None
+    margin: float
+    paired: bool
+    log_scale: bool
+    sd_arm: float = math.nan
+    sd_reference: float = math.nan
+    why: str = ""
+
+    @property
+    def testable(self) -> bool:
+        return not self.why
+
+
+def margin_on_test_scale(delta: float, log_scale: bool) -> float:
+    """The equivalence margin where the test runs: δ itself, or log(1 + δ) for a ratio."""
+    return math.log1p(delta) if log_scale else delta
+
+
+def _untestable(why: str, n_arm: int, n_ref: int, margin: float, paired: bool,
+                log_scale: bool) -> Difference:
+    nan = math.nan
+    return Difference(n_arm, n_ref, nan, nan, nan, nan, nan, nan, None, margin, paired,
+                      log_scale, why=why)
+
+
+def difference(arm: np.ndarray, reference: np.ndarray, delta: float, paired: bool = False,
+               log_scale: bool = False, power_alpha: float = ALPHA) -> Difference:
+    """Compare ``arm`` with ``reference`` (finished seeds' values; for ``paired``, aligned
+    seed by seed). ``delta``: the smallest effect of interest in the metric's units, or as a
+    ratio for ``log_scale`` (0.1: ±10%). ``power_alpha``: the level behind ``detectable``
+    and ``seeds_needed`` (the verdict passes α over its family size, Holm's strictest step).
+    """
+    from statsmodels.stats.power import TTestIndPower, TTestPower
+    from statsmodels.stats.weightstats import ttost_ind, ttost_paired
+
+    a, r = np.asarray(arm, dtype=float), np.asarray(reference, dtype=float)
+    margin = margin_on_test_scale(delta, log_scale)
+    if log_scale:
+        if (a <= 0).any() or (r <= 0).any():
+            return _untestable("a value ≤ 0 on a log-scale metric", len(a), len(r), margin,
+                               paired, log_scale)
+        a, r = np.log(a), np.log(r)
+    if paired and len(a) != len(r):
+        raise ValueError(f"paired comparison needs aligned seeds, got {len(a)} and {len(r)}")
+    if len(a) < 2 or len(r) < 2:
+        return _untestable("< 2 finished seeds", len(a), len(r), margin, paired, log_scale)
+    sd_a, sd_r = float(np.std(a, ddof=1)), float(np.std(r, ddof=1))
+    with warnings.catch_warnings():
+        # A metric that does not move across seeds on one side is a legitimate input;
+        # scipy's "nearly identical data" and statsmodels' solver warnings are noise here.
+        warnings.simplefilter("ignore")
+        if paired:
+            d = a - r
+            n, sd = len(d), float(np.std(d, ddof=1))
+            if sd == 0:
+                return _untestable("no spread of the paired differences", len(a), len(r),
+                                   margin, paired, log_scale)
+            estimate, se, df = float(d.mean()), sd / math.sqrt(n), n - 1
+            p = float(stats.ttest_rel(a, r).pvalue)
+            p_equivalence = float(ttost_paired(a, r, -margin, margin)[0])
+            power = TTestPower()
+            effect = _solve(lambda: power.solve_power(nobs=n, alpha=power_alpha, power=POWER))
+            detectable = effect * sd
+            needed = _seeds(lambda: power.solve_power(effect_size=margin / sd,
+                                                      alpha=power_alpha, power=POWER))
+        else:
+            if sd_a == 0 and sd_r == 0:
+                return _untestable("no spread on either side", len(a), len(r), margin, paired,
+                                   log_scale)
+            va, vr = sd_a ** 2 / len(a), sd_r ** 2 / len(r)
+            estimate, se = float(a.mean() - r.mean()), math.sqrt(va + vr)
+            # Welch–Satterthwaite degrees of freedom.
+            df = (va + vr) ** 2 / (va ** 2 / (len(a) - 1) + vr ** 2 / (len(r) - 1))
+            p = float(stats.ttest_ind(a, r, equal_var=False).pvalue)
+            p_equivalence = float(ttost_ind(a, r, -margin, margin, usevar="unequal")[0])
+            sd = math.sqrt((sd_a ** 2 + sd_r ** 2) / 2)  # pooled: the power calculation's σ
+            power = TTestIndPower()
+            effect = _solve(lambda: power.solve_power(nobs1=len(r), ratio=len(a) / len(r),
+                                                      alpha=power_alpha, power=POWER))
+            detectable = effect * sd
+            needed = _seeds(lambda: power.solve_power(effect_size=margin / sd, ratio=1.0,
+                                                      alpha=power_alpha, power=POWER))
+    half = float(stats.t.ppf(1 - ALPHA / 2, df)) * se
+    return Difference(len(a), len(r), estimate, estimate - half, estimate + half, p,
+                      p_equivalence, detectable, needed, margin, paired, log_scale,
+                      sd_a, sd_r)
+
+
+def _solve(call) -> float:
+    try:
+        value = float(np.asarray(call()).item())
+    except (ValueError, RuntimeError, ZeroDivisionError):
+        return math.nan
+    return value if math.isfinite(value) and value > 0 else math.nan
+
+
+def _seeds(call) -> int | None:
+    """Seeds per arm from a power solve; MOST_SEEDS + 1 stands for 'more than that'."""
+    value = _solve(call)
+    if not math.isfinite(value):
         return None
-    if sd == 0:
-        return 2  # no spread: the smallest sample with a variance already tells them apart
-    effect = abs(delta) / sd
-    for n in range(2, most + 1):
-        df = 2 * n - 2
-        critical = stats.t.ppf(1 - alpha / 2, df)
-        noncentrality = effect * math.sqrt(n / 2)
-        achieved = (1 - stats.nct.cdf(critical, df, noncentrality)
-                    + stats.nct.cdf(-critical, df, noncentrality))
-        if achieved >= power:
-            return n
-    return most + 1
+    return min(max(2, math.ceil(value - 1e-9)), MOST_SEEDS + 1)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-adjusted p-values of one family (statsmodels ``multipletests``); NaN entries
+    (untestable comparisons) are not members of the family and stay NaN."""
+    from statsmodels.stats.multitest import multipletests
+
+    finite = [i for i, p in enumerate(p_values) if math.isfinite(p)]
+    out = [math.nan] * len(p_values)
+    if finite:
+        adjusted = multipletests([p_values[i] for i in finite], alpha=ALPHA, method="holm")[1]
+        for i, value in zip(finite, adjusted):
+            out[i] = float(value)
+    return out

@@ -12,8 +12,9 @@ import re
 
 import pandas as pd
 
+from results.arms import param_text
 from results.load import load_runs
-from results.tables import Table, param_text
+from results.tables import Table
 from results.verdict import verdict
 
 # MLflow metric keys may hold alphanumerics, underscores, dashes, periods, spaces and slashes.
@@ -41,9 +42,9 @@ def summary_metrics(table: Table) -> dict[str, float]:
     """Per arm of the plan's comparison table (:func:`results.tables.build_table`, the one
     the report writes): ``<arm>.<metric>.mean``, ``.ci_low`` and ``.ci_high`` (the 95%
     t-interval over finished seeds; no bounds with one seed) for every final metric, and
-    ``<arm>.cost_vs_lsg`` where the table has a cost column. Arms: the strategy in the lsg
-    plan, ``kappa<κ>`` in the kappa plan, the row's params otherwise. NaN values are left
-    out."""
+    ``<arm>.cost_vs_reference`` where the table has a cost column. Arms are named by the
+    table's row params: a strategy by its name, another param as ``kappa1.5``, joined by
+    '_'. NaN values are left out."""
     rows = table.csv[table.csv["role"].isin(["trial", "teacher"])]
     metrics = [c[:-len(STAT_SUFFIX)] for c in rows.columns
                if c.endswith(STAT_SUFFIX) and f"{c[:-len(STAT_SUFFIX)]}_ci95" in rows]
@@ -59,8 +60,8 @@ def summary_metrics(table: Table) -> dict[str, float]:
             if math.isfinite(ci):
                 out[metric_key(arm, metric, "ci_low")] = float(mean - ci)
                 out[metric_key(arm, metric, "ci_high")] = float(mean + ci)
-        if math.isfinite(row.get("cost_vs_lsg", math.nan)):
-            out[metric_key(arm, "cost_vs_lsg")] = float(row["cost_vs_lsg"])
+        if math.isfinite(row.get("cost_vs_reference", math.nan)):
+            out[metric_key(arm, "cost_vs_reference")] = float(row["cost_vs_reference"])
     return out
 
 
@@ -68,4 +69,5 @@ def verdict_line(plan: str, tracking_uri: str | None = None,
                  parent_run_id: str | None = None) -> str:
     """The one-line verdict (:func:`results.verdict.verdict`) of the plan's latest parent
     run, or of the named one."""
-    return verdict(plan, load_runs(plan, tracking_uri, parent_run_id))
+    runs = load_runs(plan, tracking_uri, parent_run_id)
+    return verdict(runs, runs.attrs["comparison"])

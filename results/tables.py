@@ -1,21 +1,17 @@
 """Comparison tables: one model of the table, rendered as LaTeX, Markdown and CSV.
 
-Which table a plan gets:
+What a table compares is the plan's comparison (:mod:`results.comparison`), never its name:
+one row per arm (the comparison's arm params), one block per value of the other params that
+vary, the teacher baseline below. Beside each metric a Δ column gives the arm's difference
+from the reference arm of its block, its 95% interval and the verdict's word
+(:mod:`results.verdict`: better, worse, equivalent within ±δ, unresolved, untestable);
+"†" marks better and worse. With no comparison (nothing varies), rows are what varies.
 
-- ``lsg``: one row per guidance strategy (lsg, cfg = "LSG removed: teacher guidance
-  only", none = "SiD alone", short), the teacher baseline below; columns FID, CLIP,
-  adherence, each with Δ vs ``lsg`` and a mark where a Welch t-test gives p < 0.05.
-- ``kappa``: one row per κ; one block per strategy when the strategy varies too.
-- any other plan: one row per combination of the params that vary.
-
-Params that vary but are not the row key (κ in an LSG plan run at several κ, say)
-split the table into blocks, so rows are never averaged across them.
-
-Beside quality, a "Cost ×" column (when the strategy varies and the trials logged their
-cost) divides each row's mean device-hours by lsg's at the same settings, or, when any
-trial lacks device-hours, its UNet passes per image: "LSG buys X FID for Y× compute".
-With the sd15/sd21base profiles the lsg and kappa tables add the paper's published
-FID and CLIP for the same κ (:mod:`results.published`).
+Beside quality, a "Cost ×" column (when the trials logged their cost) divides each row's
+mean device-hours by the reference arm's at the same settings, or, when any trial lacks
+device-hours, its UNet passes per image: "LSG buys X FID for Y× compute". With the
+sd15/sd21base profiles the table adds the paper's published FID and CLIP for the κ the
+trials ran (:mod:`results.published`).
 
 Rules every rendering follows: no negative zero is printed ("-0.00" is "0.00"); the best
 distilled value of a column is bold only when one row holds it (a tie at the printed
@@ -30,69 +26,35 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
-from results import published, schema
-from results.load import RUN_COLUMNS, ResultsError
-from results.stats import (
-    aggregate,
-    fid_num_images,
-    finished_values,
-    lower_is_better,
-    metric_columns,
-    welch_p_value,
+from distill import metrics as registry
+from results import published
+from results.arms import (
+    PARAM_HEADERS,
+    Layout,
+    arm_text,
+    combos,
+    infer,
+    ordered_values,
+    param_text,
+    select_rows,
+    sort_key,
 )
+from results.comparison import Comparison
+from results.load import ResultsError
+from results.stats import ALPHA, aggregate, finished_values, metric_columns, metric_of
+from results.verdict import Verdict, compare
 
-STRATEGY_ORDER = ("lsg", "cfg", "none", "short")
-STRATEGY_LABELS = {
-    "lsg": "lsg: LSG kept (paper)",
-    "cfg": "cfg: LSG removed, teacher guidance only",
-    "none": "none: SiD alone",
-    "short": "short: fake-score guidance only",
-}
-# Params shown in a row key, in this order when several vary; the rest follow by name.
-PRIMARY_PARAMS = ("strategy", "kappa")
-# Replicates, not configurations: runs differing only here are averaged together.
-REPLICATE_PARAMS = ("seed",)
-PARAM_HEADERS = {"kappa": "κ", "strategy": "Strategy", "alpha": "α"}
-SIGNIFICANCE_P = 0.05
 SIGNIFICANCE_MARK = "†"
-NOT_SIGNIFICANT = "n.s."
-# Metrics a table shows (the CSV keeps every final metric): how to print them.
-TABLE_METRICS = (schema.CLIP_SCORE, schema.ADHERENCE)
 # What a trial's compute cost is measured by, preferred first; the CSV keeps all of them.
-COST_METRICS = (schema.DEVICE_HOURS, schema.UNET_PASSES_PER_IMAGE)
+COST_METRICS = (registry.DEVICE_HOURS.key, registry.UNET_PASSES_PER_IMAGE.key)
 COST_HEADER = "Cost ×"
-COST_UNITS = {schema.DEVICE_HOURS: "device-hours", schema.UNET_PASSES_PER_IMAGE:
-              "UNet passes per image"}
-
-
-@dataclass(frozen=True)
-class MetricFormat:
-    header: str
-    digits: int
-    scale: float = 1.0  # 100 shows a fraction as a percentage
-
-    def number(self, value: float) -> str:
-        return unsigned_zero(f"{value * self.scale:.{self.digits}f}")
-
-
-def unsigned_zero(text: str) -> str:
-    """'-0.00' -> '0.00': a small negative value rounded to zero has no direction, and a
-    printed minus would read as one."""
-    return text[1:] if text.startswith("-") and not text.strip("-0.") else text
-
-
-def metric_format(metric: str) -> MetricFormat:
-    arrow = "↓" if lower_is_better(metric) else "↑"
-    if metric.startswith("fid"):
-        # FID's count is part of the metric (fid2k is not fid30k), so the header shows it.
-        return MetricFormat(f"FID ({metric[3:]}) {arrow}", 2)
-    if metric == schema.CLIP_SCORE:
-        return MetricFormat(f"CLIP {arrow}", 3)
-    if metric == schema.ADHERENCE:
-        return MetricFormat(f"Adherence (%) {arrow}", 1, 100.0)
-    return MetricFormat(f"{metric} {arrow}", 3)
+COST_UNITS = {registry.DEVICE_HOURS.key: "device-hours",
+              registry.UNET_PASSES_PER_IMAGE.key: "UNet passes per image"}
+# Row labels longer than this wrap in LaTeX (strategy descriptions do).
+WRAP_LABELS_OVER = 16
 
 
 # --------------------------------------------------------------------------- cells
@@ -108,24 +70,25 @@ class Cell:
     mark: bool = False  # significance mark
     numeric: bool = False
     ci: str = ""  # half-width of the 95% interval, printed after (LaTeX: under) the value
-    note: str = ""  # e.g. "n.s.", printed after (LaTeX: under) the value
+    interval: str = ""  # a difference's 95% interval, "[-0.5, +2.7]", after (under) it
+    note: str = ""  # the verdict's word, printed after (LaTeX: under) the value
 
     def markdown(self) -> str:
         text = self.text.replace("|", "\\|")
         text = f"**{text}**" if self.bold and text else text
         text += SIGNIFICANCE_MARK if self.mark else ""
         text = f"{text} ± {self.ci}" if self.ci else text
+        text = f"{text} {self.interval}" if self.interval else text
         return f"{text} {self.note}" if self.note else text
 
     def latex(self) -> str:
-        text = latex_escape(self.text)
-        if self.numeric:
-            text = text.replace("-", "$-$").replace("+", "$+$")
+        text = _latex_number(self.text) if self.numeric else latex_escape(self.text)
         text = f"\\textbf{{{text}}}" if self.bold and text else text
         text += "$^{\\dagger}$" if self.mark else ""
         # Interval and note go under the value in a smaller size: side by side they made
         # the LSG table twice as wide as its numbers, and pdflatex shrank it to ~6 pt.
         below = ([f"{{\\scriptsize$\\pm${self.ci}}}"] if self.ci else []) + (
+            [f"{{\\scriptsize {_latex_number(self.interval)}}}"] if self.interval else []) + (
             [f"{{\\scriptsize {latex_escape(self.note)}}}"] if self.note else [])
         return _stack([text, *below], "r" if self.numeric else "l")
 
@@ -160,6 +123,7 @@ class Table:
     notes: list[str] = field(default_factory=list)  # sentences the caption leaves out
     keys: list[str] = field(default_factory=list)  # params naming a trial row (block, row)
     narrow_caption: str = ""  # the caption of the narrow LaTeX variant ('': caption)
+    verdict: Verdict | None = None  # the findings behind the Δ columns (build_table sets it)
 
 
 # --------------------------------------------------------------------------- escaping
@@ -180,80 +144,12 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
-# --------------------------------------------------------------------------- grouping
+def _latex_number(text: str) -> str:
+    """A number (or interval) as LaTeX: signs as math signs, '%' escaped."""
+    return latex_escape(text).replace("-", "$-$").replace("+", "$+$")
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def sort_key(value) -> tuple:
-    """Strategies in the paper's order, then numbers, then text, then unset values."""
-    if value in STRATEGY_ORDER:
-        return (0, STRATEGY_ORDER.index(value), "")
-    if _missing(value):
-        return (3, 0, "")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (1, value, "")
-    return (2, 0, str(value))
-
-
-def ordered_values(values) -> list:
-    """Distinct values (NaN once), in :func:`sort_key` order."""
-    return sorted({str(v): v for v in values}.values(), key=sort_key)
-
-
-def combos(df: pd.DataFrame, keys: list[str]) -> list[tuple]:
-    """Distinct value tuples of ``keys`` (NaN equal to NaN), sorted position by position."""
-    if not keys:
-        return [()]
-    distinct = {tuple(map(str, t)): tuple(t) for t in df[keys].itertuples(index=False)}
-    return sorted(distinct.values(), key=lambda t: tuple(map(sort_key, t)))
-
-
-def _ngroups(df: pd.DataFrame, keys: list[str]) -> int:
-    return df.groupby(keys, dropna=False).ngroups if keys else 1
-
-
-def varying_params(trials: pd.DataFrame, params: list[str]) -> list[str]:
-    """Params that tell configurations apart: they vary across trials, are not replicate
-    ids (seed), and are not implied by the ones already chosen (kappa1..kappa4 follow
-    from strategy and κ; adding them would not split any group, so they are left out)."""
-    candidates = [p for p in params if p not in REPLICATE_PARAMS
-                  and trials[p].map(str).nunique() > 1]
-    candidates.sort(key=lambda p: (PRIMARY_PARAMS.index(p) if p in PRIMARY_PARAMS
-                                   else len(PRIMARY_PARAMS), p))
-    seeds_vary = "seed" in trials and trials["seed"].nunique() > 1
-    chosen: list[str] = []
-    for param in candidates:
-        keys = [*chosen, param]
-        if _ngroups(trials, keys) <= _ngroups(trials, chosen):
-            continue
-        # A param with a different value for every seed (a run name, an output folder)
-        # identifies runs, not configurations: grouping by it would average nothing.
-        one_per_group = _ngroups(trials, keys) == _ngroups(trials, [*keys, "seed"]) == len(trials)
-        if seeds_vary and one_per_group:
-            continue
-        chosen.append(param)
-    return chosen
-
-
-def param_text(param: str, value) -> str:
-    if param == "strategy":
-        return STRATEGY_LABELS.get(value, str(value))
-    if _missing(value):
-        return "None"  # what the config said (e.g. ema_rampup_ratio: null)
-    if isinstance(value, float):
-        return f"{value + 0.0:g}"  # + 0.0 turns -0.0 into 0.0
-    return str(value)
-
-
-def _block_title(keys: list[str], values: tuple) -> str | None:
-    if not keys:
-        return None
-    return ", ".join(param_text(k, v) if k == "strategy" else
-                     f"{PARAM_HEADERS.get(k, k)} = {param_text(k, v)}"
-                     for k, v in zip(keys, values))
+# --------------------------------------------------------------------------- labels
 
 
 def teacher_label(row: pd.Series) -> str:
@@ -274,104 +170,135 @@ def runs_text(row: pd.Series) -> str:
     return ", ".join(parts) or str(total)
 
 
+def _block_title(keys: list[str], values: tuple) -> str | None:
+    if not keys:
+        return None
+    return ", ".join(param_text(k, v) if k == "strategy" else
+                     f"{PARAM_HEADERS.get(k, k)} = {param_text(k, v)}"
+                     for k, v in zip(keys, values))
+
+
+def header(key: str, protocol: str | None) -> str:
+    """A metric column's header: 'FD-CLIP (2k) ↓', 'CLIP ↑', 'Adherence (%) ↑'."""
+    return metric_of(key).header(key, protocol)
+
+
 # --------------------------------------------------------------------------- building
 
 
-def _metric_cell(agg_row: pd.Series, metric: str) -> Cell:
-    fmt = metric_format(metric)
-    mean, ci = agg_row[f"{metric}_mean"], agg_row[f"{metric}_ci95"]
+def _metric_cell(agg_row: pd.Series, key: str) -> Cell:
+    metric = metric_of(key)
+    mean, ci = agg_row[f"{key}_mean"], agg_row[f"{key}_ci95"]
     if not math.isfinite(mean):
         return EMPTY
-    return Cell(fmt.number(mean), numeric=True, ci=fmt.number(ci) if math.isfinite(ci) else "")
+    return Cell(metric.number(mean), numeric=True,
+                ci=metric.number(ci) if math.isfinite(ci) else "")
 
 
-def _delta_cell(delta: float, p_value: float, metric: str) -> Cell:
-    if not math.isfinite(delta):
+def _delta_cell(finding) -> Cell:
+    """Δ vs the reference, its 95% interval and the verdict's word under it."""
+    if finding is None or not finding.diff.testable:
+        return EMPTY if finding is None else Cell("—", note="untestable")
+    return Cell(finding.effect(finding.diff.estimate, unit=False), numeric=True,
+                mark=finding.word in ("better", "worse"), interval=finding.interval(),
+                note=finding.word)
+
+
+def _plain_delta_cell(mine: pd.DataFrame, reference: pd.DataFrame, key: str) -> Cell:
+    """A reference row's Δ (the teacher's), on the Δ column's scale (the ratio of geometric
+    means for log-scale metrics, in %), with nothing tested: it has one run."""
+    metric = metric_of(key)
+    a, r = finished_values(mine, key), finished_values(reference, key)
+    if not len(a) or not len(r):
         return EMPTY
-    fmt = metric_format(metric)
-    text = fmt.number(delta)
-    text = text if text.startswith("-") else "+" + text
-    # Said in the cell, not only by a missing mark: a reader skimming the Δ column must
-    # not take a difference inside the seed noise for a result.
-    note = NOT_SIGNIFICANT if math.isfinite(p_value) and p_value >= SIGNIFICANCE_P else ""
-    return Cell(text, mark=bool(p_value < SIGNIFICANCE_P), numeric=True, note=note)
+    if metric.log_scale:
+        if (a <= 0).any() or (r <= 0).any():
+            return EMPTY
+        return Cell(f"{100 * math.expm1(np.log(a).mean() - np.log(r).mean()):+.1f}%",
+                    numeric=True)
+    text = metric.signed(float(a.mean() - r.mean()))
+    return Cell(text[:len(text) - len(metric.unit)], numeric=True)
 
 
-def _bold_best(block: Block, column: int, metric: str) -> None:
+def _bold_best(block: Block, column: int, key: str) -> None:
     """Bold the best distilled value of a block, compared as printed; a tie bolds nothing
     (two bold rows would each claim a win neither has). The teacher and published rows are
     references, not contenders."""
-    fmt = metric_format(metric)
-    shown = [(row, float(fmt.number(row.means[metric]))) for row in block.rows
-             if not row.is_reference and math.isfinite(row.means[metric])]
-    if len(shown) < 2:
+    metric = metric_of(key)
+    shown = [(row, float(metric.number(row.means[key]))) for row in block.rows
+             if not row.is_reference and math.isfinite(row.means[key])]
+    if len(shown) < 2 or metric.lower_is_better is None:
         return
-    best = (min if lower_is_better(metric) else max)(value for _, value in shown)
+    best = (min if metric.lower_is_better else max)(value for _, value in shown)
     winners = [row for row, value in shown if value == best]
     if len(winners) == 1:
         row = winners[0]
         row.cells[column] = dataclasses.replace(row.cells[column], bold=True)
 
 
-def select_rows(runs: pd.DataFrame, keys: list[str], values) -> pd.DataFrame:
-    """Runs whose params equal ``values`` (compared as text, as MLflow stored them)."""
-    for key, value in zip(keys, values):
-        runs = runs[runs[key].map(str) == str(value)]
-    return runs
-
-
 @dataclass
 class _Spec:
-    """What the table compares: the metrics shown, and the Δ reference when there is one."""
+    """What the table shows: every final metric (the CSV), the ones with a column, the
+    comparison's findings (None: no Δ columns) and the cost metric (None: no column)."""
 
-    metrics: list[str]  # every final metric (the CSV has them all)
-    shown: list[str]  # the ones with a column in the table
-    with_delta: bool
-    cost: str | None = None  # the metric behind the "Cost ×" column (None: no column)
+    metrics: list[str]
+    shown: list[str]
+    verdict: Verdict | None
+    cost: str | None = None
+
+    @property
+    def with_delta(self) -> bool:
+        return self.verdict is not None and self.verdict.layout.reference is not None
+
+    def has_delta(self, key: str) -> bool:
+        """A Δ column beside ``key``: the metric is one the comparison compares."""
+        return self.with_delta and metric_of(key).name in self.verdict.layout.comparison.metrics
 
 
 def _cost_cell(spec: _Spec, runs: pd.DataFrame, reference: pd.DataFrame | None,
                csv: dict) -> Cell:
-    """The row's mean cost over lsg's (finished runs on both sides, like every mean)."""
+    """The row's mean cost over the reference arm's (finished runs on both sides)."""
     ratio = math.nan
-    if reference is not None:
+    if reference is not None and spec.cost:
         mine, ref = finished_values(runs, spec.cost), finished_values(reference, spec.cost)
         if len(mine) and len(ref) and ref.mean() > 0:
             ratio = float(mine.mean() / ref.mean())
-    csv["cost_vs_lsg"] = ratio
+    csv["cost_vs_reference"] = ratio
     return Cell(f"{ratio:.2f}", numeric=True) if math.isfinite(ratio) else EMPTY
 
 
 def _make_row(spec: _Spec, label: list[Cell], agg_row: pd.Series, runs: pd.DataFrame,
-              reference: pd.DataFrame | None, csv_rows: list[dict], keys: dict,
-              cost_reference: pd.DataFrame | None = None) -> Row:
+              csv_rows: list[dict], keys: dict, reference: pd.DataFrame | None = None,
+              findings: dict | None = None) -> Row:
+    """A row. ``findings`` (key -> Finding) fill a trial row's Δ cells; a reference row
+    (the teacher) gets the plain difference of means from ``reference`` instead."""
     cells, csv = [], {**keys, "n_runs": int(agg_row["n_runs"])}
     for outcome in ("finished", "diverged", "failed", "incomplete"):
         csv[f"n_{outcome}"] = int(agg_row[f"n_{outcome}"])
-    for metric in spec.metrics:
+    for key in spec.metrics:
         for stat in ("mean", "std", "n", "ci95"):
-            csv[f"{metric}_{stat}"] = agg_row[f"{metric}_{stat}"]
-        delta = p_value = math.nan
-        # The reference row itself gets no Δ (a "+0.00" would read like a measurement).
-        if (reference is not None and len(reference)
-                and set(runs["run_id"]) != set(reference["run_id"])):
-            ref = finished_values(reference, metric)
-            mine = finished_values(runs, metric)
-            if len(ref) and len(mine):
-                delta = float(mine.mean() - ref.mean())
-                p_value = welch_p_value(mine, ref)
-        if spec.with_delta:
-            csv[f"{metric}_delta_vs_lsg"] = delta
-            csv[f"{metric}_welch_p_vs_lsg"] = p_value
-        if metric in spec.shown:
-            cells.append(_metric_cell(agg_row, metric))
-            if spec.with_delta:
-                cells.append(_delta_cell(delta, p_value, metric))
+            csv[f"{key}_{stat}"] = agg_row[f"{key}_{stat}"]
+        finding = (findings or {}).get(key)
+        if finding is not None:
+            diff = finding.diff
+            csv.update({f"{key}_diff": diff.estimate, f"{key}_diff_low": diff.low,
+                        f"{key}_diff_high": diff.high, f"{key}_diff_scale":
+                        "log" if diff.log_scale else "linear", f"{key}_p": diff.p,
+                        f"{key}_p_holm": finding.p_holm,
+                        f"{key}_p_equivalence_holm": finding.p_equivalence_holm,
+                        f"{key}_delta": finding.delta, f"{key}_detectable": diff.detectable,
+                        f"{key}_verdict": finding.word})
+        if key in spec.shown:
+            cells.append(_metric_cell(agg_row, key))
+            if spec.has_delta(key):
+                cells.append(_delta_cell(finding) if reference is None
+                             else _plain_delta_cell(runs, reference, key))
     if spec.cost:
-        cells.append(_cost_cell(spec, runs, cost_reference, csv))
+        cells.append(_cost_cell(spec, runs, reference if reference is not None
+                                else (findings or {}).get("__reference__"), csv))
     cells.append(Cell(runs_text(agg_row)))
     csv_rows.append(csv)
-    return Row(label, cells, {m: float(agg_row[f"{m}_mean"]) for m in spec.shown})
+    return Row(label, cells, {k: float(agg_row[f"{k}_mean"]) for k in spec.shown})
 
 
 def _check_reportable(plan: str, runs: pd.DataFrame, trials: pd.DataFrame,
@@ -394,30 +321,28 @@ def _check_reportable(plan: str, runs: pd.DataFrame, trials: pd.DataFrame,
     return finished
 
 
-def _layout(plan: str, trials: pd.DataFrame, varying: list[str]) -> tuple[list[str], str]:
-    """(row keys, kind): the lsg and kappa plans have their own rows; others, what varies."""
-    if plan == "lsg" and "strategy" in trials:
-        return ["strategy"], "lsg"
-    if plan == "kappa" and "kappa" in trials:
-        return ["kappa"], "kappa"
-    return varying, "generic"
+def _delta_header(key: str, protocol: str | None) -> str:
+    """'Δ FD-CLIP (%)' (a ratio, on the log scale), 'Δ CLIP', 'Δ Adherence (pts)'."""
+    metric = metric_of(key)
+    base = metric.label_for(None, protocol).replace(" (%)", "")
+    unit = " (%)" if metric.log_scale else (f" ({metric.unit.strip()})" if metric.unit else "")
+    return f"Δ {base}{unit}"
 
 
-def _value_headers(spec: _Spec) -> list[str]:
+def _value_headers(spec: _Spec, protocol: str | None) -> list[str]:
     headers = []
-    for metric in spec.shown:
-        headers.append(metric_format(metric).header)
-        if spec.with_delta:
-            headers.append("Δ " + metric_format(metric).header.split(" ")[0])
+    for key in spec.shown:
+        headers.append(header(key, protocol))
+        if spec.has_delta(key):
+            headers.append(_delta_header(key, protocol))
     return [*headers, *([COST_HEADER] if spec.cost else []), "Seeds"]
 
 
-def _cost_metric(trials: pd.DataFrame, finished: pd.DataFrame) -> str | None:
+def _cost_metric(layout: Layout, finished: pd.DataFrame) -> str | None:
     """Device-hours when every finished trial logged them, else UNet passes per image when
     every one logged those (mixing the two in one column would compare unlike things);
-    None when nothing is there to compare with lsg or no cost was logged."""
-    if "strategy" not in trials or trials["strategy"].nunique() < 2 \
-            or not (trials["strategy"] == "lsg").any():
+    None when there is no reference arm to divide by or no cost was logged."""
+    if layout.reference is None:
         return None
     done = finished[finished["role"] == "trial"]
     for metric in COST_METRICS:
@@ -426,22 +351,17 @@ def _cost_metric(trials: pd.DataFrame, finished: pd.DataFrame) -> str | None:
     return None
 
 
-def _cost_reference(trials: pd.DataFrame, keys: dict) -> pd.DataFrame:
-    """lsg's runs at the row's other settings (its κ, say): what its cost is relative to."""
-    others = [k for k in keys if k != "strategy"]
-    scope = select_rows(trials, others, [keys[k] for k in others])
-    return scope[scope["strategy"] == "lsg"]
-
-
-def _trial_blocks(spec: _Spec, trials: pd.DataFrame, row_keys: list[str],
-                  block_keys: list[str], csv_rows: list[dict]) -> list[Block]:
+def _trial_blocks(spec: _Spec, trials: pd.DataFrame, layout: Layout,
+                  csv_rows: list[dict]) -> list[Block]:
+    row_keys, block_keys = layout.arms, layout.blocks
     agg = aggregate(trials, block_keys + row_keys, spec.metrics)
     blocks = []
     for block_values in combos(agg, block_keys):
         block = Block(_block_title(block_keys, block_values))
         block_agg = select_rows(agg, block_keys, block_values)
         block_runs = select_rows(trials, block_keys, block_values)
-        reference = block_runs[block_runs["strategy"] == "lsg"] if spec.with_delta else None
+        reference = (select_rows(block_runs, row_keys, layout.reference)
+                     if layout.reference is not None else None)
         rows = sorted(block_agg.iterrows(),
                       key=lambda item: tuple(sort_key(item[1][k]) for k in row_keys))
         for _, agg_row in rows:
@@ -450,40 +370,49 @@ def _trial_blocks(spec: _Spec, trials: pd.DataFrame, row_keys: list[str],
             label = [Cell(param_text(k, v)) for k, v in zip(row_keys, values)] or [
                 Cell("all trials")]
             keys = {**dict(zip(block_keys, block_values)), **dict(zip(row_keys, values))}
+            findings = {}
+            if spec.verdict is not None and not layout.is_reference(values):
+                findings = {key: spec.verdict.find(keys, tuple(values), key)
+                            for key in spec.metrics}
+                findings = {k: f for k, f in findings.items() if f is not None}
+            findings["__reference__"] = reference
             row = _make_row(spec, label, agg_row, select_rows(block_runs, row_keys, values),
-                            reference, csv_rows, {"role": "trial", **keys},
-                            _cost_reference(trials, keys) if spec.cost else None)
-            if row_keys == ["strategy"]:
-                row.short = [Cell(str(values[0]))]  # the narrow table's label: "lsg"
+                            csv_rows, {"role": "trial", **keys}, findings=findings)
+            if layout.is_reference(values):
+                row.label = [dataclasses.replace(label[0], text=label[0].text + " (ref.)"),
+                             *label[1:]]
+            if any(len(c.text) > WRAP_LABELS_OVER for c in label):
+                row.short = [Cell(str(v)) for v in values]  # the narrow table's label
             block.rows.append(row)
         blocks.append(block)
     return blocks
 
 
 def _teacher_block(spec: _Spec, teacher: pd.DataFrame, trials: pd.DataFrame,
-                   block_keys: list[str], label_width: int, csv_rows: list[dict]) -> Block:
+                   layout: Layout, label_width: int, csv_rows: list[dict]) -> Block:
     teacher_keys = [p for p in ("sampler", "sampler_steps", "kappa")
                     if p in teacher and teacher[p].notna().any()]
-    # Δ vs lsg for the teacher only when there is one lsg row to compare with.
-    reference = (trials[trials["strategy"] == "lsg"]
-                 if spec.with_delta and not block_keys else None)
-    block = Block("Reference" if block_keys else None)
+    # Δ vs the reference arm for the teacher only when there is one reference to compare with.
+    reference = (select_rows(trials, layout.arms, layout.reference)
+                 if spec.with_delta and not layout.blocks else None)
+    block = Block("Reference" if layout.blocks else None)
     for _, agg_row in aggregate(teacher, teacher_keys, spec.metrics).iterrows():
         values = [agg_row[k] for k in teacher_keys]
         blank = [Cell("")] * (label_width - 1)
         row = _make_row(spec, [Cell(teacher_label(agg_row)), *blank], agg_row,
-                        select_rows(teacher, teacher_keys, values), reference, csv_rows,
-                        {"role": "teacher", **dict(zip(teacher_keys, values))})
+                        select_rows(teacher, teacher_keys, values), csv_rows,
+                        {"role": "teacher", **dict(zip(teacher_keys, values))},
+                        reference=reference if reference is not None else teacher.iloc[0:0])
         row.is_reference, row.short = True, [Cell("Teacher"), *blank]
         block.rows.append(row)
     return block
 
 
-def _published_block(spec: _Spec, kind: str, trials: pd.DataFrame, profile: str | None,
+def _published_block(spec: _Spec, trials: pd.DataFrame, profile: str | None,
                      label_width: int, csv_rows: list[dict]) -> Block | None:
-    """The paper's FID and CLIP at each κ the trials ran (SD profiles, lsg and kappa tables
-    only); None where the paper has no number for this profile or these κ."""
-    if kind not in ("lsg", "kappa") or "kappa" not in trials:
+    """The paper's FID and CLIP (SiD-LSG) at each κ the trials ran (SD profiles only);
+    None where the paper has no number for this profile or these κ."""
+    if "kappa" not in trials:
         return None
     block = Block(f"Published ({published.SOURCE})")
     for kappa in ordered_values(trials["kappa"].dropna()):
@@ -492,16 +421,15 @@ def _published_block(spec: _Spec, kind: str, trials: pd.DataFrame, profile: str 
             continue
         fid, clip = numbers
         cells = []
-        for metric in spec.shown:
-            value = fid if metric.startswith("fid") else clip if metric == schema.CLIP_SCORE \
-                else None
+        for key in spec.shown:
+            value = (fid if registry.FID.matches(key) else
+                     clip if key == registry.CLIP_SCORE.key else None)
             cells.append(EMPTY if value is None
-                         else Cell(metric_format(metric).number(value), numeric=True))
-            cells += [EMPTY] if spec.with_delta else []
+                         else Cell(metric_of(key).number(value), numeric=True))
+            cells += [EMPTY] if spec.has_delta(key) else []
         cells += [EMPTY] * bool(spec.cost) + [Cell("paper")]
-        text = param_text("kappa", kappa)
-        text = f"lsg, κ = {text}" if kind == "lsg" else text
-        label = [Cell(text)] + [Cell("")] * (label_width - 1)
+        label = [Cell(f"SiD-LSG, κ = {param_text('kappa', kappa)}")] + [Cell("")] * (
+            label_width - 1)
         block.rows.append(Row(label, cells, dict.fromkeys(spec.shown, math.nan),
                               is_reference=True))
         csv_rows.append({"role": "published", "source": published.SOURCE, "kappa": kappa,
@@ -509,79 +437,95 @@ def _published_block(spec: _Spec, kind: str, trials: pd.DataFrame, profile: str 
     return block if block.rows else None
 
 
-def build_table(plan: str, runs: pd.DataFrame) -> Table:
-    """The plan's comparison table from :func:`results.load_runs`' frame."""
-    params = runs.attrs.get("param_columns") or [c for c in runs.columns if c not in RUN_COLUMNS]
+def build_table(plan: str, runs: pd.DataFrame, comparison: Comparison | None = None) -> Table:
+    """The plan's comparison table from :func:`results.load_runs`' frame, comparing as
+    ``comparison`` says (default: the one the frame carries, ``runs.attrs['comparison']``)."""
     trials = runs[runs["role"] == "trial"]
+    if comparison is None and "comparison" in runs.attrs:
+        comparison = runs.attrs["comparison"]
+    elif comparison is None:  # a frame not from load_runs: compare what varies first
+        params = runs.attrs.get("param_columns") or list(trials.columns)
+        comparison = infer(trials, [p for p in params if p in trials])
     teacher = runs[runs["role"] == "teacher"]
     parent = runs.attrs.get("parent_run_id", "?")
     finished = _check_reportable(plan, runs, trials, parent)
     metrics = metric_columns(finished)
-    shown = [m for m in metrics if m.startswith("fid") or m in TABLE_METRICS]
+    shown = metric_columns(finished, "table")
     if not shown:
         raise ResultsError(f"plan {plan!r}, parent run {parent}: finished trials logged no "
                            "final FID, CLIP or adherence metric; was evaluation switched off?")
-    varying = varying_params(trials, [p for p in params if p in trials])
-    row_keys, kind = _layout(plan, trials, varying)
-    block_keys = [p for p in varying if p not in row_keys]
-    costs = [m for m in (schema.TRAIN_SECONDS, *COST_METRICS)
+    result = compare(runs, comparison)
+    layout = result.layout
+    costs = [m for m in (registry.TRAIN_SECONDS.key, *COST_METRICS)
              if m in finished and finished[m].notna().any()]
-    spec = _Spec(metrics + costs, shown, with_delta=kind == "lsg",
-                 cost=_cost_metric(trials, finished))
-    label_headers = (["Method"] if kind == "lsg" else
-                     [PARAM_HEADERS.get(k, k) for k in row_keys] or ["Configuration"])
-    headers = _value_headers(spec)
+    spec = _Spec(metrics + costs, shown, result if layout.reference is not None else None,
+                 cost=_cost_metric(layout, finished))
+    label_headers = [PARAM_HEADERS.get(k, k) for k in layout.arms] or ["Configuration"]
+    headers = _value_headers(spec, result.protocol)
     csv_rows: list[dict] = []
-    blocks = _trial_blocks(spec, trials, row_keys, block_keys, csv_rows)
+    blocks = _trial_blocks(spec, trials, layout, csv_rows)
     if len(teacher):
-        blocks.append(_teacher_block(spec, teacher, trials, block_keys, len(label_headers),
+        blocks.append(_teacher_block(spec, teacher, trials, layout, len(label_headers),
                                      csv_rows))
-    paper = _published_block(spec, kind, trials, runs.attrs.get("profile"),
-                             len(label_headers), csv_rows)
+    paper = _published_block(spec, trials, runs.attrs.get("profile"), len(label_headers),
+                             csv_rows)
     blocks += [paper] if paper else []
     value_columns = [i for i, h in enumerate(headers[:-1])
                      if not h.startswith("Δ") and h != COST_HEADER]
     for block in blocks:
-        for column, metric in zip(value_columns, shown):
-            _bold_best(block, column, metric)
+        for column, key in zip(value_columns, shown):
+            _bold_best(block, column, key)
 
-    caption, notes = _caption(plan, kind, trials, spec, has_paper=paper is not None)
-    narrow_caption, _ = _caption(plan, kind, trials, spec, paper is not None, narrow=True)
-    notes = _context_notes(runs, block_keys, paper) + notes + [f"MLflow parent run {parent}."]
+    caption, notes = _caption(trials, spec, result, has_paper=paper is not None)
+    narrow_caption, _ = _caption(trials, spec, result, paper is not None, narrow=True)
+    notes = _context_notes(runs, layout.blocks, paper) + notes + [f"MLflow parent run {parent}."]
     # -0.0 (a difference of equal means, say) would be written as "-0.0" in the CSV.
     csv = pd.DataFrame(csv_rows)
     numeric = csv.select_dtypes("number").columns
     csv[numeric] = csv[numeric] + 0.0
-    # The LSG rows' labels are long descriptions: wrap them rather than widen the table.
+    wrap = any(len(c.text) > WRAP_LABELS_OVER for b in blocks for r in b.rows
+               if not r.is_reference for c in r.label)
     return Table(caption, f"tab:ablate-{plan}", label_headers, headers, blocks, csv,
-                 "2.6cm" if kind == "lsg" else None, notes, block_keys + row_keys,
-                 narrow_caption)
+                 "2.6cm" if wrap else None, notes, layout.blocks + layout.arms,
+                 narrow_caption, result)
 
 
-def _caption_subject(plan: str, kind: str, trials: pd.DataFrame) -> str:
-    if kind == "lsg":
-        kappas = sorted(trials["kappa"].dropna().unique()) if "kappa" in trials else []
-        at = f" at κ = {', '.join(param_text('kappa', k) for k in kappas)}" if kappas else ""
-        return f"Guidance ablation{at}: LSG kept (lsg), teacher guidance only (cfg), none."
-    if kind == "kappa":
-        return "Guidance-scale sweep: one-step generators distilled at each κ."
-    return f"Plan {plan}: one row per configuration."
+def _caption_subject(trials: pd.DataFrame, result: Verdict) -> str:
+    layout = result.layout
+    if not layout.arms:
+        return "One configuration."
+    names = " × ".join("guidance strategy" if k == "strategy" else PARAM_HEADERS.get(k, k)
+                       for k in layout.arms)
+    fixed = [k for k in ("kappa", "strategy") if k in trials and k not in layout.arms
+             and k not in layout.blocks and trials[k].notna().any()]
+    at = "".join(f" at {PARAM_HEADERS.get(k, k)} = {param_text(k, trials[k].dropna().iloc[0])}"
+                 if k != "strategy" else f" with {trials[k].dropna().iloc[0]}" for k in fixed)
+    if layout.reference is None:
+        return f"One row per {names}{at}."
+    return f"One-step generators by {names}{at}, against {arm_text(layout.arms, layout.reference)}."
 
 
-def _caption_metrics(shown: list[str]) -> str:
+def _caption_metrics(shown: list[str], protocol: str | None) -> str:
     """One sentence naming each metric of the table and its direction ('' if none)."""
-    fid = [m for m in shown if m.startswith("fid")]
-    metrics = []
-    if fid:
-        metrics.append(f"FID on {fid_num_images(fid[0]):,} generated images (↓ lower is better)")
-    if schema.CLIP_SCORE in shown:
-        metrics.append("CLIP score as mean cosine similarity (↑)")
-    if schema.ADHERENCE in shown:
-        metrics.append("adherence as the % of images with the prompted colour, shape and size "
-                       "all right (↑)")
-    if not metrics:
+    parts = []
+    for key in shown:
+        metric = metric_of(key)
+        if metric is registry.FID:
+            feature = ("the embedded CLIP's image features" if metric.short_for(protocol)
+                       != "FID" else "Inception features")
+            parts.append(f"{metric.label_for(None, protocol)}: Fréchet distance in {feature} "
+                         f"on {registry.fid_num_images(key):,} generated images (↓ lower is "
+                         "better)")
+        elif metric is registry.CLIP_SCORE:
+            parts.append("CLIP score as mean cosine similarity (↑)")
+        elif metric is registry.ADHERENCE:
+            parts.append("adherence as the % of images with the prompted colour, shape and size "
+                         "all right (↑)")
+        else:
+            parts.append(f"{metric.label} ({metric.arrow or 'no direction'})")
+    if not parts:
         return ""
-    sentence = "; ".join(metrics)
+    sentence = "; ".join(parts)
     return sentence[0].upper() + sentence[1:] + "."
 
 
@@ -601,13 +545,13 @@ def _context_notes(runs: pd.DataFrame, block_keys: list[str], paper: Block | Non
     return notes
 
 
-def _caption(plan: str, kind: str, trials: pd.DataFrame, spec: _Spec, has_paper: bool,
+def _caption(trials: pd.DataFrame, spec: _Spec, result: Verdict, has_paper: bool,
              narrow: bool = False) -> tuple[str, list[str]]:
     """(caption, notes): the caption says what is compared and how to read the marks in at
     most three lines at article width; the notes hold the definitions behind it. The
     narrow LaTeX variant has no Δ columns: its caption says where the mark is instead."""
     # build_table refuses a table without a metric, so the metrics sentence is never empty.
-    reading, notes = [], [_caption_metrics(spec.shown)]
+    reading, notes = [], [_caption_metrics(spec.shown, result.protocol)]
     seeds = trials.get("seed")
     if (seeds.nunique() if seeds is not None else 1) > 1:
         reading.append("mean ± 95% CI over seeds")
@@ -616,25 +560,34 @@ def _caption(plan: str, kind: str, trials: pd.DataFrame, spec: _Spec, has_paper:
     else:
         reading.append("one seed per row, no intervals")
     if spec.with_delta:
-        reading.append(f"{SIGNIFICANCE_MARK}: differs from lsg (Welch p < {SIGNIFICANCE_P:g})"
+        reference = arm_text(result.layout.arms, result.layout.reference)
+        reading.append(f"{SIGNIFICANCE_MARK}: better or worse than {reference} (Holm-corrected)"
                        if narrow else
-                       f"Δ and {SIGNIFICANCE_MARK} (Welch p < {SIGNIFICANCE_P:g}) vs lsg")
-        notes.append(f"Δ: difference of means vs lsg; {SIGNIFICANCE_MARK}: two-sided Welch "
-                     f"t-test p < {SIGNIFICANCE_P:g}, {NOT_SIGNIFICANT}: not significant (needs "
-                     "≥ 2 finished seeds on both sides; neither mark without them).")
+                       f"Δ vs {reference} with its 95% CI and verdict ({SIGNIFICANCE_MARK}: "
+                       "better or worse)")
+        deltas = ", ".join(f.metric.short_for(result.protocol) + " " + f.delta_text()
+                           for f in {f.metric.name: f for f in result.findings}.values())
+        notes.append(
+            f"Δ: the arm minus {reference} (ratio of geometric means for metrics on the log "
+            f"scale), with its 95% interval. Verdict ({result.head()[9:-1]}): better/worse "
+            f"when the test of no difference rejects at {ALPHA:g} after Holm's correction over "
+            "the table's tests; equivalent when the two one-sided tests place the difference "
+            f"inside ±δ ({deltas or 'none declared'}); unresolved otherwise; untestable with "
+            "fewer than 2 finished seeds or no spread.")
     reading.append("bold: best, none if tied")
     notes.append("Bold: the best distilled value per column as printed; where rows tie for "
                  "it, none is bold. Reference rows (teacher, published) never are.")
     if spec.cost:
-        reading.append(f"{COST_HEADER}: {COST_UNITS[spec.cost]} vs lsg")
-        notes.append(f"{COST_HEADER}: the row's mean {COST_UNITS[spec.cost]} over lsg's at the "
-                     "same settings (finished runs); device-hours = training seconds x devices "
-                     "/ 3600; UNet passes per image: lsg 8+7, cfg 6+5, none 5+4.")
+        reference = arm_text(result.layout.arms, result.layout.reference)
+        reading.append(f"{COST_HEADER}: {COST_UNITS[spec.cost]} vs {reference}")
+        notes.append(f"{COST_HEADER}: the row's mean {COST_UNITS[spec.cost]} over {reference}'s "
+                     "at the same settings (finished runs); device-hours = training seconds x "
+                     "devices / 3600; UNet passes per image: lsg 8+7, cfg 6+5, none 5+4.")
     if has_paper:
         reading.append(f"published: {published.SOURCE}")
     notes.append("Diverged or failed runs are counted under Seeds and left out of every mean.")
     text = "; ".join(reading)
-    return f"{_caption_subject(plan, kind, trials)} {text[0].upper()}{text[1:]}.", notes
+    return f"{_caption_subject(trials, result)} {text[0].upper()}{text[1:]}.", notes
 
 
 # --------------------------------------------------------------------------- rendering

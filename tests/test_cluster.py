@@ -27,6 +27,7 @@ import pytest
 
 from orchestrator import tracking
 from orchestrator.trial import HOLD_ENV, HOLD_MARKER
+from distill import metrics as registry
 from results import schema
 
 REPO = Path(__file__).resolve().parent.parent
@@ -187,7 +188,7 @@ def _assert_complete(client, plan: str, trials: dict) -> list:
     assert {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id,
-                                                            schema.LOSS_GENERATOR)]
+                                                            registry.LOSS_GENERATOR.key)]
         assert sorted(steps) == [5, 10, 15, 20], run.data.tags[schema.TRIAL_ID]
         assert "fid64" in run.data.metrics
     return runs

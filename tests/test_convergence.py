@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from results.convergence import curve, ordering, ordering_table, settled_at
+from results.convergence import ARM, curve, ordering, ordering_table, settled_at
 from results.plots import curve_figure
 
 # FID per (strategy, seed) at steps 50, 100, 150. At 50, cfg leads on the mean; from 100 on,
@@ -19,10 +19,13 @@ FID = {
 
 
 def _history() -> pd.DataFrame:
-    return pd.DataFrame([{"run_id": f"{s}{seed}", "step": step, "strategy": s, "kappa": 2.0,
-                          "seed": seed, "fid2k": values[i]}
-                         for (s, seed), values in FID.items()
-                         for i, step in enumerate((50, 100, 150))])
+    """In the shape results.convergence.load_history returns, arms named by strategy."""
+    history = pd.DataFrame([{"run_id": f"{s}{seed}", "step": step, ARM: s,
+                             "seed": seed, "fid2k": values[i]}
+                            for (s, seed), values in FID.items()
+                            for i, step in enumerate((50, 100, 150))])
+    history.attrs["arms"] = ["strategy"]
+    return history
 
 
 def test_order_per_step_seeds_agreeing_and_settling():
@@ -42,7 +45,7 @@ def test_order_per_step_seeds_agreeing_and_settling():
 def test_a_late_flip_moves_the_settling_point():
     history = _history()
     # At 150 the none mean drops below everything: the order changes at the last step.
-    history.loc[(history["strategy"] == "none") & (history["step"] == 150), "fid2k"] = 1.0
+    history.loc[(history[ARM] == "none") & (history["step"] == 150), "fid2k"] = 1.0
     assert settled_at(ordering(history, "fid2k")) == 150
 
 
@@ -54,7 +57,7 @@ def test_higher_is_better_metrics_order_descending():
 
 def test_curve_means_and_intervals_and_table_text():
     points = curve(_history(), "fid2k")
-    lsg_150 = points[(points["strategy"] == "lsg") & (points["step"] == 150)].iloc[0]
+    lsg_150 = points[(points[ARM] == "lsg") & (points["step"] == 150)].iloc[0]
     # lsg at 150: 3, 3.5, 6: mean 4.1667, std 1.6073, t_{0.975,2} = 4.3027: ± 3.993.
     assert lsg_150["mean"] == pytest.approx(25 / 6)
     assert lsg_150["ci95"] == pytest.approx(4.302652729749464 * 1.607275126 / 3 ** 0.5)

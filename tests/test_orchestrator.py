@@ -25,6 +25,7 @@ from orchestrator import runner, tracking
 from orchestrator.plan import expand, load_plan
 from orchestrator.ray_session import start_ray
 from orchestrator.trial import FAULTS_ENV
+from distill import metrics as registry
 from results import schema
 
 PLAN = """\
@@ -171,11 +172,11 @@ def test_curves_evaluations_and_artifacts(e2e):
     for trial in e2e["trials"][:1]:
         run_id = runs[runs[f"tags.{schema.TRIAL_ID}"] == trial.trial_id]["run_id"].iloc[0]
         # log_every 2 over 12 iterations: steps 2..12, each once, also for the retried trial.
-        for key in (schema.LOSS_FAKE_SCORE, schema.LOSS_GENERATOR, schema.IMAGES_PER_SECOND):
+        for key in (registry.LOSS_FAKE_SCORE.key, registry.LOSS_GENERATOR.key, registry.IMAGES_PER_SECOND.key):
             steps = [m.step for m in client.get_metric_history(run_id, key)]
             assert sorted(steps) == [2, 4, 6, 8, 10, 12], (trial.name, key, steps)
         # eval_every 6: evaluated at 6 and at the end.
-        for key in ("fid48", schema.CLIP_SCORE, schema.ADHERENCE):
+        for key in ("fid48", registry.CLIP_SCORE.key, registry.ADHERENCE.key):
             assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [6, 12]
         artifacts = {a.path for a in client.list_artifacts(run_id)}
         assert schema.CONFIG_ARTIFACT in artifacts
@@ -313,10 +314,10 @@ def test_the_dashboard_shows_the_answer(e2e):
         "strategy": "lsg", "kappa": "2", "seed": "0", "plan": "e2e", "size": "smoke",
         "profile": "embedded"}
     assert row[f"tags.{schema.DESCRIPTION}"].startswith("lsg at κ = 2, seed 0: 12 iterations")
-    assert row[f"metrics.{schema.UNET_PASSES_PER_IMAGE}"] == 15  # lsg: 8 forward + 7 backward
-    assert row[f"metrics.{schema.TRAIN_SECONDS}"] > 0
-    assert row[f"metrics.{schema.DEVICE_HOURS}"] == pytest.approx(
-        row[f"metrics.{schema.TRAIN_SECONDS}"] / 3600)
+    assert row[f"metrics.{registry.UNET_PASSES_PER_IMAGE.key}"] == 15  # lsg: 8 forward + 7 backward
+    assert row[f"metrics.{registry.TRAIN_SECONDS.key}"] > 0
+    assert row[f"metrics.{registry.DEVICE_HOURS.key}"] == pytest.approx(
+        row[f"metrics.{registry.TRAIN_SECONDS.key}"] / 3600)
     images = {a.path for a in client.list_artifacts(row["run_id"], "images")}
     assert len(images) >= 2, images  # the evaluations at 6 and 12
     teacher = runs[runs[f"tags.{schema.ROLE}"] == "teacher"].iloc[0]

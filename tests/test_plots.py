@@ -18,7 +18,7 @@ from results.plots import (
     MIN_FONT_PT,
     UPSCALE_TO_PX,
     Panel,
-    kappa_figure,
+    sweep_figure,
     sample_grid_figure,
     sample_panels,
     save_figure,
@@ -61,10 +61,23 @@ def _bands(ax):
     return [c for c in ax.collections if isinstance(c, PolyCollection)]
 
 
+def _kappa_figure(runs):
+    """The sweep figure as the report draws it for a plan compared over κ."""
+    from results.comparison import Comparison
+    from results.verdict import compare
+
+    comparison = Comparison(("kappa",), (2.0,), ("fid", "clip"), (("fid", 0.1), ("clip", 0.01)))
+    swept = sweep_figure(runs, compare(runs, comparison))
+    if swept is None:
+        return None
+    assert swept[0] == "kappa"
+    return swept[1]
+
+
 def test_metrics_vs_kappa_one_series_per_strategy_with_ci_bands(kappa_runs, tmp_path):
-    fig = kappa_figure(kappa_runs)
+    fig = _kappa_figure(kappa_runs)
     axes = fig.axes
-    assert [ax.get_ylabel() for ax in axes] == ["FID (2k) ↓", "CLIP ↑", "Adherence (%) ↑"]
+    assert [ax.get_ylabel() for ax in axes] == ["FD-CLIP (2k) ↓", "CLIP ↑", "Adherence (%) ↑"]
     for ax in axes:
         # lsg and cfg, each with its band
         assert len(_series_lines(ax)) == 2 and len(_bands(ax)) == 2
@@ -110,7 +123,7 @@ def test_tradeoff_curve_per_strategy_and_teacher_point(kappa_runs, tmp_path):
 
 def test_kappa_figure_absent_when_kappa_fixed(store):
     lsg_runs = load_runs("lsg", store["uri"])
-    assert kappa_figure(lsg_runs) is None
+    assert _kappa_figure(lsg_runs) is None
     ax = tradeoff_figure(lsg_runs).axes[0]
     assert len(_errorbars(ax)) == 4  # lsg, cfg, none as single points, plus the teacher
     assert sorted(t.get_text() for t in ax.texts) == ["cfg", "lsg", "none", "teacher"]
@@ -200,15 +213,15 @@ def test_sample_grid_panel_explains_a_group_without_finished_runs(store, kappa_r
     assert [t.get_text() for t in fig.axes[4].texts] == ["failed 2/2"]  # cfg κ=2
     assert sum(1 for ax in fig.axes if ax.images) == 4
     # In the κ plot the failed point is a gap (NaN), and the legend says why.
-    cfg = _series_lines(kappa_figure(runs).axes[0])[1]
+    cfg = _series_lines(_kappa_figure(runs).axes[0])[1]
     assert cfg.get_label() == "cfg (failed 2/6)"
     fid = cfg.get_data()[1]
     assert fid[0] == pytest.approx(19.5) and math.isnan(fid[1]) and fid[2] == pytest.approx(27.5)
 
 
 def test_same_runs_give_the_same_bytes(kappa_runs, tmp_path):
-    first = save_figure(kappa_figure(kappa_runs), tmp_path / "a")
-    second = save_figure(kappa_figure(kappa_runs), tmp_path / "b")
+    first = save_figure(_kappa_figure(kappa_runs), tmp_path / "a")
+    second = save_figure(_kappa_figure(kappa_runs), tmp_path / "b")
     for one, two in zip(first, second):
         assert one.read_bytes() == two.read_bytes(), one.name
 
@@ -217,7 +230,7 @@ def test_single_strategy_sweep_is_one_named_series(kappa_runs):
     """The default κ sweep runs lsg only: one series, still named and coloured as lsg."""
     lsg_only = kappa_runs[kappa_runs["strategy"] != "cfg"].copy()
     lsg_only.attrs.update(kappa_runs.attrs)
-    for ax in kappa_figure(lsg_only).axes:
+    for ax in _kappa_figure(lsg_only).axes:
         (series,) = _series_lines(ax)
         assert series.get_label() == "lsg (diverged 1/6)"
-        assert series.get_color() == "tab:blue"
+        assert series.get_color() == "C0"  # lsg keeps its colour (its place in STRATEGIES)

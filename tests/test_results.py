@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from distill import metrics as registry
 from results import schema
 
 # Student t quantiles t_{0.975, df}, from tables (not from scipy, which the code uses).
+REPO = Path(__file__).resolve().parent.parent
 T975_DF1 = 12.706204736174696
 T975_DF2 = 4.302652729749464
 
@@ -156,9 +158,12 @@ def build_store(root: Path) -> dict:
         _log_run(client, lsg, latest, "trial", f"strategy={strategy},seed={seed}",
                  trial_params(strategy, 2.0, seed), status,
                  {"fid2k": fid, "clip_score": clip, "colour_shape_size_acc": acc,
-                  "loss_generator": 0.5, schema.TRAIN_SECONDS: hours * 3600,
-                  schema.DEVICE_HOURS: hours, schema.UNET_PASSES_PER_IMAGE: passes},
+                  "loss_generator": 0.5, registry.TRAIN_SECONDS.key: hours * 3600,
+                  registry.DEVICE_HOURS.key: hours, registry.UNET_PASSES_PER_IMAGE.key: passes},
                  tmp, grid_colour=colours[strategy], layout=True)
+    # As the driver logs it: the plan file under plan/ (this parent predates
+    # plan/comparison.json, so results reads the plan file's compare: section).
+    client.log_artifact(latest, str(REPO / "ablations" / "lsg.yaml"), "plan")
     _log_run(client, lsg, latest, "teacher", "teacher", {"sampler": "ddim", "sampler_steps": 25,
                                                          "kappa": 2.0},
              "finished", {"fid2k": 5.0, "clip_score": 0.33, "colour_shape_size_acc": 0.95}, tmp,
@@ -166,6 +171,10 @@ def build_store(root: Path) -> dict:
 
     kappa = experiment("kappa")
     ids["kappa_parent"] = kp = parent(kappa, "kappa", profile="sd15")
+    # The κ sweep crossed with strategy, compared by κ against κ = 2 within each strategy.
+    client.log_dict(kp, {"arms": ["kappa"], "reference": [2.0], "metrics": ["fid", "clip"],
+                         "delta": {"fid": 0.1, "clip": 0.01}, "paired": False},
+                    "plan/comparison.json")
     for strategy in ("lsg", "cfg"):
         for k in KAPPAS:
             for seed in (0, 1):
@@ -336,33 +345,50 @@ def test_mixed_fid_keys_are_refused(store):
 # --------------------------------------------------------------------------- tables
 
 
+def _geometric_ratio_percent(arm, reference) -> str:
+    """The Δ of a log-scale metric: the ratio of geometric means, as a signed percent."""
+    return f"{100 * (np.exp(np.mean(np.log(arm)) - np.mean(np.log(reference))) - 1):+.1f}%"
+
+
 def test_lsg_table_rows_deltas_and_diverged_shown(store):
     from results.load import load_runs
     from results.tables import build_table, to_markdown
 
-    table = build_table("lsg", load_runs("lsg", store["uri"]))
+    runs = load_runs("lsg", store["uri"])
+    # This parent logged only the plan file: its compare: section says what to compare.
+    assert runs.attrs["comparison"].arms == ("strategy",)
+    table = build_table("lsg", runs)
     md = to_markdown(table)
     rows = {r.label[0].text.split(":")[0]: r for b in table.blocks for r in b.rows}
     assert list(rows) == ["lsg", "cfg", "none", "Teacher (ddim, 25 steps, κ = 2)"]
-    assert table.headers == ["FID (2k) ↓", "Δ FID", "CLIP ↑", "Δ CLIP", "Adherence (%) ↑",
-                             "Δ Adherence", "Cost ×", "Seeds"]
+    # The embedded protocol's Fréchet distance is in CLIP features: FD-CLIP, not FID.
+    assert table.headers == ["FD-CLIP (2k) ↓", "Δ FD-CLIP (%)", "CLIP ↑", "Δ CLIP",
+                             "Adherence (%) ↑", "Δ Adherence (pts)", "Cost ×", "Seeds"]
     lsg, cfg, none = rows["lsg"].cells, rows["cfg"].cells, rows["none"].cells
+    assert rows["lsg"].label[0].text.endswith("(ref.)")
     assert lsg[0].markdown() == f"**12.00** ± {T975_DF2 * 2 / math.sqrt(3):.2f}"
     assert lsg[1].text == "—"  # the reference row has no Δ
-    # cfg vs lsg: Δ FID = 21 - 12 = +9; Welch t = 9 / sqrt(4/3 + 1/3) = 6.97, df = 2.94
-    # -> p = 0.0065 < 0.05, so the mark is set.
-    assert cfg[1].text == "+9.00" and cfg[1].mark
-    assert "+9.00†" in md
-    # none vs lsg: Δ = 32 - 12 = +20 over 2 vs 3 seeds; Δ adherence = 30 - 90 = -60 (points).
-    assert none[1].text == "+20.00"
-    assert none[5].text == "-60.0"
+    # cfg vs lsg, FD-CLIP on the log scale: geometric means 1680^(1/3) = 11.887 and
+    # 9240^(1/3) = 20.984, ratio 1.765: +76.5%. Welch on the logs gives p = 0.021, but six
+    # tests share the family: Holm multiplies the smallest p by 6, the next by 5, ...
+    assert cfg[1].text == _geometric_ratio_percent([20, 21, 22], [10, 12, 14]) == "+76.5%"
+    assert cfg[1].note == "unresolved" and not cfg[1].mark
+    # none: FD-CLIP 30, 34 vs 10, 12, 14: log-scale Welch p = 0.0035, x 6 = 0.021 < 0.05.
+    assert none[1].text == _geometric_ratio_percent([30, 34], [10, 12, 14])
+    assert none[1].note == "worse" and none[1].mark
+    assert none[5].text == "-60.0" and none[5].interval.endswith(" pts")
     assert none[-1].text == "diverged 1/3"
     assert "diverged 1/3" in md
     # Best CLIP is lsg's 0.310 (the teacher's 0.330 is a reference, not a contender).
     assert rows["lsg"].cells[2].bold and not rows["Teacher (ddim, 25 steps, κ = 2)"].cells[2].bold
     csv = table.csv.set_index("strategy")
-    assert csv.loc["cfg", "fid2k_welch_p_vs_lsg"] == pytest.approx(0.0065, abs=5e-4)
+    assert csv.loc["cfg", "fid2k_p"] == pytest.approx(0.0214, abs=5e-4)
+    assert csv.loc["none", "fid2k_p_holm"] == pytest.approx(6 * csv.loc["none", "fid2k_p"])
+    assert csv.loc["cfg", "fid2k_verdict"] == "unresolved"
     assert csv.loc["none", "n_diverged"] == 1
+    # The teacher's Δ is on the same scale, untested: 5 over lsg's geometric mean.
+    assert rows["Teacher (ddim, 25 steps, κ = 2)"].cells[1].text == _geometric_ratio_percent(
+        [5.0], [10, 12, 14])
 
 
 def test_kappa_table_blocks_per_strategy_and_generic_fallback(store):
@@ -370,21 +396,24 @@ def test_kappa_table_blocks_per_strategy_and_generic_fallback(store):
     from results.tables import build_table
 
     runs = load_runs("kappa", store["uri"])
+    # plan/comparison.json: arms κ, reference κ = 2, FID and CLIP only.
     table = build_table("kappa", runs)
     assert table.label_headers == ["κ"]
     titles = [b.title for b in table.blocks]
     assert titles == ["lsg: LSG kept (paper)", "cfg: LSG removed, teacher guidance only",
                       "Reference", "Published (Zhou et al., Table 1)"]
+    assert "Δ Adherence (pts)" not in table.headers  # not among compare.metrics
     lsg_rows = table.blocks[0].rows
-    assert [r.label[0].text for r in lsg_rows] == ["1", "2", "3"]
+    assert [r.label[0].text for r in lsg_rows] == ["1", "2 (ref.)", "3"]
     # lsg κ=1: fid 14, 15 -> mean 14.5, std 0.7071, ci = 12.706 * 0.5 = 6.35
     assert lsg_rows[0].cells[0].markdown() == "**14.50** ± 6.35"
     assert lsg_rows[2].cells[0].markdown() == "22.00" and lsg_rows[2].cells[-1].text == (
         "diverged 1/2")
-    # The same runs under another plan name: grouped by what varies (strategy, κ).
-    generic = build_table("custom", runs)
-    assert generic.label_headers == ["Strategy", "κ"]
-    assert len(generic.blocks[0].rows) == 6
+    assert lsg_rows[2].cells[1].note == "untestable"  # one finished seed
+    # The same runs under another plan name: the same comparison, the same table.
+    other = build_table("custom", runs)
+    assert [[c.markdown() for c in r.label + r.cells] for b in other.blocks for r in b.rows] \
+        == [[c.markdown() for c in r.label + r.cells] for b in table.blocks for r in b.rows]
 
 
 # --------------------------------------------------------------------------- report + CLI
@@ -415,13 +444,15 @@ def test_cli_all_plans_writes_every_output_logs_to_parent_and_prints_markdown(
                      "runs.csv", "samples.pdf", "samples.png", "table-narrow.tex",
                      "table-wide.tex", "table.csv", "table.md", "table.tex"]
     assert (tmp_path / "tables" / "kappa" / "metrics_vs_kappa.pdf").is_file()
+    power = (folder / "power.md").read_text()
+    assert "| — | cfg vs lsg | FD-CLIP | +76.5% [" in power and "| unresolved |" in power
     # Step 50 holds 3x+1 of each final value, so FID's order is the same at both steps:
     # lsg (mean 12) < cfg (21) < none (32, its diverged seed left out).
     convergence = (folder / "convergence.md").read_text()
     assert "| 50 | lsg < cfg < none (2/2) |" in convergence
-    assert "FID from iteration 50" in convergence
+    assert "FD-CLIP from iteration 50" in convergence
     # The verdict closes the printed report.
-    assert out.out.rstrip().splitlines()[-1].startswith("verdict (two-sided Welch t-test")
+    assert out.out.rstrip().splitlines()[-1].startswith("verdict (Welch t-tests; Holm over")
     logged = {f.path for f in MlflowClient(store["uri"]).list_artifacts(store["lsg_parent"],
                                                                         "report")}
     assert logged == {f"report/{n}" for n in names}
@@ -460,8 +491,9 @@ def test_unset_param_is_its_own_configuration_not_dropped():
            for r in table.blocks[0].rows]
     # Unset: fid 10 and 14 over seeds 0, 1 -> mean 12, CI = t(0.975, 1) * sqrt(8) / sqrt(2).
     # Equal means as printed: a tie for best, so neither is bold.
-    assert got == [("6", "12.00", "1"), ("None", f"12.00 ± {T975_DF1 * 2:.2f}", "2")]
-    assert "| None | 12.00 ± 25.41 | 2 |" in to_markdown(table)
+    # The first value in order (6, then unset) is the reference the other is compared with.
+    assert got == [("6 (ref.)", "12.00", "1"), ("None", f"12.00 ± {T975_DF1 * 2:.2f}", "2")]
+    assert "| None | 12.00 ± 25.41 | — untestable | 2 |" in to_markdown(table)
 
 
 def test_mixed_evaluation_protocols_are_refused():
@@ -515,15 +547,28 @@ def test_only_seeds_vary_gives_one_row_with_all_trials():
             "\\end{tabular}") in to_latex(table)
 
 
-def test_delta_cells_say_not_significant_where_the_welch_test_says_so():
-    from results.tables import _delta_cell
+def test_delta_cells_carry_the_interval_and_the_verdict_word():
+    from results.tables import build_table, to_latex
 
-    assert _delta_cell(1.0, 0.30, "fid2k").markdown() == "+1.00 n.s."
-    assert _delta_cell(-0.05, 0.01, "clip_score").markdown() == "-0.050†"
-    # One seed on a side: no test, so neither mark nor "n.s.".
-    assert _delta_cell(2.0, math.nan, "fid2k").markdown() == "+2.00"
-    assert _delta_cell(1.0, 0.30, "fid2k").latex() == (
-        "\\begin{tabular}[t]{@{}r@{}}$+$1.00\\\\{\\scriptsize n.s.}\\end{tabular}")
+    # CLIP: lsg 0.30, 0.31, 0.32 vs cfg 0.20, 0.21, 0.22: Welch t = 0.1 / 0.00816 = 12.2 on
+    # 4 df, p = 2.6e-4; x 2 tests (Holm) = 5.2e-4: worse. The interval: 0.1 +- 2.776 x
+    # 0.00816 = [-0.123, -0.077].
+    rows = [{"strategy": s, "kappa": 2.0, "seed": i, "fid2k": 10.0 + i,
+             "clip_score": (0.30 if s == "lsg" else 0.20) + 0.01 * i,
+             "eval_protocol": "embedded-16px-clip"}
+            for s in ("lsg", "cfg") for i in range(3)]
+    table = build_table("anything", _frame(rows))
+    cfg = table.blocks[0].rows[1].cells
+    clip = table.headers.index("Δ CLIP")
+    assert cfg[clip].markdown() == "-0.100† [-0.123, -0.077] worse"
+    # FD-CLIP: the same values in both arms: a zero difference, yet not "equivalent" with
+    # three seeds: the interval (±14%) is wider than ±10%.
+    fid = table.headers.index("Δ FD-CLIP (%)")
+    assert cfg[fid].text == "+0.0%" and cfg[fid].note == "unresolved"
+    assert cfg[clip].latex() == (
+        "\\begin{tabular}[t]{@{}r@{}}$-$0.100$^{\\dagger}$\\\\{\\scriptsize [$-$0.123, $-$0.077]}"
+        "\\\\{\\scriptsize worse}\\end{tabular}")
+    assert "worse" in to_latex(table)
 
 
 # --------------------------------------------------------------------------- issue 13 rules
@@ -540,7 +585,7 @@ def _frame(rows: list[dict], plan_params=("strategy", "kappa", "seed"), **attrs)
     return frame
 
 
-def test_cost_column_is_device_hours_relative_to_lsg(store):
+def test_cost_column_is_device_hours_relative_to_the_reference(store):
     from results.load import load_runs
     from results.tables import build_table, to_markdown
 
@@ -552,7 +597,7 @@ def test_cost_column_is_device_hours_relative_to_lsg(store):
     assert rows["Teacher (ddim, 25 steps, κ = 2)"].cells[cost].text == "—"
     assert "Cost ×: device-hours vs lsg" in table.caption
     csv = table.csv.set_index("strategy")
-    assert csv.loc["cfg", "cost_vs_lsg"] == pytest.approx(0.8 / 1.1)
+    assert csv.loc["cfg", "cost_vs_reference"] == pytest.approx(0.8 / 1.1)
     assert csv.loc["lsg", "device_hours_mean"] == pytest.approx(1.1)
     assert csv.loc["none", "unet_passes_per_image_mean"] == 9
     assert "| **12.00** ± 4.97 | — |" in to_markdown(table)  # lsg: no Δ against itself
@@ -579,11 +624,12 @@ def test_cost_falls_back_to_unet_passes_and_is_absent_without_cost_metrics():
 
 
 def test_no_negative_zero_anywhere(tmp_path):
-    from results.tables import build_table, metric_format, param_text, to_latex, to_markdown
+    from results.arms import param_text
+    from results.tables import build_table, to_latex, to_markdown
 
-    assert metric_format("clip_score").number(-0.0001) == "0.000"
-    assert metric_format("fid2k").number(-0.004) == "0.00"
-    assert metric_format("fid2k").number(-0.006) == "-0.01"
+    assert registry.CLIP_SCORE.number(-0.0001) == "0.000"
+    assert registry.FID.number(-0.004) == "0.00"
+    assert registry.FID.number(-0.006) == "-0.01"
     assert param_text("kappa", -0.0) == "0"
     # cfg's CLIP is 0.0001 below lsg's: Δ and means round to zero; κ is a negative zero.
     rows = [{"strategy": s, "kappa": -0.0, "seed": seed, "fid2k": 10.0 + seed,
@@ -608,15 +654,16 @@ def test_published_rows_only_for_the_sd_profiles():
     assert block.title == "Published (Zhou et al., Table 1)"
     # SD2.1-base: κ 1.5 -> 9.52 / 0.308, κ 3 -> 13.50 / 0.321; the paper has no κ 2.5.
     assert [[c.text for c in r.label + r.cells] for r in block.rows] == [
-        ["1.5", "9.52", "0.308", "paper"], ["3", "13.50", "0.321", "paper"]]
+        ["SiD-LSG, κ = 1.5", "9.52", "—", "0.308", "—", "paper"],
+        ["SiD-LSG, κ = 3", "13.50", "—", "0.321", "—", "paper"]]
     assert table.caption.endswith("; published: Zhou et al., Table 1.")
     assert any("Long and Short Guidance in Score identity Distillation" in n
                and "SD2.1-base" in n for n in table.notes)
-    assert "| 1.5 | 9.52 | 0.308 | paper |" in to_markdown(table)
+    assert "| SiD-LSG, κ = 1.5 | 9.52 | — | 0.308 | — | paper |" in to_markdown(table)
     assert not any(r.cells[0].bold for r in block.rows)  # a reference, never the best
     lsg = build_table("lsg", _frame([{**r, "strategy": s, "kappa": 2.0} for r in rows[:2]
                                      for s in ("lsg", "cfg")], profile="sd15"))
-    assert [c.text for c in lsg.blocks[-1].rows[0].label] == ["lsg, κ = 2"]
+    assert [c.text for c in lsg.blocks[-1].rows[0].label] == ["SiD-LSG, κ = 2"]
     assert lsg.blocks[-1].rows[0].cells[0].text == "9.56"  # SD1.5, κ 2: 9.56 / 0.313
     for profile in ("embedded", None):
         table = build_table("kappa", _frame(rows, profile=profile))
@@ -644,7 +691,7 @@ def test_summary_metrics_per_arm_with_interval_bounds(store):
     assert summary["lsg.fid2k.ci_high"] == pytest.approx(12.0 + half)
     assert summary["none.fid2k.mean"] == pytest.approx(32.0)  # the diverged seed left out
     assert summary["cfg.clip_score.mean"] == pytest.approx(0.28)
-    assert summary["cfg.cost_vs_lsg"] == pytest.approx(0.8 / 1.1)
+    assert summary["cfg.cost_vs_reference"] == pytest.approx(0.8 / 1.1)
     assert summary["teacher.fid2k.mean"] == 5.0 and "teacher.fid2k.ci_low" not in summary
     assert all(re.fullmatch(r"[A-Za-z0-9_\-. /]+", key) for key in summary)
     kappa = summary_metrics(build_table("kappa", load_runs("kappa", store["uri"])))
@@ -659,7 +706,7 @@ def test_report_returns_table_verdict_and_summary_for_the_parent_run(store, tmp_
 
     report = write_report("lsg", tmp_path, store["uri"])
     line = verdict_line("lsg", store["uri"], store["lsg_parent"])
-    assert line == report.verdict and line.startswith("verdict (two-sided Welch t-test")
+    assert line == report.verdict and line.startswith("verdict (Welch t-tests; Holm over 6")
     assert report.table_markdown.startswith("**Table (tab:ablate-lsg).**")
     assert report.markdown_text.startswith(report.table_markdown)
     assert report.markdown_text.rstrip().endswith(line)
