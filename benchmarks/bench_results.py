@@ -88,13 +88,13 @@ def main() -> None:
         (uri, n_runs), t_build = _timed(build_store, root)
 
         from results import load_runs, write_report
-        from results.plots import kappa_figure, tradeoff_figure
+        from results.plots import sweep_figure, tradeoff_figure
         from results.tables import build_table, to_latex, to_markdown
 
         runs, t_load = _timed(load_runs, "kappa", uri)
         table, t_table = _timed(build_table, "kappa", runs)
         _, t_render = _timed(lambda: (to_latex(table), to_markdown(table)))
-        _, t_kappa = _timed(kappa_figure, runs)
+        _, t_kappa = _timed(sweep_figure, runs, table.verdict)
         _, t_trade = _timed(tradeoff_figure, runs)
         report, t_report = _timed(write_report, "kappa", root / "out", uri)
 

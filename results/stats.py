@@ -12,6 +12,7 @@ correction (``multipletests``) and t-test power (``TTestIndPower`` / ``TTestPowe
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -171,13 +172,14 @@ def _untestable(why: str, n_arm: int, n_ref: int, margin: float, paired: bool,
 
 
 def difference(arm: np.ndarray, reference: np.ndarray, delta: float, paired: bool = False,
-               log_scale: bool = False, power_alpha: float = ALPHA) -> Difference:
+               log_scale: bool = False, power_alpha: float = ALPHA,
+               power: bool = True) -> Difference:
     """Compare ``arm`` with ``reference`` (finished seeds' values; for ``paired``, aligned
     seed by seed). ``delta``: the smallest effect of interest in the metric's units, or as a
     ratio for ``log_scale`` (0.1: ±10%). ``power_alpha``: the level behind ``detectable``
-    and ``seeds_needed`` (the verdict passes α over its family size, Holm's strictest step).
+    and ``seeds_needed`` (the verdict passes α over its family size, Holm's strictest step);
+    ``power`` False leaves both unset (NaN, None).
     """
-    from statsmodels.stats.power import TTestIndPower, TTestPower
     from statsmodels.stats.weightstats import ttost_ind, ttost_paired
 
     a, r = np.asarray(arm, dtype=float), np.asarray(reference, dtype=float)
@@ -199,19 +201,14 @@ def difference(arm: np.ndarray, reference: np.ndarray, delta: float, paired: boo
         if paired:
             d = a - r
             n, sd = len(d), float(np.std(d, ddof=1))
-            if sd == 0:
+            if np.ptp(d) == 0:
                 return _untestable("no spread of the paired differences", len(a), len(r),
                                    margin, paired, log_scale)
             estimate, se, df = float(d.mean()), sd / math.sqrt(n), n - 1
             p = float(stats.ttest_rel(a, r).pvalue)
             p_equivalence = float(ttost_paired(a, r, -margin, margin)[0])
-            power = TTestPower()
-            effect = _solve(lambda: power.solve_power(nobs=n, alpha=power_alpha, power=POWER))
-            detectable = effect * sd
-            needed = _seeds(lambda: power.solve_power(effect_size=margin / sd,
-                                                      alpha=power_alpha, power=POWER))
         else:
-            if sd_a == 0 and sd_r == 0:
+            if np.ptp(a) == 0 and np.ptp(r) == 0:  # identical values (std may round to 1e-16)
                 return _untestable("no spread on either side", len(a), len(r), margin, paired,
                                    log_scale)
             va, vr = sd_a ** 2 / len(a), sd_r ** 2 / len(r)
@@ -221,16 +218,41 @@ def difference(arm: np.ndarray, reference: np.ndarray, delta: float, paired: boo
             p = float(stats.ttest_ind(a, r, equal_var=False).pvalue)
             p_equivalence = float(ttost_ind(a, r, -margin, margin, usevar="unequal")[0])
             sd = math.sqrt((sd_a ** 2 + sd_r ** 2) / 2)  # pooled: the power calculation's σ
-            power = TTestIndPower()
-            effect = _solve(lambda: power.solve_power(nobs1=len(r), ratio=len(a) / len(r),
-                                                      alpha=power_alpha, power=POWER))
-            detectable = effect * sd
-            needed = _seeds(lambda: power.solve_power(effect_size=margin / sd, ratio=1.0,
-                                                      alpha=power_alpha, power=POWER))
+        detectable, needed = math.nan, None
+        if power:
+            detectable = detectable_effect(len(a), len(r), paired, power_alpha) * sd
+            needed = seeds_needed(margin / sd, paired, power_alpha)
     half = float(stats.t.ppf(1 - ALPHA / 2, df)) * se
     return Difference(len(a), len(r), estimate, estimate - half, estimate + half, p,
                       p_equivalence, detectable, needed, margin, paired, log_scale,
                       sd_a, sd_r)
+
+
+@functools.lru_cache(maxsize=256)
+def detectable_effect(n_arm: int, n_reference: int, paired: bool, alpha: float) -> float:
+    """The standardised difference (Cohen's d; for paired seeds, of the differences) that
+    these seeds detect with 80% power at ``alpha``, two-sided (statsmodels' t-test power).
+    Cached: a report asks it for the same seed counts many times."""
+    from statsmodels.stats.power import TTestIndPower, TTestPower
+
+    if paired:
+        return _solve(lambda: TTestPower().solve_power(nobs=n_arm, alpha=alpha, power=POWER))
+    return _solve(lambda: TTestIndPower().solve_power(
+        nobs1=n_reference, ratio=n_arm / n_reference, alpha=alpha, power=POWER))
+
+
+def seeds_needed(effect: float, paired: bool, alpha: float) -> int | None:
+    """Seeds per arm (equal arms) that detect a standardised difference ``effect`` with 80%
+    power at ``alpha``, two-sided; MOST_SEEDS + 1 stands for more than MOST_SEEDS."""
+    from statsmodels.stats.power import TTestIndPower, TTestPower
+
+    if not math.isfinite(effect) or effect <= 0:
+        return None
+    if paired:
+        return _seeds(lambda: TTestPower().solve_power(effect_size=effect, alpha=alpha,
+                                                       power=POWER))
+    return _seeds(lambda: TTestIndPower().solve_power(effect_size=effect, ratio=1.0,
+                                                      alpha=alpha, power=POWER))
 
 
 def _solve(call) -> float:

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from distill import metrics as registry
@@ -223,17 +224,28 @@ def compare(runs: pd.DataFrame, comparison: Comparison | None) -> Verdict:
     jobs = _jobs(trials, lay, comparison, finished)
     if not jobs:
         return empty("no arm besides the reference to compare", most)
-    family = len(jobs)
-    diffs = [difference(mine.to_numpy(), ref.to_numpy(), comparison.delta_of(metric.name),
-                        comparison.paired, metric.log_scale, power_alpha=ALPHA / family)
-             for _, _, metric, _, mine, ref in jobs]
+    judged = judge([(metric, mine.to_numpy(), ref.to_numpy())
+                    for _, _, metric, _, mine, ref in jobs], comparison)
+    findings = [Finding(block, arm, key, metric, comparison.delta_of(metric.name), *result)
+                for (block, arm, metric, key, _, _), result in zip(jobs, judged)]
+    return Verdict(lay, findings, len(jobs), most, protocol)
+
+
+def judge(tests: list[tuple[registry.Metric, np.ndarray, np.ndarray]],
+          comparison: Comparison, power: bool = True
+          ) -> list[tuple[Difference, float, float, str]]:
+    """The verdict's decision, on arrays: each (metric, arm values, reference values) of one
+    family tested, Holm-corrected over the family, and given its word. Returns
+    (difference, Holm p, Holm equivalence p, word) per test. ``power`` False skips the
+    detectable effect and seeds needed (the words do not depend on them)."""
+    family = len(tests)
+    diffs = [difference(mine, ref, comparison.delta_of(metric.name), comparison.paired,
+                        metric.log_scale, power_alpha=ALPHA / family, power=power)
+             for metric, mine, ref in tests]
     p_holm = holm([d.p for d in diffs])
     p_equivalence_holm = holm([d.p_equivalence for d in diffs])
-    findings = [Finding(block, arm, key, metric, comparison.delta_of(metric.name), diff, ph,
-                        pe, _word(diff, ph, pe, bool(metric.lower_is_better)))
-                for (block, arm, metric, key, _, _), diff, ph, pe
-                in zip(jobs, diffs, p_holm, p_equivalence_holm)]
-    return Verdict(lay, findings, family, most, protocol)
+    return [(diff, ph, pe, _word(diff, ph, pe, bool(metric.lower_is_better)))
+            for (metric, _, _), diff, ph, pe in zip(tests, diffs, p_holm, p_equivalence_holm)]
 
 
 def verdict(runs: pd.DataFrame, comparison: Comparison | None) -> str:
