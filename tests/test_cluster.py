@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from distill import metrics as registry
 from orchestrator import tracking
 from orchestrator.trial import HOLD_ENV, HOLD_MARKER
-from distill import metrics as registry
 from results import schema
 
 REPO = Path(__file__).resolve().parent.parent

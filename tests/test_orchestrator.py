@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from distill import metrics as registry
 from distill.config import ConfigError, trial_id
 from distill.guidance import guidance_scales
 from orchestrator import runner, tracking
 from orchestrator.plan import expand, load_plan
 from orchestrator.ray_session import start_ray
 from orchestrator.trial import FAULTS_ENV
-from distill import metrics as registry
 from results import schema
 
 PLAN = """\
@@ -172,7 +172,8 @@ def test_curves_evaluations_and_artifacts(e2e):
     for trial in e2e["trials"][:1]:
         run_id = runs[runs[f"tags.{schema.TRIAL_ID}"] == trial.trial_id]["run_id"].iloc[0]
         # log_every 2 over 12 iterations: steps 2..12, each once, also for the retried trial.
-        for key in (registry.LOSS_FAKE_SCORE.key, registry.LOSS_GENERATOR.key, registry.IMAGES_PER_SECOND.key):
+        for key in (registry.LOSS_FAKE_SCORE.key, registry.LOSS_GENERATOR.key,
+                    registry.IMAGES_PER_SECOND.key):
             steps = [m.step for m in client.get_metric_history(run_id, key)]
             assert sorted(steps) == [2, 4, 6, 8, 10, 12], (trial.name, key, steps)
         # eval_every 6: evaluated at 6 and at the end.
@@ -307,7 +308,12 @@ def test_the_dashboard_shows_the_answer(e2e):
     assert any(k.endswith(".fid48.mean") and parent[k] == pytest.approx(crashed_fid)
                for k in parent.index if k.startswith("metrics.")), parent.filter(like="metrics.")
     assert {a.path for a in client.list_artifacts(parent["run_id"], "plan")} == {
-        "plan/e2e.yaml", "plan/trials.json"}
+        "plan/e2e.yaml", "plan/trials.json", "plan/comparison.json"}
+    # What the tables compared: the plan has no compare:, so its first axis's first value.
+    comparison = json.loads(Path(client.download_artifacts(
+        parent["run_id"], "plan/comparison.json", str(e2e["storage"]))).read_text())
+    assert comparison["declared"] is False and comparison["arms"] == ["lr_generator"]
+    assert comparison["reference"] == [1.0e-4]
     crashed = e2e["trials"][0]
     row = runs[runs[f"tags.{schema.TRIAL_ID}"] == crashed.trial_id].iloc[0]
     assert {k: row[f"tags.{k}"] for k in schema.GROUP_TAGS} == {

@@ -18,10 +18,10 @@ from results.plots import (
     MIN_FONT_PT,
     UPSCALE_TO_PX,
     Panel,
-    sweep_figure,
     sample_grid_figure,
     sample_panels,
     save_figure,
+    sweep_figure,
     tradeoff_figure,
 )
 from results.report import fetch_grid
