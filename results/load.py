@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import pandas as pd
 
@@ -216,6 +217,21 @@ def load_runs(plan: str, tracking_uri: str | None = None,
     return df
 
 
+@contextlib.contextmanager
+def quiet_downloads():
+    """No per-file MLflow download progress bars in `ablate tables`' output."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = old
+
+
 def load_comparison(client, parent_run_id: str, runs: pd.DataFrame):
     """What the parent run's plan compares: its ``plan/comparison.json`` (logged by the
     driver); for parent runs from before it was logged, the plan file logged beside it
@@ -229,7 +245,7 @@ def load_comparison(client, parent_run_id: str, runs: pd.DataFrame):
     from results.arms import infer
 
     names = {f.path for f in client.list_artifacts(parent_run_id, "plan")}
-    with tempfile.TemporaryDirectory(prefix="ablate-plan-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ablate-plan-") as tmp, quiet_downloads():
         if comparisons.ARTIFACT in names:
             path = client.download_artifacts(parent_run_id, comparisons.ARTIFACT, tmp)
             with open(path, encoding="utf-8") as f:

@@ -3,8 +3,6 @@ to the plan's parent MLflow run under ``report/``."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 from results import schema
 from results.comparison import Comparison
 from results.convergence import curve_metrics, has_curve, load_history, ordering_table
-from results.load import load_runs
+from results.load import load_runs, quiet_downloads
 from results.plots import (
     curve_figure,
     sample_grid_figure,
@@ -33,21 +31,6 @@ _FILES = (*(f"{stem}.tex" for stem in LATEX_VARIANTS), "table.md", "table.csv", 
             for ext in ("png", "pdf")))
 # metrics_vs_<param>.png/.pdf, one name per swept param: removed by pattern.
 _SWEEP_FILES = "metrics_vs_*"
-
-
-@contextlib.contextmanager
-def _quiet_downloads():
-    """No per-file MLflow download progress bars in `ablate tables`' output."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    old = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[key]
-        else:
-            os.environ[key] = old
 
 
 @dataclass(frozen=True)
@@ -74,7 +57,7 @@ def fetch_grid(client, run_id: str, dst_dir: Path) -> Path | None:
     if schema.GRID_FINAL not in names:
         return None
     dst_dir.mkdir(parents=True, exist_ok=True)
-    with _quiet_downloads():
+    with quiet_downloads():
         if schema.GRID_FINAL_LAYOUT in names:
             client.download_artifacts(run_id, schema.GRID_FINAL_LAYOUT, str(dst_dir))
         return Path(client.download_artifacts(run_id, schema.GRID_FINAL, str(dst_dir)))

@@ -280,7 +280,7 @@ def power_table(result: Verdict) -> str | None:
         lines.append(
             f"| {block} | {arm_text(result.layout.arms, f.arm)} vs {reference} "
             f"| {f.metric.short_for(result.protocol)} "
-            f"| {f.effect(f.diff.estimate)} {f.interval()} | {_sd(f, f.diff.sd_arm)} "
+            f"| {f.effect(f.diff.estimate, unit=False)} {f.interval()} | {_sd(f, f.diff.sd_arm)} "
             f"| {_sd(f, f.diff.sd_reference)} | {_p(f.diff.p)} | {_p(f.p_holm)} "
             f"| {_p(f.p_equivalence_holm)} | {f.delta_text()} | {f.word} "
             f"| {f.detectable_text()} | {f.seeds_text()} |")

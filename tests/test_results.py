@@ -717,3 +717,22 @@ def test_report_returns_table_verdict_and_summary_for_the_parent_run(store, tmp_
     assert f"MLflow parent run {store['lsg_parent']}." not in report.table_markdown.split(
         "\n")[0]
     assert f"MLflow parent run {store['lsg_parent']}." in report.table_markdown
+
+
+def test_tables_compare_reports_existing_runs_with_a_plan_files_comparison(
+        store, tmp_path, monkeypatch, capsys):
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path))
+    plan = tmp_path / "against-cfg.yaml"
+    plan.write_text("name: x\naxes: {strategy: [lsg, cfg, none]}\n"
+                    "compare: {reference: {strategy: cfg}, metrics: [clip]}\n")
+    assert main(["tables", "--plan", "lsg", "--tracking-uri", store["uri"], "--compare",
+                 str(plan)]) == 0
+    verdict = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert " vs cfg: lsg: CLIP +0.030 [" in verdict and "Holm over 2 tests" in verdict
+    plan.write_text("name: x\naxes: {strategy: [lsg, cfg]}\ncompare: {delta: {clip: -1}}\n")
+    assert main(["tables", "--plan", "lsg", "--tracking-uri", store["uri"], "--compare",
+                 str(plan)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(plan) in err and "compare.delta.clip" in err
