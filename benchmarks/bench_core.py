@@ -42,6 +42,7 @@ from distill.config import DistillConfig
 from distill.guidance import NoiseSchedule, add_noise, guidance_scales
 from distill.loop import SiD, draw_prompts, load_config_teacher, load_prompts
 from distill.losses import sid_generator_loss
+from distill.streams import Streams
 
 STRATEGIES = ("lsg", "cfg", "none")
 # The reference loop: prompt dropout in both updates, one prompt batch per iteration.
@@ -119,13 +120,17 @@ def _time(fn, iterations: int, warmup: int = 2) -> tuple[float, float]:
 
 
 def ours(sid: SiD, teacher, prompts: list[str], rng: torch.Generator):
+    del rng  # the loop draws from its own streams (distill/streams.py)
     config = sid.config
     step = [0]
+    streams = Streams(0)
 
     def iteration():
-        cond_fake_score = teacher.encode_prompts(draw_prompts(prompts, config.batch_size, rng))
-        cond_generator = teacher.encode_prompts(draw_prompts(prompts, config.batch_size, rng))
-        assert sid.iteration(cond_fake_score, cond_generator, rng) is not None
+        cond_fake_score = teacher.encode_prompts(
+            draw_prompts(prompts, config.batch_size, streams["prompts_fake_score"]))
+        cond_generator = teacher.encode_prompts(
+            draw_prompts(prompts, config.batch_size, streams["prompts_generator"]))
+        assert sid.iteration(cond_fake_score, cond_generator, streams) is not None
         sid.update_ema(step[0] * config.batch_size)
         step[0] += 1
 

@@ -34,6 +34,7 @@ from distill import generator
 from distill.config import DistillConfig
 from distill.guidance import NoiseSchedule
 from distill.loop import SiD, draw_prompts, load_config_teacher, load_prompts
+from distill.streams import Streams
 
 
 def _sid(teacher, config: DistillConfig, channels_last: bool = False) -> SiD:
@@ -45,11 +46,12 @@ def _sid(teacher, config: DistillConfig, channels_last: bool = False) -> SiD:
 
 
 def _iteration(sid: SiD, teacher, prompts):
-    rng = torch.Generator().manual_seed(0)
+    rng = Streams(0)
 
     def run():
-        conds = [teacher.encode_prompts(draw_prompts(prompts, sid.config.batch_size, rng))
-                 for _ in range(2)]
+        conds = [teacher.encode_prompts(draw_prompts(prompts, sid.config.batch_size,
+                                                     rng[f"prompts_{update}"]))
+                 for update in ("fake_score", "generator")]
         assert sid.iteration(*conds, rng) is not None
 
     return run

@@ -45,11 +45,12 @@ def preflight_seconds(repeats: int = 3) -> list[float]:
 def generator_gradient(teacher, config) -> torch.Tensor:
     from distill.guidance import NoiseSchedule
     from distill.loop import SiD
+    from distill.streams import Streams
 
     torch.manual_seed(0)
     sid = SiD(teacher.unet, NoiseSchedule(teacher.alphas_cumprod), teacher.sample_shape,
               teacher.encode_prompts([""]), config)
-    rng = torch.Generator().manual_seed(config.seed)
+    rng = Streams(config.seed)
     from distill import world
 
     prompts = [c.text for c in world.train_captions()][:config.batch_size]

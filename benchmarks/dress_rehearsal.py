@@ -317,16 +317,18 @@ def _train_phases(log: PhaseLog, teacher, config, iterations: int, workdir: Path
     from distill import checkpoint
     from distill.guidance import NoiseSchedule
     from distill.loop import SiD, draw_prompts, load_prompts
+    from distill.streams import Streams
 
     device = next(teacher.unet.parameters()).device
     prompts = load_prompts(config.prompts)
     sid = SiD(teacher.unet, NoiseSchedule(teacher.alphas_cumprod, device), teacher.sample_shape,
               teacher.encode_prompts([""]), config)
-    rng = torch.Generator(device=device).manual_seed(config.seed)
+    rng = Streams(config.seed, device)
 
     def step():
-        conds = [teacher.encode_prompts(draw_prompts(prompts, config.batch_size, rng, device))
-                 for _ in range(2)]
+        conds = [teacher.encode_prompts(draw_prompts(prompts, config.batch_size,
+                                                     rng[f"prompts_{update}"], device))
+                 for update in ("fake_score", "generator")]
         assert sid.iteration(*conds, rng) is not None
         sid.update_ema(0)
 

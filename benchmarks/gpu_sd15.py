@@ -45,6 +45,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from distill.config import DistillConfig
 from distill.guidance import NoiseSchedule
 from distill.loop import SiD
+from distill.streams import Streams
 
 LEVERS = ("nosync", "channels_last", "compile")
 
@@ -131,7 +132,7 @@ class AttentionOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_flops(sid: SiD, cond: torch.Tensor, rng: torch.Generator) -> tuple[int, list[str]]:
+def count_flops(sid: SiD, cond: torch.Tensor, rng: Streams) -> tuple[int, list[str]]:
     """FLOPs of one iteration, and the attention ops that ran in it."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -220,7 +221,7 @@ class Bench:
             torch.cuda.reset_peak_memory_stats()
         sid = build_sid(self.unet, self.schedule, self.shape, self.uncond,
                         self.config(strategy, precision, micro_batch), levers)
-        rng = torch.Generator(device=self.device).manual_seed(0)
+        rng = Streams(0, self.device)
         cond = self.cond(micro_batch)
         flops, attention = count_flops(sid, cond, rng)
         compile_seconds = None
@@ -275,7 +276,7 @@ def generator_gradient(unet, schedule, shape, uncond, cond, config, levers) -> l
     sid = build_sid(unet, schedule, shape, uncond, config, levers)
     if "compile" in levers:
         compile_unets(sid)
-    sid.iteration(cond, cond, torch.Generator(device=cond.device).manual_seed(0))
+    sid.iteration(cond, cond, Streams(0, cond.device))
     return [p.grad.detach().clone() for p in sid.generator.parameters()]
 
 

@@ -56,11 +56,12 @@ def run_variant(out_dir: Path, teacher_dir: str, variant: str) -> None:
         from distill import checkpoint
         from distill.guidance import NoiseSchedule
         from distill.loop import SiD
+        from distill.streams import Streams
 
         sid = SiD(teacher.unet, NoiseSchedule(teacher.alphas_cumprod, device), teacher.sample_shape,
                   teacher.encode_prompts([""]), config)
         sid.load_state_tensors(checkpoint.load(result.checkpoint_dir)[0],
-                               torch.Generator(device=device))
+                               Streams(0, device))
         sample_fn = sid.sample_fn(teacher.encode_prompts, teacher.decode)
         for seed in EXTRA_EVAL_SEEDS:
             noise[seed] = adherence_evaluator(config.eval_num_images, seed)(sample_fn, 0)

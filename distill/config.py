@@ -121,7 +121,8 @@ MAX_EVAL_IMAGES = 1_000_000
 # change for the same config (revision 2: prompt dropout only in the fake-score update, a
 # prompt batch per update, the EMA counting images before the step), so trial ids change
 # and finished trials or checkpoints of the old loop are never reused as if they were current.
-ALGORITHM_REVISION = 2
+# Revision 3: one random stream per role (distill/streams.py), so a seed pairs the arms.
+ALGORITHM_REVISION = 3
 
 
 def trial_id(config: DistillConfig) -> str:

@@ -8,9 +8,10 @@ through ``report(metrics, step)``, ``evaluate(sample_fn, step)`` and
 ``on_checkpoint(path, step)``.
 
 All randomness of training (prompt choice, prompt dropout, z, t, ε) comes from
-one ``torch.Generator`` that is checkpointed, so a resumed run continues
-bit-identically on CPU; evaluation uses its own seeded generator and never
-disturbs it.
+:class:`distill.streams.Streams`, one stream per role drawn alike under every strategy, so
+arms run with one seed see the same prompts and noise; the streams are checkpointed, so a
+resumed run continues bit-identically on CPU. Evaluation uses its own seeded generator and
+never disturbs them.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from pathlib import Path
 
 import torch
 
-from distill import checkpoint, parallel, scale, world
+from distill import checkpoint, parallel, scale, streams, world
 from distill import metrics as registry
 from distill import teacher as teacher_mod
 from distill.config import ConfigError, DistillConfig, read_text_file
 from distill.generator import SampleFn, autocast, generate, sampler
 from distill.guidance import NoiseSchedule, add_noise, denoise, guidance_scales, predict_eps
 from distill.losses import fake_score_loss, sid_generator_loss
+from distill.streams import Streams
 
 Report = Callable[[dict[str, float], int], None]
 
@@ -92,20 +94,26 @@ class SiD:
     def autocast(self):
         return autocast(self.config.precision, self.device)
 
-    def _draw(self, cond: torch.Tensor, rng: torch.Generator, dropout: bool):
-        """Per micro-batch randomness, in a fixed order: dropout mask (if ``dropout``), z, t, ε."""
+    def _draw(self, cond: torch.Tensor, streams: Streams, update: str, dropout: bool):
+        """A micro-batch's randomness for ``update`` ('fake_score' or 'generator'), each from
+        its own stream. The ψ update draws the dropout mask whatever the strategy and applies
+        it only if ``dropout``, so every strategy consumes every stream alike."""
         b = cond.shape[0]
-        if dropout:
-            drop = torch.rand(b, generator=rng, device=self.device) < self.config.prompt_dropout
-            cond = torch.where(drop.view(-1, 1, 1), self.uncond, cond)
-        z = torch.randn((b, *self.sample_shape), generator=rng, device=self.device)
-        t = torch.randint(self.config.t_min, self.config.t_max + 1, (b,), generator=rng,
-                          device=self.device)
-        noise = torch.randn((b, *self.sample_shape), generator=rng, device=self.device)
+        if update == "fake_score":
+            drop = torch.rand(b, generator=streams["dropout"], device=self.device)
+            if dropout:
+                cond = torch.where((drop < self.config.prompt_dropout).view(-1, 1, 1),
+                                   self.uncond, cond)
+        z = torch.randn((b, *self.sample_shape), generator=streams[f"z_{update}"],
+                        device=self.device)
+        t = torch.randint(self.config.t_min, self.config.t_max + 1, (b,),
+                          generator=streams[f"t_{update}"], device=self.device)
+        noise = torch.randn((b, *self.sample_shape), generator=streams[f"noise_{update}"],
+                            device=self.device)
         return cond, z, t, noise
 
     def iteration(self, cond_fake_score: torch.Tensor, cond_generator: torch.Tensor,
-                  rng: torch.Generator) -> dict | None:
+                  rng: Streams) -> dict | None:
         """One ψ step then one G step, each on its own batch of prompt embeddings (B, L, D),
         as the official loop draws a fresh prompt batch for each update.
 
@@ -151,13 +159,14 @@ class SiD:
                 registry.LOSS_GENERATOR.key: float(loss_gen)}
 
     def _fake_score_update(self, chunks: tuple[torch.Tensor, ...], owned: range,
-                           rng: torch.Generator) -> torch.Tensor:
+                           rng: Streams) -> torch.Tensor:
         """ψ's gradient (denoising score matching on G's samples, guided by κ1); its loss."""
         cfg, scales = self.config, self.scales
         self.opt_fake_score.zero_grad(set_to_none=True)
         loss_fake = torch.zeros((), device=self.device)
         for i, chunk in enumerate(chunks):
-            emb, z, t, noise = self._draw(chunk, rng, dropout=scales.uses_prompt_dropout)
+            emb, z, t, noise = self._draw(chunk, rng, "fake_score",
+                                          dropout=scales.uses_prompt_dropout)
             if i not in owned:
                 continue
             share = chunk.shape[0] / cfg.batch_size
@@ -173,7 +182,7 @@ class SiD:
         return parallel.sum_scalar(loss_fake)
 
     def _generator_update(self, chunks: tuple[torch.Tensor, ...], owned: range,
-                          rng: torch.Generator) -> torch.Tensor:
+                          rng: Streams) -> torch.Tensor:
         """G's gradient; its loss. Gradients reach x_g through x_t and directly; φ and ψ are
         not updated, so ψ's weights are frozen here to skip computing their (unused)
         gradients."""
@@ -183,7 +192,7 @@ class SiD:
         loss_gen = torch.zeros((), device=self.device)
         try:
             for i, chunk in enumerate(chunks):
-                emb, z, t, noise = self._draw(chunk, rng, dropout=False)
+                emb, z, t, noise = self._draw(chunk, rng, "generator", dropout=False)
                 if i not in owned:
                     continue
                 share = chunk.shape[0] / cfg.batch_size
@@ -216,24 +225,24 @@ class SiD:
         ema = list(self.generator_ema.parameters())
         torch._foreach_lerp_(ema, list(self.generator.parameters()), 1.0 - beta)
 
-    def state_tensors(self, rng: torch.Generator) -> dict[str, torch.Tensor]:
+    def state_tensors(self, rng: Streams) -> dict[str, torch.Tensor]:
         tensors = {}
         for prefix, module in (("generator", self.generator), ("generator_ema", self.generator_ema),
                                ("fake_score", self.fake_score)):
             tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
         tensors.update(checkpoint.flatten_optimizer("opt_generator", self.opt_generator))
         tensors.update(checkpoint.flatten_optimizer("opt_fake_score", self.opt_fake_score))
-        tensors["rng"] = rng.get_state()
+        tensors.update(rng.state())
         return tensors
 
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], rng: torch.Generator) -> None:
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], rng: Streams) -> None:
         for prefix, module in (("generator", self.generator), ("generator_ema", self.generator_ema),
                                ("fake_score", self.fake_score)):
             module.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items()
                                     if k.startswith(prefix + ".")})
         checkpoint.unflatten_optimizer("opt_generator", tensors, self.opt_generator)
         checkpoint.unflatten_optimizer("opt_fake_score", tensors, self.opt_fake_score)
-        rng.set_state(tensors["rng"])
+        rng.load_state(tensors)
 
     def sample_fn(self, encode: Callable[[list[str]], torch.Tensor],
                   decode: Callable[[torch.Tensor], torch.Tensor]) -> SampleFn:
@@ -289,7 +298,7 @@ def draw_prompts(prompts: list[str], count: int, rng: torch.Generator,
     return [prompts[i] for i in picks.tolist()]
 
 
-def _resume(directory: Path, sid: SiD, rng: torch.Generator, config: DistillConfig,
+def _resume(directory: Path, sid: SiD, rng: Streams, config: DistillConfig,
             teacher_hash: str) -> dict:
     tensors, meta = checkpoint.load(directory)
     saved = meta.get("config", {})
@@ -305,6 +314,10 @@ def _resume(directory: Path, sid: SiD, rng: torch.Generator, config: DistillConf
         raise checkpoint.CheckpointError(
             f"{directory}: the checkpoint was distilled from teacher {meta.get('teacher_hash')}, "
             f"not {teacher_hash}; use a new workdir or delete this checkpoint")
+    if not all(streams.STATE_PREFIX + role in tensors for role in streams.ROLES):
+        raise checkpoint.CheckpointError(
+            f"{directory}: the checkpoint was written by an older loop (one random stream, "
+            "not one per role); use a new workdir or delete this checkpoint")
     sid.load_state_tensors(tensors, rng)
     return meta
 
@@ -356,7 +369,7 @@ class _LossLog:
         return {"loss_sums": self.sums, "loss_count": self.count, "last_losses": self.last}
 
 
-def _restore(directory: Path, sid: SiD, rng: torch.Generator, config: DistillConfig,
+def _restore(directory: Path, sid: SiD, rng: Streams, config: DistillConfig,
              teacher_hash: str) -> tuple[int, _LossLog]:
     """The step and loss log to continue from: the checkpoint's, or a fresh start."""
     if not checkpoint.exists(directory):
@@ -405,7 +418,7 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
     scale.set_tf32(config.allow_tf32)
     sid = SiD(teacher.unet, NoiseSchedule(teacher.alphas_cumprod, device), teacher.sample_shape,
               teacher.encode_prompts([""]), config)
-    rng = torch.Generator(device=device).manual_seed(config.seed)
+    rng = Streams(config.seed, device)
     sample_fn = sid.sample_fn(teacher.encode_prompts, teacher.decode)
     checkpoint_dir = workdir / "checkpoint"
     step, log = _restore(checkpoint_dir, sid, rng, config, teacher.teacher_hash)
@@ -432,9 +445,9 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
             # Each update draws its own prompt batch (the official loop's two iterator
             # draws), each encoded once for all its micro-batches and network calls.
             cond_fake_score = teacher.encode_prompts(
-                draw_prompts(prompts, config.batch_size, rng, device))
+                draw_prompts(prompts, config.batch_size, rng["prompts_fake_score"], device))
             cond_generator = teacher.encode_prompts(
-                draw_prompts(prompts, config.batch_size, rng, device))
+                draw_prompts(prompts, config.batch_size, rng["prompts_generator"], device))
             losses = sid.iteration(cond_fake_score, cond_generator, rng)
             if losses is None:
                 report({"diverged": 1.0}, step + 1)

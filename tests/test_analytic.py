@@ -19,6 +19,7 @@ from distill.config import DistillConfig
 from distill.generator import generate
 from distill.guidance import NoiseSchedule
 from distill.loop import SiD
+from distill.streams import Streams
 
 DIM = 2
 MEANS = torch.tensor([[0.0, 0.0],    # ∅ (the empty prompt)
@@ -75,10 +76,12 @@ def _train(strategy, kappa, iterations=400):
                            lr_generator=2e-2, lr_fake_score=2e-2, iterations=iterations,
                            ema_halflife_kimg=1.0, ema_rampup_ratio=0.25)
     sid = SiD(GaussianEps(schedule), schedule, (DIM, 1, 1), _onehot(torch.tensor([0])), config)
-    rng = torch.Generator().manual_seed(0)
+    rng = Streams(0)
     for step in range(iterations):
-        classes_fake = torch.randint(1, len(MEANS), (config.batch_size,), generator=rng)
-        classes_gen = torch.randint(1, len(MEANS), (config.batch_size,), generator=rng)
+        classes_fake = torch.randint(1, len(MEANS), (config.batch_size,),
+                                     generator=rng["prompts_fake_score"])
+        classes_gen = torch.randint(1, len(MEANS), (config.batch_size,),
+                                    generator=rng["prompts_generator"])
         assert sid.iteration(_onehot(classes_fake), _onehot(classes_gen), rng) is not None
         sid.update_ema(step * config.batch_size)
     return sid

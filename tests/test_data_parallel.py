@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 
 from distill import checkpoint
 from distill.config import ConfigError, DistillConfig
+from distill.streams import Streams
 from distill.teacher import ensure_teacher
 
 CONFIG = DistillConfig(teacher="embedded:smoke", strategy="lsg", kappa=2.0, batch_size=4,
@@ -94,7 +95,7 @@ def _generator_gradient(teacher, config: DistillConfig) -> torch.Tensor:
     torch.manual_seed(0)
     sid = SiD(teacher.unet, NoiseSchedule(teacher.alphas_cumprod), teacher.sample_shape,
               teacher.encode_prompts([""]), config)
-    rng = torch.Generator().manual_seed(config.seed)
+    rng = Streams(config.seed)
     cond = teacher.encode_prompts(["a large red circle on the left"] * config.batch_size)
     assert sid.iteration(cond, cond, rng) is not None
     return torch.cat([p.grad.flatten() for p in sid.generator.parameters()])

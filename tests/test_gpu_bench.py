@@ -12,6 +12,7 @@ from benchmarks import dress_rehearsal, gpu_sd15
 from distill.config import DistillConfig
 from distill.guidance import NoiseSchedule
 from distill.loop import load_config_teacher
+from distill.streams import Streams
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,7 +40,7 @@ def _iterate(tiny, levers, config, cond=None):
     sid = gpu_sd15.build_sid(tiny["unet"], tiny["schedule"], tiny["shape"], tiny["uncond"],
                              config, frozenset(levers))
     cond = tiny["cond"] if cond is None else cond
-    losses = sid.iteration(cond, cond, torch.Generator().manual_seed(0))
+    losses = sid.iteration(cond, cond, Streams(0))
     return sid, losses
 
 

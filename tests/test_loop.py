@@ -13,6 +13,7 @@ from distill import checkpoint, generator, loop
 from distill.config import SIZE_PRESETS, ConfigError, DistillConfig, from_dict
 from distill.guidance import NoiseSchedule
 from distill.loop import SiD, distill, load_prompts
+from distill.streams import ROLES, Streams
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = {"teacher": "embedded:smoke", "batch_size": 4, "micro_batch_size": 2, "iterations": 2,
@@ -80,7 +81,7 @@ def test_network_passes_per_iteration_follow_the_strategy_table(teacher, strateg
     g_before = [p.detach().clone() for p in sid.generator.parameters()]
     try:
         cond = teacher.encode_prompts(["a small red square on the left"] * 2)
-        losses = sid.iteration(cond, cond, torch.Generator().manual_seed(0))
+        losses = sid.iteration(cond, cond, Streams(0))
     finally:
         for hook in hooks:
             hook.remove()
@@ -186,7 +187,8 @@ def test_resume_after_a_fault_is_bit_identical_to_an_uninterrupted_run(teacher, 
     assert result_b.status == "finished" and result_b.iterations == 4
     final_a, final_b = saved[4], _tensors(tmp_path / "b" / "checkpoint")
     assert final_a.keys() == final_b.keys()
-    assert any(k.startswith("opt_fake_score.") for k in final_a) and "rng" in final_a
+    assert any(k.startswith("opt_fake_score.") for k in final_a)
+    assert all(f"rng.{r}" in final_a for r in ROLES)
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
     # Losses (not images/s) reported after the resume equal the uninterrupted run's.
     strip = [(s, m["loss_fake_score"], m["loss_generator"]) for s, m in reports_a if s > 2]
@@ -275,7 +277,7 @@ def test_nan_loss_marks_the_run_diverged_and_stops(teacher, tmp_path):
 def test_bf16_autocast_trains_with_finite_losses(teacher):
     sid = _sid(teacher, precision="bf16")
     cond = teacher.encode_prompts(["a large green cross on the right"] * 4)
-    losses = sid.iteration(cond, cond, torch.Generator().manual_seed(0))
+    losses = sid.iteration(cond, cond, Streams(0))
     assert losses is not None and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
 
 
