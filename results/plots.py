@@ -26,7 +26,14 @@ from matplotlib.figure import Figure
 from distill import metrics as registry
 from distill.config import STRATEGIES
 from results import schema
-from results.arms import PARAM_HEADERS, combos, ordered_values, param_text, varying_params
+from results.arms import (
+    PARAM_HEADERS,
+    combos,
+    ordered_values,
+    param_text,
+    short_text,
+    varying_params,
+)
 from results.convergence import ARM, curve, has_curve
 from results.stats import OUTCOMES, aggregate, metric_columns, metric_key, metric_of
 from results.tables import runs_text, teacher_label
@@ -200,7 +207,7 @@ def tradeoff_figure(runs: pd.DataFrame) -> Figure | None:
                     yerr=_err(rows[f"{fid}_ci95"]), marker="o", capsize=3, color=colour,
                     label=label)
         for _, row in rows.iterrows():
-            parts = [_short_title(k, row[k]) for k in keys]
+            parts = [short_text(k, row[k]) for k in keys]
             parts += [f"κ={param_text('kappa', row['kappa'])}"] if kappa_varies else []
             annotate(", ".join(parts) or "distilled", row)
     for _, row in _teacher_agg(runs, agg.attrs["metrics"]).iterrows():
@@ -244,7 +251,7 @@ def sample_panels(runs: pd.DataFrame) -> list[list[Panel | None]]:
         row_runs = trials
         for key, value in zip(row_keys, combo):
             row_runs = row_runs[row_runs[key].map(str) == str(value)]
-        prefix = ", ".join(_short_title(k, v) for k, v in zip(row_keys, combo))
+        prefix = ", ".join(short_text(k, v) for k, v in zip(row_keys, combo))
         cells: list[Panel | None] = []
         for value in col_values:
             group = row_runs if not col_keys else row_runs[
@@ -252,7 +259,7 @@ def sample_panels(runs: pd.DataFrame) -> list[list[Panel | None]]:
             if not len(group):
                 cells.append(None)
                 continue
-            title = ", ".join(filter(None, [prefix, col_keys and _short_title(col_keys[0],
+            title = ", ".join(filter(None, [prefix, col_keys and short_text(col_keys[0],
                                                                                value)]))
             finished = group[group["status"] == "finished"]
             if "seed" in finished:
@@ -273,13 +280,6 @@ def sample_panels(runs: pd.DataFrame) -> list[list[Panel | None]]:
         else:
             grid.append([panel])
     return grid
-
-
-def _short_title(key: str, value) -> str:
-    """'lsg' for a strategy (the table spells it out), 'κ=2' for anything else."""
-    if key == "strategy":
-        return str(value)
-    return f"{PARAM_HEADERS.get(key, key)}={param_text(key, value)}"
 
 
 def sample_grid_figure(runs: pd.DataFrame,
