@@ -9,7 +9,7 @@ PORT ?= 5000
 LOCK := requirements.lock
 export ABLATE_HOME ?= $(CURDIR)/runs
 
-.PHONY: install lock test teacher metric-models ablation-lsg sweep-kappa tables mlflow-ui screenshots bench lint clean
+.PHONY: install lock test teacher metric-models ablation-lsg sweep-kappa tradeoff tables mlflow-ui screenshots bench lint clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,10 @@ ablation-lsg: install
 
 sweep-kappa: install
 	$(BIN)/ablate run ablations/kappa.yaml --size $(SIZE) --profile $(PROFILE)
+
+# lsg vs cfg across κ, compared at matched CLIP (ablations/tradeoff.yaml; 24 trials).
+tradeoff: install
+	$(BIN)/ablate run ablations/tradeoff.yaml --size $(SIZE) --profile $(PROFILE)
 
 tables: install
 	$(BIN)/ablate tables

@@ -491,6 +491,8 @@ class PlanRun:
         print(f"Tables: {tables}", file=self.out)
         if verdict:
             print(verdict[0].upper() + verdict[1:], file=self.out)
+        if written and written.tradeoff:
+            print(written.tradeoff, file=self.out)
         return RunOutcome(exit_code, self.parent_id, status, markdown)
 
     def _write_report(self, tables: Path):
@@ -509,7 +511,10 @@ class PlanRun:
         """The parent run is the report: its description leads with the verdict, then the
         table; each arm's summary (mean and interval bounds) is a metric of it, so the
         runs table's parent row itself shows the result."""
-        description = f"**{written.verdict}**\n\n{written.table_markdown}" if written else markdown
+        description = markdown
+        if written:
+            tradeoff = f"**{written.tradeoff}**\n\n" if written.tradeoff else ""
+            description = f"**{written.verdict}**\n\n{tradeoff}{written.table_markdown}"
         tracking.retry_locked(self.client.set_tag, self.parent_id, schema.DESCRIPTION,
                               description)
         if written:

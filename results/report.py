@@ -20,6 +20,7 @@ from results.plots import (
 )
 from results.summary import summary_metrics
 from results.tables import LATEX_VARIANTS, build_table, to_latex, to_markdown
+from results.tradeoff import matched
 from results.verdict import power_table
 
 REPORT_ARTIFACT_DIR = "report"
@@ -48,6 +49,7 @@ class ReportPaths:
     latex_narrow: Path  # table-narrow.tex: one column of a two-column paper
     table_markdown: str  # the Markdown table alone (caption, rows, notes)
     summary: dict[str, float]  # per-arm summary metrics (results.summary.summary_metrics)
+    tradeoff: str = ""  # FID at matched CLIP (results/tradeoff.py), for plans sweeping κ
 
 
 def fetch_grid(client, run_id: str, dst_dir: Path) -> Path | None:
@@ -138,6 +140,10 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
         extra.append(out_dir / "power.md")
     line = table.verdict.line()
     text += f"\n{line}\n"
+    at_matched_clip = matched(runs, runs.attrs.get("comparison"))
+    tradeoff = at_matched_clip.line(table.verdict.protocol) if at_matched_clip else ""
+    if tradeoff:
+        text += f"\n{tradeoff}\n"
     markdown.write_text(text)
     for path in (*latex.values(), markdown, csv, runs_csv, *extra, *figures):
         client.log_artifact(parent, str(path), REPORT_ARTIFACT_DIR)
@@ -145,4 +151,4 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
                        runs_csv=runs_csv, figures=tuple(figures), markdown_text=text,
                        parent_run_id=parent, verdict=line, latex_wide=latex["table-wide"],
                        latex_narrow=latex["table-narrow"], table_markdown=table_markdown,
-                       summary=summary_metrics(table))
+                       summary=summary_metrics(table), tradeoff=tradeoff)
