@@ -53,8 +53,10 @@ COST_METRICS = (registry.DEVICE_HOURS.key, registry.UNET_PASSES_PER_IMAGE.key)
 COST_HEADER = "Cost ×"
 COST_UNITS = {registry.DEVICE_HOURS.key: "device-hours",
               registry.UNET_PASSES_PER_IMAGE.key: "UNet passes per image"}
-# Row labels longer than this wrap in LaTeX (strategy descriptions do).
+# Row labels longer than this wrap in LaTeX (strategy descriptions do); in the narrow
+# variant, short labels longer than NARROW_LABEL_CHARS do.
 WRAP_LABELS_OVER = 16
+NARROW_LABEL_CHARS = 8
 
 
 # --------------------------------------------------------------------------- cells
@@ -378,11 +380,13 @@ def _trial_blocks(spec: _Spec, trials: pd.DataFrame, layout: Layout,
             findings["__reference__"] = reference
             row = _make_row(spec, label, agg_row, select_rows(block_runs, row_keys, values),
                             csv_rows, {"role": "trial", **keys}, findings=findings)
+            # The narrow table's label: the bare values ("lsg", "2"); its caption names the
+            # reference.
+            row.short = [Cell(str(v) if k == "strategy" else param_text(k, v))
+                         for k, v in zip(row_keys, values)] or None
             if layout.is_reference(values):
                 row.label = [dataclasses.replace(label[0], text=label[0].text + " (ref.)"),
                              *label[1:]]
-            if any(len(c.text) > WRAP_LABELS_OVER for c in label):
-                row.short = [Cell(str(v)) for v in values]  # the narrow table's label
             block.rows.append(row)
         blocks.append(block)
     return blocks
@@ -409,7 +413,7 @@ def _teacher_block(spec: _Spec, teacher: pd.DataFrame, trials: pd.DataFrame,
 
 
 def _published_block(spec: _Spec, trials: pd.DataFrame, profile: str | None,
-                     label_width: int, csv_rows: list[dict]) -> Block | None:
+                     label_width: int, csv_rows: list[dict], kappa_rows: bool) -> Block | None:
     """The paper's FID and CLIP (SiD-LSG) at each κ the trials ran (SD profiles only);
     None where the paper has no number for this profile or these κ."""
     if "kappa" not in trials:
@@ -428,10 +432,12 @@ def _published_block(spec: _Spec, trials: pd.DataFrame, profile: str | None,
                          else Cell(metric_of(key).number(value), numeric=True))
             cells += [EMPTY] if spec.has_delta(key) else []
         cells += [EMPTY] * bool(spec.cost) + [Cell("paper")]
-        label = [Cell(f"SiD-LSG, κ = {param_text('kappa', kappa)}")] + [Cell("")] * (
-            label_width - 1)
+        # Rows keyed by κ show the κ (the block's title says whose numbers they are).
+        value = param_text("kappa", kappa)
+        text = value if kappa_rows else f"SiD-LSG, κ = {value}"
+        label = [Cell(text)] + [Cell("")] * (label_width - 1)
         block.rows.append(Row(label, cells, dict.fromkeys(spec.shown, math.nan),
-                              is_reference=True))
+                              is_reference=True, short=[Cell(value), *label[1:]]))
         csv_rows.append({"role": "published", "source": published.SOURCE, "kappa": kappa,
                          "fid30k_published": fid, "clip_score_published": clip})
     return block if block.rows else None
@@ -468,7 +474,7 @@ def build_table(plan: str, runs: pd.DataFrame, comparison: Comparison | None = N
         blocks.append(_teacher_block(spec, teacher, trials, layout, len(label_headers),
                                      csv_rows))
     paper = _published_block(spec, trials, runs.attrs.get("profile"), len(label_headers),
-                             csv_rows)
+                             csv_rows, kappa_rows=layout.arms[:1] == ["kappa"])
     blocks += [paper] if paper else []
     value_columns = [i for i, h in enumerate(headers[:-1])
                      if not h.startswith("Δ") and h != COST_HEADER]
@@ -659,7 +665,11 @@ def to_latex(table: Table, variant: str = "table") -> str:
     environment, narrow, purpose = LATEX_VARIANTS[variant]
     caption = (table.narrow_caption or table.caption) if narrow else table.caption
     n_label = len(table.label_headers)
-    label_width = ("1.5cm" if narrow and table.label_width else table.label_width)
+    label_width = table.label_width
+    if narrow:
+        # Short labels ("lsg", "2") need no fixed width; a long one still wraps at 1.5 cm.
+        short = [c.text for b in table.blocks for r in b.rows for c in (r.short or r.label)]
+        label_width = "1.5cm" if any(len(t) > NARROW_LABEL_CHARS for t in short) else None
     label_spec = f"p{{{label_width}}}" if label_width else "l"
     if narrow:
         headers = [h for h in table.headers if not h.startswith("Δ")]

@@ -97,13 +97,14 @@ def test_report_tables_and_figures_compile(store, tmp_path):
         assert report.latex_wide.read_text().count("\\begin{table*}") == 1
     lsg = reports["lsg"]
     assert "diverged\\\\1/3" in lsg.latex.read_text()  # the Seeds text, a word a line
-    assert "(Welch p \\textless{} 0.05) vs lsg" in lsg.latex.read_text()
+    assert "vs lsg with its 95\\% CI and verdict ($^{\\dagger}$: better or worse)" in (
+        lsg.latex.read_text())
     assert "\\textbf{" in lsg.latex.read_text()
-    # Narrow: no Δ columns; cfg's significance mark sits on its FID mean instead.
+    # Narrow: no Δ columns; none's mark (worse on FD-CLIP) sits on its mean instead.
     narrow = "\n".join(line for line in lsg.latex_narrow.read_text().splitlines()
                        if not line.startswith("%"))
     assert "$\\Delta$" not in narrow and "n.s." not in narrow
-    assert "21.00$^{\\dagger}$" in narrow
+    assert "32.00$^{\\dagger}$" in narrow and "21.00$^{\\dagger}$" not in narrow
     assert "Published" in reports["kappa"].latex.read_text()  # the kappa store is sd15
     figures = [p for r in reports.values() for p in r.figures if p.suffix == ".pdf"]
     # lsg: trade-off, samples, metrics vs iteration (the store logs an evaluation at step 50
@@ -159,8 +160,11 @@ def test_hostile_param_values_are_escaped_and_compile(tmp_path):
     runs = pd.DataFrame(rows)
     runs.attrs.update(parent_run_id="p", param_columns=["prompts", "seed"])
     table = build_table("custom_plan", runs)
-    assert [r.label[0].text for r in table.blocks[0].rows] == sorted(values)
+    # The first value in order is the reference the other is compared with.
+    assert [r.label[0].text for r in table.blocks[0].rows] == [
+        sorted(values)[0] + " (ref.)", sorted(values)[1]]
     tex = to_latex(table)
     assert r"my\_prompts \& co 100\%.txt" in tex
-    (tmp_path / "t.tex").write_text(tex)
-    _compile(tmp_path, r"\input{t.tex}")
+    for variant in LATEX_VARIANTS:
+        (tmp_path / "t.tex").write_text(to_latex(table, variant))
+        _compile(tmp_path, r"\input{t.tex}")

@@ -654,12 +654,11 @@ def test_published_rows_only_for_the_sd_profiles():
     assert block.title == "Published (Zhou et al., Table 1)"
     # SD2.1-base: κ 1.5 -> 9.52 / 0.308, κ 3 -> 13.50 / 0.321; the paper has no κ 2.5.
     assert [[c.text for c in r.label + r.cells] for r in block.rows] == [
-        ["SiD-LSG, κ = 1.5", "9.52", "—", "0.308", "—", "paper"],
-        ["SiD-LSG, κ = 3", "13.50", "—", "0.321", "—", "paper"]]
+        ["1.5", "9.52", "—", "0.308", "—", "paper"], ["3", "13.50", "—", "0.321", "—", "paper"]]
     assert table.caption.endswith("; published: Zhou et al., Table 1.")
     assert any("Long and Short Guidance in Score identity Distillation" in n
                and "SD2.1-base" in n for n in table.notes)
-    assert "| SiD-LSG, κ = 1.5 | 9.52 | — | 0.308 | — | paper |" in to_markdown(table)
+    assert "| 1.5 | 9.52 | — | 0.308 | — | paper |" in to_markdown(table)
     assert not any(r.cells[0].bold for r in block.rows)  # a reference, never the best
     lsg = build_table("lsg", _frame([{**r, "strategy": s, "kappa": 2.0} for r in rows[:2]
                                      for s in ("lsg", "cfg")], profile="sd15"))
