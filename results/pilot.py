@@ -85,11 +85,42 @@ def pilot_table(history: pd.DataFrame, metrics: list[str], cpu_seconds,
     return "\n".join(lines) + "\n"
 
 
+def machine_table(histories: dict[str, pd.DataFrame], metrics: list[str]) -> str:
+    """Markdown: the same pilot run on two machines (or CPU capabilities, or thread layouts):
+    per reading and metric, the seed-to-seed sd within a machine (pooled), the sd between
+    machines of one (arm, seed) trial, and the ratio of the two variances (near 100%: rounding
+    alone moves a trial as much as a new seed does)."""
+    (name_a, a), (name_b, b) = histories.items()
+    lines = [f"| reading | metric | seed-to-seed sd | sd between {name_a} and {name_b} "
+             "| between-machine / seed-to-seed variance |", "|---|---|---|---|---|"]
+    steps = sorted(set(a["step"]) & set(b["step"]))
+    for reading in readings(steps):
+        for key in metrics:
+            va, vb = _values(a, key, reading), _values(b, key, reading)
+            arms = [c for c in va.columns if c in vb.columns]
+            pairs = pd.concat([va[arms].stack(), vb[arms].stack()], axis=1).dropna()
+            if len(pairs) < 3:
+                continue
+            # Within a machine: the arms' seed-to-seed variances, pooled over arms and machines.
+            seed_var = float(np.mean([t[arm].dropna().var(ddof=1)
+                                      for t in (va, vb) for arm in arms]))
+            machine_var = float(((pairs[0] - pairs[1]) ** 2).mean() / 2)
+            unit = " (log)" if metric_of(key).log_scale else ""
+            lines.append(f"| {reading.name} | {metric_of(key).short_for('embedded-')}{unit} "
+                         f"| {math.sqrt(seed_var):.3g} | {math.sqrt(machine_var):.3g} "
+                         f"| {machine_var / seed_var:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plan", default="pilot")
     parser.add_argument("--tracking-uri")
     parser.add_argument("--arms", default="lsg,cfg", help="two strategies (default lsg,cfg)")
+    parser.add_argument("--other-store", metavar="URI",
+                        help="the same pilot run elsewhere (another CPU, capability or thread "
+                             "layout): also print how much of a trial's variance is the "
+                             "machine's")
     args = parser.parse_args(argv)
     runs = load_runs(args.plan, args.tracking_uri)
     trials = runs[(runs["role"] == "trial") & (runs["status"] == "finished")]
@@ -107,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         return train * max(reading.steps) / iterations + EVAL_SECONDS * len(reading.steps)
 
     print(pilot_table(history, metrics, cpu, tuple(args.arms.split(","))))
+    if args.other_store:
+        other = load_runs(args.plan, args.other_store)
+        print(machine_table({"this store": history,
+                             "the other": load_history(other, metrics, ["strategy"])}, metrics))
     return 0
 
 

@@ -45,3 +45,17 @@ def test_spread_correlation_and_paired_differences_by_hand():
     assert at200[3] == "-1.00" and at200[4] == "0.04"
     # Windows of 3 and 5 need that many evaluations: two give no window row.
     assert set(rows) == {"one evaluation at 150", "one evaluation at 200"}
+
+
+def test_machine_table_compares_the_same_trials_across_machines():
+    from results.pilot import machine_table
+
+    same = _history()
+    moved = same.assign(clip_score=same["clip_score"] + [0.01, -0.01] * (len(same) // 2))
+    text = machine_table({"a": same, "b": moved}, ["clip_score"])
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines()[2:]}
+    # Every trial moved by ±0.01 between machines: between-machine variance 0.01² / 2, sd
+    # 0.00707; seed-to-seed sd at 150 stays ~0.05 in both arms.
+    at150 = rows["one evaluation at 150"]
+    assert at150[3] == f"{0.01 / math.sqrt(2):.3g}"
+    assert machine_table({"a": same, "b": same}, ["clip_score"]).count("| 0% |") == 2
