@@ -87,6 +87,25 @@ def _run(args: argparse.Namespace) -> int:
                     seeds=seeds, max_trials=max_trials).exit_code
 
 
+# Backend stores `mlflow ui --backend-store-uri` reads (SQLAlchemy databases, file stores).
+BACKEND_SCHEMES = ("sqlite:///", "postgresql", "mysql", "mssql", "file:")
+
+
+def _check_port_free(port: int) -> None:
+    """A busy port is refused before the server starts: MLflow's server would log the
+    failure, retry and exit 0 after ~20 s, leaving the user looking at someone else's page."""
+    import socket
+
+    from distill.config import ConfigError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigError(f"--port {port}: 127.0.0.1:{port} is in use ({exc.strerror}); "
+                              "stop what holds it or pick another port with --port") from None
+
+
 def _mlflow_ui(args: argparse.Namespace) -> int:
     from distill.config import ConfigError
     from results import schema
@@ -94,9 +113,17 @@ def _mlflow_ui(args: argparse.Namespace) -> int:
 
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: a TCP port is 1..65535")
+    given = args.tracking_uri or schema.default_tracking_uri()
+    if schema.is_server(given):
+        raise ConfigError(f"--tracking-uri {given}: a tracking server is its own dashboard; "
+                          "open it in a browser")
+    if not given.startswith(BACKEND_SCHEMES) and "://" in given:
+        raise ConfigError(f"--tracking-uri {given}: not a store MLflow's dashboard can read; "
+                          f"give one of {', '.join(s + '...' for s in BACKEND_SCHEMES)}")
+    _check_port_free(args.port)
     # A missing store is refused (exit 2, naming it and the command that creates one):
     # MLflow would create an empty one there and show nothing.
-    uri = resolve_tracking_uri(args.tracking_uri or schema.default_tracking_uri())
+    uri = resolve_tracking_uri(given)
     # One web worker and no background job runner: a dashboard for one person, which on a
     # 2-core machine must not compete with the trials it shows.
     command = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1",

@@ -357,6 +357,25 @@ def test_mlflow_ui_refuses_a_missing_store_and_a_bad_port(tmp_path, monkeypatch,
     assert "--port 70000: a TCP port is 1..65535" in capsys.readouterr().err
 
 
+def test_mlflow_ui_refuses_a_busy_port_and_unreadable_uris(tmp_path, monkeypatch, capsys):
+    import socket
+
+    monkeypatch.setattr("os.execve", lambda *a: pytest.fail("the server was started"))
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path / "home"))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert cli.main(["mlflow-ui", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--port {port}: 127.0.0.1:{port} is in use" in err
+    assert cli.main(["mlflow-ui", "--tracking-uri", "ftp://example.org/store"]) == 2
+    assert "not a store MLflow's dashboard can read" in capsys.readouterr().err
+    assert cli.main(["mlflow-ui", "--tracking-uri", "http://127.0.0.1:9"]) == 2
+    assert "is its own dashboard" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_mlflow_ui_serves_the_store_with_one_worker_and_no_job_runner(tmp_path, monkeypatch,
                                                                      capsys):
     """The server command, captured instead of exec'd: the given store, its artifacts
