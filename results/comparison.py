@@ -114,9 +114,12 @@ def parse(raw: Any, axes: list[tuple[str, tuple]], where: str = "compare") -> Co
     if not axes:
         raise ComparisonError(f"{where}: the plan has no axes, so there are no arms to compare")
     values = dict(axes)
-    arms = _parse_arms(raw.get("arms", [axes[0][0]]), values, where)
+    arms = _parse_names(raw.get("arms", [axes[0][0]]), list(values), f"{where}.arms",
+                        "axis", "{name} is not an axis of the plan")
     reference = _parse_reference(raw.get("reference"), arms, values, where)
-    names = _parse_metrics(raw.get("metrics", list(registry.names("verdict"))), where)
+    names = _parse_names(raw.get("metrics", list(registry.names("verdict"))),
+                         comparable_metrics(), f"{where}.metrics", "metric",
+                         "unknown metric {name}")
     delta = _parse_delta(raw.get("delta", {}), names, where)
     paired = raw.get("paired", False)
     if not isinstance(paired, bool):
@@ -124,34 +127,19 @@ def parse(raw: Any, axes: list[tuple[str, tuple]], where: str = "compare") -> Co
     return Comparison(tuple(arms), reference, tuple(names), delta, paired)
 
 
-def _names(raw: Any) -> Any:
-    return [raw] if isinstance(raw, str) else raw
-
-
-def _parse_arms(raw: Any, values: dict, where: str) -> list[str]:
-    arms = _names(raw)
-    if not isinstance(arms, list) or not arms or not all(isinstance(a, str) for a in arms):
-        raise ComparisonError(f"{where}.arms: must be a list of axis names, e.g. [strategy]")
-    for arm in arms:
-        if arm not in values:
-            raise ComparisonError(f"{where}.arms: {arm!r} is not an axis of the plan; axes: "
-                                  f"{', '.join(values)}")
-    if len(set(arms)) != len(arms):
-        raise ComparisonError(f"{where}.arms: an axis is named twice")
-    return arms
-
-
-def _parse_metrics(raw: Any, where: str) -> list[str]:
-    names, known = _names(raw), comparable_metrics()
-    if not isinstance(names, list) or not names:
-        raise ComparisonError(f"{where}.metrics: must be a non-empty list among "
+def _parse_names(raw: Any, known: list[str], where: str, what: str, unknown: str) -> list[str]:
+    """A non-empty list of distinct names among ``known`` (a bare name is a list of one);
+    ``unknown`` says what a name outside ``known`` is, with ``{name}`` for it."""
+    names = [raw] if isinstance(raw, str) else raw
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ComparisonError(f"{where}: must be a non-empty list of {what} names among "
                               f"{', '.join(known)}")
     for name in names:
         if name not in known:
-            raise ComparisonError(f"{where}.metrics: unknown metric {name!r}; known: "
+            raise ComparisonError(f"{where}: {unknown.format(name=repr(name))}; known: "
                                   f"{', '.join(known)}")
     if len(set(names)) != len(names):
-        raise ComparisonError(f"{where}.metrics: a metric is named twice")
+        raise ComparisonError(f"{where}: {what} named twice")
     return names
 
 

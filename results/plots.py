@@ -35,7 +35,14 @@ from results.arms import (
     varying_params,
 )
 from results.convergence import ARM, curve, has_curve
-from results.stats import OUTCOMES, aggregate, metric_columns, metric_key, metric_of
+from results.stats import (
+    OUTCOMES,
+    aggregate,
+    eval_protocol,
+    metric_columns,
+    metric_key,
+    metric_of,
+)
 from results.tables import runs_text, teacher_label
 from results.verdict import Verdict
 
@@ -189,9 +196,7 @@ def tradeoff_figure(runs: pd.DataFrame) -> Figure | None:
     fid, clip = metric_key(finished, registry.FID), metric_key(finished, registry.CLIP_SCORE)
     if fid is None or clip is None:
         return None
-    protocols = finished["eval_protocol"].dropna().unique() if "eval_protocol" in finished \
-        else []
-    protocol = str(protocols[0]) if len(protocols) else None
+    protocol = eval_protocol(finished)
     fig = Figure(figsize=(5.0, 4.0), layout="constrained")
     ax = fig.subplots()
     kappa_varies = "kappa" in agg and agg["kappa"].nunique() > 1

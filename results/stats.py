@@ -54,6 +54,13 @@ def metric_key(df: pd.DataFrame, metric: registry.Metric) -> str | None:
     return metric.key if metric.key in df.columns else None
 
 
+def eval_protocol(runs: pd.DataFrame) -> str | None:
+    """The evaluation protocol the runs were scored under (the first, if they mix), which
+    names FID's features (FD-CLIP in the embedded world); None when no run recorded one."""
+    protocols = runs["eval_protocol"].dropna().unique() if "eval_protocol" in runs else []
+    return str(protocols[0]) if len(protocols) else None
+
+
 def metric_columns(df: pd.DataFrame, where: str = "final") -> list[str]:
     """The keys present in ``df`` of the registered metrics flagged ``where`` ('final',
     'table', 'curve', 'verdict'), in the registry's order."""

@@ -272,8 +272,9 @@ def _cost_cell(spec: _Spec, runs: pd.DataFrame, reference: pd.DataFrame | None,
 def _make_row(spec: _Spec, label: list[Cell], agg_row: pd.Series, runs: pd.DataFrame,
               csv_rows: list[dict], keys: dict, reference: pd.DataFrame | None = None,
               findings: dict | None = None) -> Row:
-    """A row. ``findings`` (key -> Finding) fill a trial row's Δ cells; a reference row
-    (the teacher) gets the plain difference of means from ``reference`` instead."""
+    """A row. ``reference``: the reference arm's runs (the cost column divides by them).
+    ``findings`` (key -> Finding) fill a trial row's Δ cells; a row without findings (the
+    teacher) gets the plain difference of means from ``reference``, if there is one."""
     cells, csv = [], {**keys, "n_runs": int(agg_row["n_runs"])}
     for outcome in ("finished", "diverged", "failed", "incomplete"):
         csv[f"n_{outcome}"] = int(agg_row[f"n_{outcome}"])
@@ -293,11 +294,11 @@ def _make_row(spec: _Spec, label: list[Cell], agg_row: pd.Series, runs: pd.DataF
         if key in spec.shown:
             cells.append(_metric_cell(agg_row, key))
             if spec.has_delta(key):
-                cells.append(_delta_cell(finding) if reference is None
-                             else _plain_delta_cell(runs, reference, key))
+                cells.append(_delta_cell(finding) if findings is not None else
+                             _plain_delta_cell(runs, reference, key) if reference is not None
+                             else EMPTY)
     if spec.cost:
-        cells.append(_cost_cell(spec, runs, reference if reference is not None
-                                else (findings or {}).get("__reference__"), csv))
+        cells.append(_cost_cell(spec, runs, reference, csv))
     cells.append(Cell(runs_text(agg_row)))
     csv_rows.append(csv)
     return Row(label, cells, {k: float(agg_row[f"{k}_mean"]) for k in spec.shown})
@@ -377,9 +378,8 @@ def _trial_blocks(spec: _Spec, trials: pd.DataFrame, layout: Layout,
                 findings = {key: spec.verdict.find(keys, tuple(values), key)
                             for key in spec.metrics}
                 findings = {k: f for k, f in findings.items() if f is not None}
-            findings["__reference__"] = reference
             row = _make_row(spec, label, agg_row, select_rows(block_runs, row_keys, values),
-                            csv_rows, {"role": "trial", **keys}, findings=findings)
+                            csv_rows, {"role": "trial", **keys}, reference, findings)
             # The narrow table's label: the bare values ("lsg", "2"); its caption names the
             # reference.
             row.short = [Cell(str(v) if k == "strategy" else param_text(k, v))
@@ -406,7 +406,7 @@ def _teacher_block(spec: _Spec, teacher: pd.DataFrame, trials: pd.DataFrame,
         row = _make_row(spec, [Cell(teacher_label(agg_row)), *blank], agg_row,
                         select_rows(teacher, teacher_keys, values), csv_rows,
                         {"role": "teacher", **dict(zip(teacher_keys, values))},
-                        reference=reference if reference is not None else teacher.iloc[0:0])
+                        reference=reference)
         row.is_reference, row.short = True, [Cell("Teacher"), *blank]
         block.rows.append(row)
     return block

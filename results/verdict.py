@@ -30,10 +30,16 @@ import pandas as pd
 
 from distill import metrics as registry
 from results.arms import Layout, arm_text, combos, layout, select_rows, short_text
-from results.comparison import Comparison
-from results.stats import ALPHA, Difference, difference, holm, metric_key
-
-WORDS = ("better", "worse", "equivalent", "unresolved", "untestable")
+from results.comparison import Comparison, same_value
+from results.stats import (
+    ALPHA,
+    MOST_SEEDS,
+    Difference,
+    difference,
+    eval_protocol,
+    holm,
+    metric_key,
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class Finding:
 
     def seeds_text(self) -> str:
         n = self.diff.seeds_needed
-        return "—" if n is None else (f"> {n - 1}" if n > 10_000 else str(n))
+        return "—" if n is None else (f"> {MOST_SEEDS}" if n > MOST_SEEDS else str(n))
 
 
 @dataclass(frozen=True)
@@ -114,27 +120,22 @@ class Verdict:
         """One line: per block and arm, each metric's difference, interval and word."""
         if self.reason:
             return f"verdict: {self.reason}"
-        blocks: dict[tuple, list[str]] = {}
+        # block -> arm -> the metrics' texts, in the findings' order.
+        blocks: dict[tuple, dict[str, list[str]]] = {}
         for f in self.findings:
             arm = arm_text(self.layout.arms, f.arm)
-            blocks.setdefault(f.block, [])
-            text = _finding_text(f, self.protocol)
-            entry = next((e for e in blocks[f.block] if e.startswith(arm + ": ")), None)
-            if entry is None:
-                blocks[f.block].append(f"{arm}: {text}")
-            else:
-                blocks[f.block][blocks[f.block].index(entry)] = f"{entry}, {text}"
+            blocks.setdefault(f.block, {}).setdefault(arm, []).append(
+                _finding_text(f, self.protocol))
         reference = arm_text(self.layout.arms, self.layout.reference)
         parts = []
         for block, arms in blocks.items():
             prefix = ", ".join(short_text(k, v) for k, v in block)
-            parts.append((f"{prefix}: " if prefix else "") + "; ".join(arms))
+            parts.append((f"{prefix}: " if prefix else "")
+                         + "; ".join(f"{arm}: {', '.join(texts)}" for arm, texts in arms.items()))
         return f"{self.head()} vs {reference}: " + " | ".join(parts)
 
 
 def _same(a, b) -> bool:
-    from results.comparison import same_value
-
     return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
 
 
@@ -201,9 +202,7 @@ def compare(runs: pd.DataFrame, comparison: Comparison | None) -> Verdict:
     params = [p for p in runs.attrs.get("param_columns", trials.columns) if p in trials]
     lay = layout(comparison, trials, params)
     finished = trials[trials["status"] == "finished"]
-    protocols = finished["eval_protocol"].dropna().unique() if "eval_protocol" in finished \
-        else []
-    protocol = str(protocols[0]) if len(protocols) else None
+    protocol = eval_protocol(finished)
 
     def empty(reason: str, most: int = 0) -> Verdict:
         return Verdict(lay, [], 0, most, protocol, reason)
