@@ -153,10 +153,11 @@ class DistillConfig:
     adam_beta1: float = 0.0
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
-    # 150: from the convergence study (RESULTS.md, "Convergence"): none is last on every
-    # metric from iteration 50 on, the guided arms plateau by 150 with their smallest seed
-    # spread there, and lsg vs cfg does not separate at any budget up to 300.
-    iterations: int = 150
+    # 100: chosen on pilot seeds that are never reported (RESULTS.md, "Pilot";
+    # `python -m results.pilot`): of the budgets and evaluation windows that fit
+    # `make ablation-lsg`'s 15 minutes and are past the transient, one evaluation at 100
+    # gives the most precision per CPU-second (3.7x today's 150, seeds and CPUs together).
+    iterations: int = 100
     ema_halflife_kimg: float = 0.5
     ema_rampup_ratio: float | None = 0.5
     prompt_dropout: float = 0.1

@@ -9,7 +9,18 @@ values between the two arms (common random numbers make a seed pair the arms; a 
 correlation is what a paired test gains from), the spread of the paired differences against
 the unpaired one, and the CPU-seconds a trial of that reading costs.
 
-``python -m results.pilot --plan pilot [--tracking-uri URI]`` prints it.
+The budget table then chooses the reported plans' setting: every (iteration budget,
+window of the last K evaluations) the pilot's evaluations allow, its per-seed sd pooled over
+the arms and over every store given (seeds and machines together), its precision per
+CPU-second against today's reading, and whether the LSG plan at that setting fits
+``make ablation-lsg``'s time. The rule, fixed on the pilot before the reported seeds were
+run: among the settings that fit and whose every evaluation is past the transient (each
+arm's mean FD-CLIP within ``TRAINED_RATIO`` of its best over the pilot; precision alone
+would pick 25 iterations, a generator that has hardly left its initialisation), the one
+with the highest geometric mean of the three metrics' precision per CPU-second.
+
+``python -m results.pilot --plan pilot [--tracking-uri URI] [--other-store URI]`` prints
+them.
 """
 
 from __future__ import annotations
@@ -28,6 +39,15 @@ from results.stats import metric_of
 
 # One 2000-image evaluation on one core (BENCHMARKS.md, "Where the time goes": 11 s).
 EVAL_SECONDS = 11.0
+# CPU-seconds of one iteration per strategy on one thread, idle (the same table: 203, 146
+# and 122 s per 150 iterations); the pilot's own trials ran under load.
+ITERATION_SECONDS = {"lsg": 1.353, "cfg": 0.973, "none": 0.813}
+# The LSG plan's trials (3 strategies x 3 seeds) must fit make ablation-lsg's 15 minutes:
+# 900 s less ~145 s of install and ~50 s of Ray start and report is ~700 s of wall, at the
+# ~1.77 busy cores two trial slots keep (BENCHMARKS.md): ~1250 CPU-seconds.
+PLAN_CPU_SECONDS = 1250.0
+LSG_PLAN_SEEDS = 3
+TRAINED_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -112,6 +132,84 @@ def machine_table(histories: dict[str, pd.DataFrame], metrics: list[str]) -> str
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class Setting:
+    """A candidate for the reported plans: train ``budget`` iterations, report the mean of
+    the evaluations at ``steps`` (the last K, ending at the budget)."""
+
+    budget: int
+    steps: tuple[int, ...]
+
+    @property
+    def plan_cpu_seconds(self) -> float:
+        per_seed = sum(self.budget * s + EVAL_SECONDS * len(self.steps)
+                       for s in ITERATION_SECONDS.values())
+        return LSG_PLAN_SEEDS * per_seed
+
+    @property
+    def trial_cpu_seconds(self) -> float:
+        """lsg's and cfg's mean: the pilot's arms."""
+        return (self.budget * (ITERATION_SECONDS["lsg"] + ITERATION_SECONDS["cfg"]) / 2
+                + EVAL_SECONDS * len(self.steps))
+
+
+def settings(evaluated: list[int]) -> list[Setting]:
+    """Every budget at an evaluated step, with every window of the evaluations up to it."""
+    steps = sorted(evaluated)
+    return [Setting(b, tuple(steps[i - k + 1:i + 1]))
+            for i, b in enumerate(steps) for k in range(1, i + 2)]
+
+
+def _pooled_sd(histories: list[pd.DataFrame], key: str, steps: tuple[int, ...]) -> float:
+    """Per-seed sd of the reading, pooled over arms; each store's trials are further units
+    (a seed on another machine is another draw of what a user meets)."""
+    tables = [_values(h, key, Reading("", steps)) for h in histories]
+    table = pd.concat(tables, ignore_index=True)
+    return math.sqrt(float(table.var(ddof=1).mean()))
+
+
+def _trained_steps(history: pd.DataFrame, metrics: list[str]) -> set[int]:
+    """The steps past the transient: every arm's mean FD-CLIP there is within TRAINED_RATIO
+    of that arm's best mean over the pilot."""
+    fid = next(k for k in metrics if metric_of(k).log_scale)
+    means = history.groupby([ARM, "step"])[fid].mean().unstack(ARM)
+    return {int(step) for step, row in means.iterrows()
+            if (row <= TRAINED_RATIO * means.min()).all()}
+
+
+def budget_table(histories: list[pd.DataFrame], metrics: list[str],
+                 reference: Setting) -> tuple[str, Setting | None]:
+    """Markdown: each setting's pooled per-seed sd and precision per CPU-second (1 / (sd² ×
+    trial CPU-s)) relative to ``reference``, their geometric mean, the LSG plan's CPU-s;
+    and the chosen setting (the module's rule)."""
+    common = sorted(set.intersection(*(set(h["step"]) for h in histories)))
+    shorts = [metric_of(k).short_for("embedded-") for k in metrics]
+    lines = ["| budget | evaluations | " + " | ".join(f"{s} sd" for s in shorts) + " | "
+             + " | ".join(f"{s} precision/CPU-s" for s in shorts)
+             + " | geometric mean | LSG plan CPU-s | qualifies |",
+             "|---" * (5 + 2 * len(metrics)) + "|"]
+
+    def precision(setting: Setting, key: str) -> float:
+        return 1 / (_pooled_sd(histories, key, setting.steps) ** 2 * setting.trial_cpu_seconds)
+
+    base = {k: precision(reference, k) for k in metrics}
+    trained = _trained_steps(pd.concat(histories), metrics)
+    best, best_score = None, 0.0
+    for setting in settings(common):
+        gains = [precision(setting, k) / base[k] for k in metrics]
+        score = math.prod(gains) ** (1 / len(gains))
+        fits = setting.plan_cpu_seconds <= PLAN_CPU_SECONDS and set(setting.steps) <= trained
+        if fits and score > best_score:
+            best, best_score = setting, score
+        sds = [_pooled_sd(histories, k, setting.steps) for k in metrics]
+        lines.append(f"| {setting.budget} | {', '.join(map(str, setting.steps))} | "
+                     + " | ".join(f"{v:.3g}" for v in sds) + " | "
+                     + " | ".join(f"{g:.2f}×" for g in gains)
+                     + f" | {score:.2f}× | {setting.plan_cpu_seconds:.0f} | "
+                     + ("yes" if fits else "no") + " |")
+    return "\n".join(lines) + "\n", best
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plan", default="pilot")
@@ -138,10 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         return train * max(reading.steps) / iterations + EVAL_SECONDS * len(reading.steps)
 
     print(pilot_table(history, metrics, cpu, tuple(args.arms.split(","))))
+    histories = [history]
     if args.other_store:
-        other = load_runs(args.plan, args.other_store)
-        print(machine_table({"this store": history,
-                             "the other": load_history(other, metrics, ["strategy"])}, metrics))
+        other = load_history(load_runs(args.plan, args.other_store), metrics, ["strategy"])
+        print(machine_table({"this store": history, "the other": other}, metrics))
+        histories.append(other)
+    table, chosen = budget_table(histories, metrics, Setting(150, (150,)))
+    print(table)
+    print("chosen: " + (f"{chosen.budget} iterations, evaluated at "
+                        f"{', '.join(map(str, chosen.steps))}" if chosen else
+                        f"nothing fits {PLAN_CPU_SECONDS:.0f} CPU-s"))
     return 0
 
 

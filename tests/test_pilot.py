@@ -59,3 +59,37 @@ def test_machine_table_compares_the_same_trials_across_machines():
     at150 = rows["one evaluation at 150"]
     assert at150[3] == f"{0.01 / math.sqrt(2):.3g}"
     assert machine_table({"a": same, "b": same}, ["clip_score"]).count("| 0% |") == 2
+
+
+def test_the_budget_table_chooses_the_most_precise_trained_setting_that_fits(monkeypatch):
+    from results import pilot
+
+    # FD-CLIP per (arm, seed) at 50, 100, 150. At 50 both arms are far from their best
+    # (the transient); at 100 and 150 within 1.5x of it. Seeds spread 1.0 apart at 150 but
+    # only 0.1 at 100, so on the log scale one evaluation at 100 is the tighter reading.
+    rows = []
+    for arm, best in (("lsg", 4.0), ("cfg", 3.0)):
+        for seed, offset in enumerate((-1, 0, 1)):
+            for step, value in ((50, 20.0 + offset), (100, best + 0.1 * offset),
+                                (150, best + 1.0 + offset)):
+                rows.append({"run_id": f"{arm}{seed}", "step": step, ARM: arm, "seed": seed,
+                             "fid2k": value})
+    history = pd.DataFrame(rows)
+    assert pilot._trained_steps(history, ["fid2k"]) == {100, 150}
+    # Every setting fits the time: the rule picks by precision among the trained ones.
+    monkeypatch.setattr(pilot, "PLAN_CPU_SECONDS", 1e9)
+    text, chosen = pilot.budget_table([history], ["fid2k"], pilot.Setting(150, (150,)))
+    assert chosen == pilot.Setting(100, (100,))
+    # Precision per CPU-second of 100 against 150: (sd150 / sd100)^2 x cost150 / cost100,
+    # with sd the pooled per-arm sd of log FD and cost lsg's and cfg's mean iteration
+    # seconds x budget + one 11 s evaluation.
+    sd = {s: math.sqrt(pd.DataFrame({a: [math.log(v) for v in vals] for a, vals in (
+        ("lsg", [4.0 + d for d in ds]), ("cfg", [3.0 + d for d in ds]))}).var(ddof=1).mean())
+        for s, ds in ((100, (-0.1, 0, 0.1)), (150, (0.0, 1.0, 2.0)))}
+    cost = {b: b * (1.353 + 0.973) / 2 + 11 for b in (100, 150)}
+    gain = (sd[150] / sd[100]) ** 2 * cost[150] / cost[100]
+    row = next(line for line in text.splitlines() if line.startswith("| 100 | 100 |"))
+    assert f"| {gain:.2f}× |" in row
+    # A time limit below the 100-iteration plan leaves nothing trained that fits.
+    monkeypatch.setattr(pilot, "PLAN_CPU_SECONDS", 500.0)
+    assert pilot.budget_table([history], ["fid2k"], pilot.Setting(150, (150,)))[1] is None
