@@ -9,7 +9,7 @@ PORT ?= 5000
 LOCK := requirements.lock
 export ABLATE_HOME ?= $(CURDIR)/runs
 
-.PHONY: install lock test teacher metric-models ablation-lsg sweep-kappa tradeoff tables mlflow-ui screenshots bench lint clean
+.PHONY: install lock test teacher teacher-baseline metric-models ablation-lsg sweep-kappa tradeoff tables mlflow-ui screenshots bench lint clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,12 @@ lint: install
 
 teacher: install
 	$(BIN)/ablate teacher --size default --rebuild-shipped
+
+# The shipped teacher's baseline row (evaluation/assets/teacher-baseline/): ~8 min of one core.
+# Rerun after `make teacher` or a change of the embedded protocol; tests/test_shipped.py
+# fails until then.
+teacher-baseline: install
+	$(BIN)/python -m orchestrator.baseline
 
 metric-models: install
 	$(BIN)/ablate metric-models --rebuild-shipped

@@ -1,6 +1,13 @@
 """The teacher-baseline row: the teacher's own multi-step samples, evaluated once per
 (teacher, protocol, sampler) and cached, logged as one child run per parent.
 
+For the shipped embedded teacher under the shipped plans' protocol the row ships with the
+repository (``evaluation/assets/teacher-baseline/``, rebuilt by ``make teacher-baseline``),
+so a fresh clone does not spend 430 s of a core recomputing it: a 25-step DDIM sampler
+is not chaotic the way training is, and a test recomputes a 128-image subset and finds the
+shipped values. Any other teacher, protocol or sampler is computed once and cached in the
+output folder.
+
 On a CPU plan it runs beside the trials (:class:`BesideTrials`) rather than before them:
 it starts once a trial has reported (the workers are past their start-up, which it would
 slow) and shares the CPUs with them, so no core waits for it at either end. On GPUs it
@@ -14,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import tempfile
 import threading
 import time
@@ -25,6 +33,28 @@ from distill.paths import output_root
 from orchestrator import tracking
 from orchestrator.plan import Plan
 from results import schema
+
+SHIPPED = Path(__file__).resolve().parent.parent / "evaluation" / "assets" / "teacher-baseline"
+SUBSET_IMAGES = 128  # the check a test recomputes in ~30 s (FD needs > 64 images here)
+
+
+def cache_key(teacher, suite, num_images: int, steps: int, guidance_scale: float) -> str:
+    """Everything that changes the baseline's numbers (seed 0, one torch thread)."""
+    return json.dumps([teacher.teacher_hash, suite.protocol, num_images, steps,
+                       guidance_scale, 0])
+
+
+def _file_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16] + ".json"
+
+
+def shipped(key: str) -> dict | None:
+    """The shipped record of ``key`` (its metrics, subset and machine), or None."""
+    path = SHIPPED / _file_name(key)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("key") == key else None
 
 
 def metrics(plan: Plan, teacher, suite, num_images: int, out: TextIO) -> dict[str, float]:
@@ -38,10 +68,14 @@ def metrics(plan: Plan, teacher, suite, num_images: int, out: TextIO) -> dict[st
     import evaluation
 
     baseline = plan.evaluation.teacher_baseline
-    key = json.dumps([teacher.teacher_hash, suite.protocol, num_images, baseline.steps,
-                      baseline.guidance_scale, 0])
-    cache = output_root() / "cache" / "teacher-baseline" / (
-        hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
+    key = cache_key(teacher, suite, num_images, baseline.steps, baseline.guidance_scale)
+    record = shipped(key)
+    if record is not None:
+        print(f"teacher baseline: shipped ({SHIPPED.relative_to(SHIPPED.parents[2])}/"
+              f"{_file_name(key)}, computed on {record['machine']}; `make teacher-baseline` "
+              "recomputes it)", file=out, flush=True)
+        return record["metrics"]
+    cache = output_root() / "cache" / "teacher-baseline" / _file_name(key)
     if cache.is_file():
         return json.loads(cache.read_text())
     print(f"teacher baseline: {baseline.steps} steps at guidance {baseline.guidance_scale:g}"
@@ -59,12 +93,57 @@ def metrics(plan: Plan, teacher, suite, num_images: int, out: TextIO) -> dict[st
     return result
 
 
+def rebuild_shipped(steps: int = 25, guidance_scale: float = 2.0,
+                    num_images: int = 2000) -> Path:
+    """Compute the shipped embedded teacher's baseline under the embedded protocol (the
+    shipped plans' ``evaluation``: 2000 images, 25 DDIM steps at guidance 2) on one torch
+    thread, with a ``SUBSET_IMAGES`` check beside it, and write its file."""
+    import evaluation
+    from distill.loop import load_config_teacher
+    from orchestrator.profiles import EMBEDDED, build_suite
+
+    teacher = load_config_teacher("embedded:default", progress=True)
+    record: dict = {}
+    for n, field in ((SUBSET_IMAGES, "subset"), (num_images, "metrics")):
+        suite = build_suite(EMBEDDED, "default", n)
+        started = time.perf_counter()
+        with _torch_threads(1):
+            values = evaluation.teacher_baseline(teacher, suite, num_steps=steps,
+                                                 guidance_scale=guidance_scale, seed=0)
+        print(f"{n} images: {time.perf_counter() - started:.0f} s", flush=True)
+        record[field] = {k: float(v) for k, v in values.items()}
+        record[f"{field}_key"] = cache_key(teacher, suite, n, steps, guidance_scale)
+    record["key"] = record.pop("metrics_key")
+    record["machine"] = _machine()
+    path = SHIPPED / _file_name(record["key"])
+    SHIPPED.mkdir(parents=True, exist_ok=True)
+    for old in SHIPPED.glob("*.json"):
+        old.unlink()  # one teacher, one protocol: an older file would only go stale
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def _machine() -> str:
+    """The CPU model and torch's capability: rounding differs between CPUs (RESULTS.md)."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (f"{model}, torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()}, "
+            "1 thread")
+
+
 @contextlib.contextmanager
-def _torch_threads(plan: Plan):
+def _torch_threads(plan: Plan | int):
     import torch
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, plan.resources.cpu))
+    threads = plan if isinstance(plan, int) else plan.resources.cpu
+    torch.set_num_threads(max(1, threads))
     try:
         yield
     finally:
@@ -150,3 +229,7 @@ class BesideTrials:
             self.cancelled.set()
         else:
             self._future.result()
+
+
+if __name__ == "__main__":
+    print(rebuild_shipped())
