@@ -130,6 +130,11 @@ def start_ray() -> bool:
         return True
     temp_dir = ray_temp_dir()
     temp_dir.mkdir(parents=True, exist_ok=True)
+    # Ray starts its workers at niceness 15, below the driver. The trials are the work the
+    # user asked for; at 15 anything else on the machine (a test run, an editor's indexer,
+    # a driver-side teacher baseline) starved them to ~6% of a core each for minutes.
+    # At 0 they share the CPU fairly (BENCHMARKS.md, "End to end"). A user's own setting wins.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     # A local Ray is ours to end if this process dies without ray.shutdown(); a cluster
     # joined through RAY_ADDRESS above is not, so only this path is watched.
     with _watched(temp_dir):
