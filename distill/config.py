@@ -150,6 +150,10 @@ class DistillConfig:
     micro_batch_size: int = 16  # gradient accumulation splits the batch into these
     lr_generator: float = 1e-4
     lr_fake_score: float = 1e-4
+    # Both learning rates fall linearly to zero over this last fraction of the iterations
+    # (0: constant, as the official loop). A variance lever measured on the pilot
+    # (RESULTS.md, "Pilot"): the trajectory oscillates, and annealing damps the last steps.
+    lr_anneal_fraction: float = 0.0
     adam_beta1: float = 0.0
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
@@ -210,6 +214,7 @@ _RULES: tuple[tuple[str, Callable[[DistillConfig], bool], str], ...] = (
      f"must be in {MIN_EVAL_IMAGES}..{MAX_EVAL_IMAGES:,}: FID needs a covariance of at least "
      "2 images, and the paper's protocol is 30,000"),
     ("prompt_dropout", lambda c: 0 <= c.prompt_dropout < 1, "must be in [0, 1)"),
+    ("lr_anneal_fraction", lambda c: 0 <= c.lr_anneal_fraction <= 1, "must be in [0, 1]"),
     ("checkpoint_every", lambda c: c.checkpoint_every >= 0, "must be >= 0"),
     ("eval_every", lambda c: c.eval_every >= 0, "must be >= 0"),
 )

@@ -58,6 +58,17 @@ def _no_report(metrics: dict[str, float], step: int) -> None:
     del metrics, step
 
 
+def lr_factor(step: int, iterations: int, anneal_fraction: float) -> float:
+    """1 until the last ``anneal_fraction`` of ``iterations``, then linearly down: the
+    iteration after ``step`` completed ones gets (iterations - step) / annealed, so the
+    last one still moves (1 / annealed) and none gets a negative rate."""
+    annealed = anneal_fraction * iterations
+    start = iterations - annealed
+    if annealed <= 0 or step < start:
+        return 1.0
+    return (iterations - step) / annealed
+
+
 class SiD:
     """Teacher φ (frozen), fake score ψ and generator G (copies of φ), G's EMA, and Adam
     for ψ and G. :meth:`iteration` is one ψ step then one G step."""
@@ -210,6 +221,16 @@ class SiD:
             self.fake_score.requires_grad_(True)
         parallel.sum_gradients(self.generator.parameters())
         return parallel.sum_scalar(loss_gen)
+
+    def set_learning_rates(self, step: int) -> None:
+        """Both optimizers' learning rates for the iteration after ``step`` completed ones
+        (config.lr_anneal_fraction; a function of the step alone, so a resumed run matches)."""
+        cfg = self.config
+        factor = lr_factor(step, cfg.iterations, cfg.lr_anneal_fraction)
+        for optimizer, lr in ((self.opt_fake_score, cfg.lr_fake_score),
+                              (self.opt_generator, cfg.lr_generator)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * factor
 
     @torch.no_grad()
     def update_ema(self, images_seen: int) -> None:
@@ -448,6 +469,7 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
                 draw_prompts(prompts, config.batch_size, rng["prompts_fake_score"], device))
             cond_generator = teacher.encode_prompts(
                 draw_prompts(prompts, config.batch_size, rng["prompts_generator"], device))
+            sid.set_learning_rates(step)
             losses = sid.iteration(cond_fake_score, cond_generator, rng)
             if losses is None:
                 report({"diverged": 1.0}, step + 1)

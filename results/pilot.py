@@ -210,6 +210,51 @@ def budget_table(histories: list[pd.DataFrame], metrics: list[str],
     return "\n".join(lines) + "\n", best
 
 
+# What a lever of ablations/pilot-levers.yaml changes; absent in older stores = the default.
+LEVER_PARAMS = {"ema_halflife_kimg": 0.5, "lr_anneal_fraction": 0.0, "batch_size": 16}
+
+
+def _lever_name(row: pd.Series) -> str:
+    return (f"EMA {row['ema_halflife_kimg']:g} kimg, lr annealed over the last "
+            f"{row['lr_anneal_fraction']:.0%}, batch {row['batch_size']:g} × "
+            f"{row['iterations']:g} iterations")
+
+
+def lever_table(trials: pd.DataFrame, metrics: list[str], arms: tuple[str, str]) -> str:
+    """Markdown: per lever (a distinct setting of LEVER_PARAMS and iterations; one row per
+    finished trial in ``trials``, with its arm in ARM, its seed and its final metrics), the
+    pooled per-seed sd and the same-seed correlation between ``arms`` of each metric, the
+    CPU-seconds of a trial, and the geometric mean of precision per CPU-second against the
+    first row (the plain setting)."""
+    trials = trials.copy()
+    for key, default in LEVER_PARAMS.items():
+        trials[key] = trials[key].astype(float).fillna(default) if key in trials else default
+    trials["lever"] = trials.apply(_lever_name, axis=1)
+    shorts = [metric_of(k).short_for("embedded-") for k in metrics]
+    lines = ["| setting | " + " | ".join(f"{s} sd | {s} corr" for s in shorts)
+             + " | CPU-s per trial | precision/CPU-s (geometric mean) |",
+             "|---" * (3 + 2 * len(metrics)) + "|"]
+    base = None
+    for lever, group in trials.groupby("lever", sort=False):
+        row = group.iloc[0]
+        cost = float(np.mean([row["iterations"] * ITERATION_SECONDS[a] * row["batch_size"] / 16
+                              for a in arms])) + EVAL_SECONDS
+        cells, precisions = [], []
+        for key in metrics:
+            values = group.assign(v=np.log(group[key]) if metric_of(key).log_scale
+                                  else group[key]).pivot(index="seed", columns=ARM, values="v")
+            table = values[list(arms)].dropna()
+            sd = math.sqrt(float(table.var(ddof=1).mean()))
+            corr = float(np.corrcoef(table[arms[0]], table[arms[1]])[0, 1])
+            cells.append(f"{sd:.3g} | {corr:+.2f}")
+            precisions.append(1 / (sd ** 2 * cost))
+        base = base or precisions
+        gain = math.prod(p / b for p, b in zip(precisions, base, strict=True)) ** (
+            1 / len(precisions))
+        lines.append(f"| {lever} | " + " | ".join(cells) + f" | {cost:.0f} | {gain:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plan", default="pilot")
@@ -219,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the same pilot run elsewhere (another CPU, capability or thread "
                              "layout): also print how much of a trial's variance is the "
                              "machine's")
+    parser.add_argument("--levers-store", metavar="URI",
+                        help="the store of ablations/pilot-levers.yaml: also print each "
+                             "lever against the plain setting at the chosen budget")
+    parser.add_argument("--levers-plan", default="pilot-levers")
     args = parser.parse_args(argv)
     runs = load_runs(args.plan, args.tracking_uri)
     trials = runs[(runs["role"] == "trial") & (runs["status"] == "finished")]
@@ -246,6 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     print("chosen: " + (f"{chosen.budget} iterations, evaluated at "
                         f"{', '.join(map(str, chosen.steps))}" if chosen else
                         f"nothing fits {PLAN_CPU_SECONDS:.0f} CPU-s"))
+    if args.levers_store and chosen:
+        # The plain setting: this store's trials read at the chosen budget.
+        plain = history[history["step"] == chosen.budget].assign(
+            iterations=chosen.budget, **LEVER_PARAMS)
+        levers = load_runs(args.levers_plan, args.levers_store)
+        levers = levers[(levers["role"] == "trial") & (levers["status"] == "finished")]
+        levers = levers.assign(**{ARM: levers["strategy"]})
+        print(lever_table(pd.concat([plain, levers], ignore_index=True), metrics,
+                          tuple(args.arms.split(","))))
     return 0
 
 

@@ -164,8 +164,21 @@ def _tensors(directory):
     return load_file(directory / state["tensors"])
 
 
-def test_resume_after_a_fault_is_bit_identical_to_an_uninterrupted_run(teacher, tmp_path):
-    config = DistillConfig(**{**SMOKE, "iterations": 4})
+def test_the_learning_rates_anneal_linearly_over_the_last_fraction():
+    from distill.loop import lr_factor
+
+    # 10 iterations, the last 30% annealed: iterations after 7, 8, 9 completed steps get
+    # 3/3, 2/3, 1/3 of the rate; off (0) it stays 1.
+    assert [lr_factor(s, 10, 0.3) for s in range(10)] == [1.0] * 8 + [2 / 3, 1 / 3]
+    assert [lr_factor(s, 10, 0.0) for s in range(10)] == [1.0] * 10
+    assert lr_factor(0, 4, 1.0) == 1.0 and lr_factor(3, 4, 1.0) == 0.25
+
+
+# Anneal 0.5 of 4 iterations: the rates change at the resumed step (2), so a resume that
+# kept the checkpoint's optimizer rate instead of the schedule's would differ.
+@pytest.mark.parametrize("anneal", [0.0, 0.5])
+def test_resume_after_a_fault_is_bit_identical_to_an_uninterrupted_run(teacher, tmp_path, anneal):
+    config = DistillConfig(**{**SMOKE, "iterations": 4, "lr_anneal_fraction": anneal})
     saved = {}
     reports_a = []
     result_a = distill(config, tmp_path / "a", teacher=teacher,
