@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import stat
 import types
 import typing
 from collections.abc import Callable
@@ -234,22 +235,39 @@ SIZE_PRESETS: dict[str, dict[str, Any]] = {
 # A plan, profile or distill config is a page of YAML; anything larger is a mistake (or an
 # attack), refused before it is parsed.
 MAX_CONFIG_BYTES = 1 << 20
+# Prompt and caption files: the paper's 30,000 COCO captions are ~2 MB; 64 MB is a typo's
+# or a device's size, refused before it is read.
+MAX_TEXT_BYTES = 64 << 20
+MAX_YAML_DEPTH = 16
 # Error messages quote at most this much of a parser's own text.
 MAX_QUOTED = 300
 
 
-def read_text_file(path: str | Path, what: str, max_bytes: int | None = None) -> str:
+def read_text_file(path: str | Path, what: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
     """A UTF-8 text file's contents; every way it can be unreadable is a :class:`ConfigError`
-    that names the file and says what to do."""
+    that names the file and says what to do.
+
+    The one reader of every text input (plans, profiles, configs, prompts, captions): it
+    refuses what is not a regular file before opening it (a FIFO would block, /dev/zero
+    never ends) and a file over ``max_bytes`` before reading it, and reads at most that
+    much even from a file that grows meanwhile."""
     path = Path(path).expanduser()
     try:
-        if path.is_dir():
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
             raise ConfigError(f"{path}: is a folder; give a {what} file")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{path}: not a regular file (a {_file_kind(mode)}); give a "
+                              f"{what} file")
         size = path.stat().st_size
-        if max_bytes is not None and size > max_bytes:
+        if size > max_bytes:
             raise ConfigError(f"{path}: {size:,} bytes; a {what} file is at most "
                               f"{max_bytes:,} bytes")
-        return path.read_bytes().decode("utf-8")
+        with path.open("rb") as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ConfigError(f"{path}: grew past {max_bytes:,} bytes while being read")
+        return data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except PermissionError:
@@ -262,6 +280,46 @@ def read_text_file(path: str | Path, what: str, max_bytes: int | None = None) ->
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc}); give a readable "
                           f"{what} file") from None
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def _check_plain(data, path: Path) -> None:
+    """YAML that parses but is not the shape of a config: a key that is not a string, a
+    nesting deeper than any config needs, an integer no field can hold, a float that is
+    not finite. Walked without recursion, so the walk itself cannot overflow."""
+    stack = [(data, 0, "top level")]
+    while stack:
+        value, depth, where = stack.pop()
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{path}: nested deeper than {MAX_YAML_DEPTH} levels at "
+                              f"{where}; a config is a few levels of mappings")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ConfigError(f"{path}: key {_quote(key)} at {where} is a "
+                                      f"{type(key).__name__}; keys are names (strings)")
+                stack.append((item, depth + 1, key))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, where) for item in value)
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int) and value.bit_length() > 64:
+            raise ConfigError(f"{path}: {where}: an integer of {len(str(abs(value)))} digits; "
+                              "no setting holds more than 64 bits (seeds: 0..2^63-1)")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{path}: {where}: {value} is not a finite number")
+
+
+def _quote(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def _strict_loader():
@@ -306,6 +364,11 @@ def load_yaml(path: str | Path) -> dict:
     text = read_text_file(path, "config", MAX_CONFIG_BYTES)
     try:
         data = yaml.load(text, Loader=_strict_loader())
+    except RecursionError:
+        raise ConfigError(f"{path}: nested deeper than the YAML reader follows; a config is "
+                          "a few levels of mappings") from None
+    except ValueError as exc:  # e.g. an integer past Python's 4300-digit conversion limit
+        raise ConfigError(f"{path}: a value cannot be read ({_quote(str(exc))})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None)
@@ -317,4 +380,5 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {detail}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    _check_plain(data, path)
     return data

@@ -125,6 +125,7 @@ class Trial:
     varied: tuple[tuple[str, Any], ...]  # the values that make this trial differ from its siblings
 
 
+MAX_DESCRIPTION_CHARS = 5000
 _TOP_KEYS = {"name", "description", "base", "axes", "zip", "seeds", "resources", "evaluation",
              "sizes", "max_failures", "compare"}
 
@@ -320,6 +321,11 @@ def plan_from_dict(data: dict, source: str = "<plan>", max_trials: int = MAX_TRI
     description = data.get("description", "")
     if not isinstance(description, str):
         _fail(source, "description", "must be a string")
+    if len(description) > MAX_DESCRIPTION_CHARS:
+        # MLflow refuses a tag past 20,000 characters; the parent's description also holds
+        # the verdict and the table, so the plan's own text is held well below that.
+        _fail(source, "description", f"{len(description):,} characters; at most "
+              f"{MAX_DESCRIPTION_CHARS:,} (the details belong in a README beside the plan)")
     base = _check_mapping(source, "base", data.get("base", {}))
     for key in base:
         _check_field(source, f"base.{key}", key)

@@ -38,6 +38,15 @@ class Case:
     files: dict[str, bytes | str] = field(default_factory=dict)  # relative path -> content
 
 
+# File contents that are not contents: a named pipe made in the file's place (reading it
+# would block), and a sparse file of that many bytes (reading it whole would take minutes).
+FIFO = "\0fifo"
+
+
+def _sparse(size: int) -> str:
+    return f"\0sparse:{size}"
+
+
 def _plan(body: str) -> dict[str, str]:
     return {"plan.yaml": "name: h\n" + body}
 
@@ -121,6 +130,37 @@ RUN = [
     Case("plan: empty prompts file", ["run", "{tmp}/plan.yaml"],
          ["{tmp}/plan.yaml: prompts = '{tmp}/p.txt'", "holds no prompts"],
          files={**_plan("base: {prompts: '{tmp}/p.txt'}\nseeds: [0]\n"), "p.txt": "\n \n"}),
+    # YAML that parses but is not the shape of a plan (issue: hardening by class).
+    Case("plan: a boolean key at the top", ["run", "{tmp}/plan.yaml"],
+         ["{tmp}/plan.yaml", "key True", "keys are names"], files=_plan("yes: 1\n")),
+    Case("plan: an integer key in resources", ["run", "{tmp}/plan.yaml"],
+         ["key 3 at resources"], files=_plan("resources: {3: 1}\n")),
+    Case("plan: a null key in base", ["run", "{tmp}/plan.yaml"], ["key None at base"],
+         files=_plan("base: {~: 2.0}\n")),
+    Case("plan: 50,000 nested lists", ["run", "{tmp}/plan.yaml"],
+         ["{tmp}/plan.yaml", "nested deeper"], files=_plan("axes: " + "[" * 50000 + "]" * 50000)),
+    Case("plan: 30 nested mappings", ["run", "{tmp}/plan.yaml"],
+         ["nested deeper than 16 levels"], files=_plan("base: " + "{a: " * 30 + "1" + "}" * 30)),
+    Case("plan: a 400-digit kappa", ["run", "{tmp}/plan.yaml"], ["kappa", "400 digits"],
+         files=_plan("base: {kappa: " + "4" * 400 + "}\n")),
+    Case("plan: a 5,000-digit seed", ["run", "{tmp}/plan.yaml"],
+         ["{tmp}/plan.yaml", "cannot be read"], files=_plan("seeds: [" + "5" * 5000 + "]\n")),
+    Case("plan: a 100,000-character description", ["run", "{tmp}/plan.yaml"],
+         ["description", "100,000 characters"],
+         files=_plan("description: " + "d" * 100_000 + "\n")),
+    # Special files where a file is expected: refused before they are opened.
+    Case("plan: a named pipe", ["run", "{tmp}/plan.yaml"], ["{tmp}/plan.yaml", "named pipe"],
+         files={"plan.yaml": FIFO}),
+    Case("plan: /dev/zero", ["run", "/dev/zero"], ["/dev/zero", "character device"]),
+    Case("plan: prompts from /dev/urandom", ["run", "{tmp}/plan.yaml"],
+         ["prompts = '/dev/urandom'", "character device"],
+         files=_plan("base: {prompts: /dev/urandom}\nseeds: [0]\n")),
+    Case("plan: prompts from a named pipe", ["run", "{tmp}/plan.yaml"],
+         ["prompts = '{tmp}/p.txt'", "named pipe"],
+         files={**_plan("base: {prompts: '{tmp}/p.txt'}\nseeds: [0]\n"), "p.txt": FIFO}),
+    Case("plan: a 2 GB sparse prompts file", ["run", "{tmp}/plan.yaml"],
+         ["prompts = '{tmp}/p.txt'", "2,147,483,648 bytes"],
+         files={**_plan("base: {prompts: '{tmp}/p.txt'}\nseeds: [0]\n"), "p.txt": _sparse(2 << 30)}),
     # compare: what the verdict compares, checked with the plan (issue: verdicts).
     Case("compare: an axis the plan does not have", ["run", "{tmp}/plan.yaml"],
          ["compare.arms", "'alpha' is not an axis"],
@@ -259,7 +299,12 @@ def _run_case(case: Case, tmp: Path, capsys) -> tuple[int, str, float]:
     for rel, content in case.files.items():
         path = tmp / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
+        if content == FIFO:
+            os.mkfifo(path)
+        elif isinstance(content, str) and content.startswith("\0sparse:"):
+            with path.open("wb") as f:
+                f.truncate(int(content.removeprefix("\0sparse:")))
+        elif isinstance(content, bytes):
             path.write_bytes(content)
         else:
             path.write_text(_fill(content, tmp))
