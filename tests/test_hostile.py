@@ -160,7 +160,8 @@ RUN = [
          files={**_plan("base: {prompts: '{tmp}/p.txt'}\nseeds: [0]\n"), "p.txt": FIFO}),
     Case("plan: a 2 GB sparse prompts file", ["run", "{tmp}/plan.yaml"],
          ["prompts = '{tmp}/p.txt'", "2,147,483,648 bytes"],
-         files={**_plan("base: {prompts: '{tmp}/p.txt'}\nseeds: [0]\n"), "p.txt": _sparse(2 << 30)}),
+         files={**_plan("base: {prompts: '{tmp}/p.txt'}\nseeds: [0]\n"),
+                "p.txt": _sparse(2 << 30)}),
     # compare: what the verdict compares, checked with the plan (issue: verdicts).
     Case("compare: an axis the plan does not have", ["run", "{tmp}/plan.yaml"],
          ["compare.arms", "'alpha' is not an axis"],
