@@ -63,6 +63,9 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
             raise ResultsError(f"{path} {what}, so it holds no MLflow runs; restore the store "
                                "from a backup or point --tracking-uri at another one")
         _check_mlflow_tables(path)
+        locked = schema.locked_store(path, write=False)
+        if locked:
+            raise ResultsError(locked)
     return uri
 
 

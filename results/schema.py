@@ -27,10 +27,12 @@ One place for these names so writer and reader cannot drift apart.
   panel per run showing the whole grid.
 """
 
+import contextlib
 import os
 from pathlib import Path
 from urllib.parse import unquote
 
+from distill.errors import ConfigError
 from distill.paths import home
 
 EXPERIMENT_PREFIX = "ablate/"
@@ -103,3 +105,64 @@ def probe_server(uri: str, timeout_s: float = 5.0) -> str | None:
 
 def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / TRACKING_DB}"
+
+
+# How long a command waits for a SQLite store another process holds locked before it gives
+# up naming the store and the holder: $ABLATE_STORE_WAIT seconds, default 30.
+DEFAULT_STORE_WAIT_S = 30.0
+
+
+def store_wait_seconds() -> float:
+    text = os.environ.get("ABLATE_STORE_WAIT", "")
+    try:
+        value = float(text) if text else DEFAULT_STORE_WAIT_S
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise ConfigError(f"ABLATE_STORE_WAIT={text!r}: give seconds between 0 and 3600")
+    return value
+
+
+def locked_store(path: Path, write: bool) -> str | None:
+    """None if the SQLite store at ``path`` can be read (and, with ``write``, written)
+    within store_wait_seconds(); else why not, naming the store and, where /proc shows
+    it, the process holding it. The probe takes the lock a writer needs (BEGIN IMMEDIATE)
+    and releases it at once; a reader's probe is one read of the schema."""
+    import sqlite3
+
+    wait = store_wait_seconds()
+    if not path.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=wait,
+                                                isolation_level=None)) as db:
+            if write:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("ROLLBACK")
+            else:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            return None  # damaged or foreign: the callers' own checks name those
+        holders = _holders(path)
+        held = f" (held by {holders})" if holders else ""
+        return (f"the MLflow store {path} stayed locked for {wait:g} s{held}; wait for that "
+                "process, stop it, or raise ABLATE_STORE_WAIT")
+    return None
+
+
+def _holders(path: Path) -> str:
+    """'pid 123 (python3)', ... of the processes with ``path`` open, as far as /proc shows."""
+    target = str(path.resolve())
+    found = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        pid = fd_dir.parent.name
+        if pid == str(os.getpid()):
+            continue
+        try:
+            if any(os.readlink(fd) == target for fd in fd_dir.iterdir()):
+                name = (fd_dir.parent / "comm").read_text().strip()
+                found.append(f"pid {pid} ({name})")
+        except OSError:
+            continue  # gone, or not ours to inspect
+    return ", ".join(found[:3])
