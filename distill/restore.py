@@ -78,7 +78,14 @@ def load_generator(workdir: Path | SavedGenerator, progress: bool = False) -> Ge
             f"{config.teacher} is now {teacher.teacher_hash}; evaluate with that teacher")
     device = next(teacher.unet.parameters()).device
     unet = copy.deepcopy(teacher.unet).requires_grad_(False).eval()
-    unet.load_state_dict({k[len(EMA_PREFIX):]: v.to(device) for k, v in saved.tensors.items()})
+    try:
+        unet.load_state_dict({k[len(EMA_PREFIX):]: v.to(device)
+                              for k, v in saved.tensors.items()})
+    except RuntimeError as exc:  # torch's size-mismatch / missing-key report, pages long
+        first = " ".join(str(exc).split("\n\t")[1:2]) or str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"{directory}: its generator does not fit {config.teacher}'s architecture "
+            f"({first[:200]}); evaluate it with the teacher it was distilled from") from None
     schedule = NoiseSchedule(teacher.alphas_cumprod, device)
     sample = sampler(unet, schedule, teacher.sample_shape, config.t_init, config.precision,
                      teacher.encode_prompts, teacher.decode)

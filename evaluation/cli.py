@@ -110,11 +110,37 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise EvalError(f"--num-images {args.num_images}: FID on {dims}-dimensional features "
                         f"needs more images than dimensions (at least {dims + 1}; thousands "
                         "for a stable number)")
+    _check_output_and_seed(args)
     missing = [f"--{n.replace('_', '-')}" for n in ("captions", "reference", "clip_checkpoint")
                if getattr(args, n) is None]
     if args.real and missing:
         raise EvalError(f"--real needs {', '.join(missing)} (local files; nothing is "
                         "downloaded)")
+
+
+def _check_output_and_seed(args: argparse.Namespace) -> None:
+    """--seed within torch's range and --grid a PNG path that can be written: both failed
+    only after minutes of evaluation, losing its metrics."""
+    import tempfile
+
+    from distill.config import MAX_SEED
+    from evaluation.errors import EvalError
+
+    if not 0 <= args.seed <= MAX_SEED:
+        raise EvalError(f"--seed {args.seed}: must be in 0..2^63-1 (torch's generator seed)")
+    if args.grid is None:
+        return
+    grid = args.grid.expanduser()
+    if grid.suffix.lower() != ".png":
+        raise EvalError(f"--grid {grid}: give a file name ending in .png")
+    if grid.is_dir():
+        raise EvalError(f"--grid {grid}: is a folder; give a .png file name inside it")
+    try:  # the folder must take a new file (os.access says yes to root on read-only mounts)
+        with tempfile.NamedTemporaryFile(dir=grid.parent, prefix=".grid-test-"):
+            pass
+    except OSError as exc:
+        raise EvalError(f"--grid {grid}: cannot write in {grid.parent} "
+                        f"({exc.strerror or exc}); give a writable path") from None
 
 
 def _suite(args: argparse.Namespace):
@@ -146,6 +172,11 @@ def _eval(args: argparse.Namespace) -> int:
 
         # A missing or damaged checkpoint is refused before the suite is built (and cached).
         saved = read_generator(args.checkpoint)
+    generator = None
+    if saved is not None:
+        from distill.restore import load_generator
+
+        generator = load_generator(saved)  # another architecture: refused before the work
     suite = _suite(args)
     if args.teacher is not None:
         from distill.loop import load_config_teacher
@@ -155,22 +186,20 @@ def _eval(args: argparse.Namespace) -> int:
         sample_fn = teacher_sample_fn(load_config_teacher(args.teacher), args.steps, kappa)
         what = f"teacher {args.teacher} (DDIM {args.steps} steps, kappa {kappa})"
     else:
-        from distill.restore import load_generator
-
-        generator = load_generator(saved)
         sample_fn, what = generator.sample, generator.describe()
     # What suite.evaluate_sample_fn does, keeping the images for the grid.
     images = suite.generate(sample_fn, args.seed)
     metrics = suite.evaluate(images, suite.captions)
-    if args.grid is not None:
-        from evaluation.grid import sample_grid
-
-        sample_grid(images, suite.captions, args.grid)
+    # The metrics first: whatever happens to the grid, minutes of evaluation are not lost.
     if args.json:
-        print(json.dumps({"evaluated": what, "protocol": suite.protocol, **metrics}))
+        print(json.dumps({"evaluated": what, "protocol": suite.protocol, **metrics}), flush=True)
     else:
         print(f"evaluated {what}")
         print(f"protocol {suite.protocol}")
         for key, value in metrics.items():
-            print(f"{key} {value:.6g}")
+            print(f"{key} {value:.6g}", flush=True)
+    if args.grid is not None:
+        from evaluation.grid import sample_grid
+
+        sample_grid(images, suite.captions, args.grid.expanduser())
     return 0

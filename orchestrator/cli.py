@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # (module, why it is separate): the order is the order in --help.
@@ -52,12 +53,27 @@ def _readable(message: str) -> str:
     return "\n".join(lines)
 
 
+def quiet_libraries() -> None:
+    """The terminal holds the project's own lines: transformers' per-file "Loading weights"
+    bars and diffusers' advice are off for every command (read when they are imported, so
+    set before; a user's own setting wins). Warnings and errors still show."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for library in ("transformers", "diffusers"):  # imported already (a test, a notebook)
+        if f"{library}.utils.logging" in sys.modules:
+            logging = sys.modules[f"{library}.utils.logging"]
+            logging.disable_progress_bar()
+            logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from distill.errors import UserError
     from orchestrator.tracking import TrackingLost
 
+    quiet_libraries()
     try:
         return int(args.handler(args) or 0)
     except (UserError, FileNotFoundError) as exc:

@@ -75,9 +75,9 @@ def trial_params(trial: Trial, size: str, profile: str) -> dict:
 def _quiet_model_loading() -> None:
     """Loading a teacher or CLIP prints per-file progress bars and advice (install
     accelerate) that would bury the status lines; warnings and errors still show."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from orchestrator.cli import quiet_libraries
+
+    quiet_libraries()
     import diffusers.utils.logging
     import transformers.utils.logging
 

@@ -173,3 +173,25 @@ def test_bad_eval_arguments_exit_2_before_any_work(args, named, capsys):
     assert main(["eval", "--teacher", "embedded:smoke", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and named in err and err.count("\n") == 1, err
+
+
+def test_a_checkpoint_of_another_architecture_is_one_line(home, smoke_teacher, tmp_path,
+                                                          capsys):
+    """A smoke generator whose record names the default teacher (as a hand-edited or mixed
+    up folder would): one line naming the checkpoint, not torch's size-mismatch pages."""
+    from distill.config import DistillConfig
+    from distill.loop import distill, load_config_teacher
+
+    config = DistillConfig(teacher="embedded:smoke", iterations=1, batch_size=4,
+                           micro_batch_size=4, checkpoint_every=0)
+    distill(config, tmp_path / "run", teacher=smoke_teacher)
+    record_file = tmp_path / "run" / "checkpoint" / "state.json"
+    record = json.loads(record_file.read_text())
+    record["config"]["teacher"] = "embedded:default"
+    record["teacher_hash"] = load_config_teacher("embedded:default").teacher_hash
+    record_file.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert str(tmp_path / "run" / "checkpoint") in err and "does not fit" in err
