@@ -220,6 +220,16 @@ def _lever_name(row: pd.Series) -> str:
             f"{row['iterations']:g} iterations")
 
 
+def _variance_ratio_p(a: tuple[float, int], b: tuple[float, int]) -> float:
+    """Two-sided F-test p of two pooled sds (sd, degrees of freedom): is the spread of one
+    setting different from the other's beyond what so few pilot seeds show by chance?"""
+    from scipy import stats
+
+    (sd_a, df_a), (sd_b, df_b) = a, b
+    f = stats.f.cdf(sd_a ** 2 / sd_b ** 2, df_a, df_b)
+    return float(min(1.0, 2 * min(f, 1 - f)))
+
+
 def lever_table(trials: pd.DataFrame, metrics: list[str], arms: tuple[str, str]) -> str:
     """Markdown: per lever (a distinct setting of LEVER_PARAMS and iterations; one row per
     finished trial in ``trials``, with its arm in ARM, its seed and its final metrics), the
@@ -232,14 +242,14 @@ def lever_table(trials: pd.DataFrame, metrics: list[str], arms: tuple[str, str])
     trials["lever"] = trials.apply(_lever_name, axis=1)
     shorts = [metric_of(k).short_for("embedded-") for k in metrics]
     lines = ["| setting | " + " | ".join(f"{s} sd | {s} corr" for s in shorts)
-             + " | CPU-s per trial | precision/CPU-s (geometric mean) |",
-             "|---" * (3 + 2 * len(metrics)) + "|"]
-    base = None
+             + " | CPU-s per trial | precision/CPU-s (geometric mean) | F-test p per metric |",
+             "|---" * (4 + 2 * len(metrics)) + "|"]
+    base = base_sds = None
     for lever, group in trials.groupby("lever", sort=False):
         row = group.iloc[0]
         cost = float(np.mean([row["iterations"] * ITERATION_SECONDS[a] * row["batch_size"] / 16
                               for a in arms])) + EVAL_SECONDS
-        cells, precisions = [], []
+        cells, precisions, sds = [], [], []
         for key in metrics:
             values = group.assign(v=np.log(group[key]) if metric_of(key).log_scale
                                   else group[key]).pivot(index="seed", columns=ARM, values="v")
@@ -248,10 +258,14 @@ def lever_table(trials: pd.DataFrame, metrics: list[str], arms: tuple[str, str])
             corr = float(np.corrcoef(table[arms[0]], table[arms[1]])[0, 1])
             cells.append(f"{sd:.3g} | {corr:+.2f}")
             precisions.append(1 / (sd ** 2 * cost))
-        base = base or precisions
+            sds.append((sd, len(arms) * (len(table) - 1)))
+        base, base_sds = base or precisions, base_sds or sds
         gain = math.prod(p / b for p, b in zip(precisions, base, strict=True)) ** (
             1 / len(precisions))
-        lines.append(f"| {lever} | " + " | ".join(cells) + f" | {cost:.0f} | {gain:.2f}× |")
+        tests = ", ".join(f"{_variance_ratio_p(a, b):.2f}" for a, b in zip(sds, base_sds,
+                                                                            strict=True))
+        lines.append(f"| {lever} | " + " | ".join(cells) + f" | {cost:.0f} | {gain:.2f}× "
+                     f"| {tests if sds is not base_sds else '—'} |")
     return "\n".join(lines) + "\n"
 
 

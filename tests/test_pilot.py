@@ -93,3 +93,26 @@ def test_the_budget_table_chooses_the_most_precise_trained_setting_that_fits(mon
     # A time limit below the 100-iteration plan leaves nothing trained that fits.
     monkeypatch.setattr(pilot, "PLAN_CPU_SECONDS", 500.0)
     assert pilot.budget_table([history], ["fid2k"], pilot.Setting(150, (150,)))[1] is None
+
+
+def test_the_lever_table_by_hand():
+    from scipy import stats
+
+    from results.pilot import lever_table
+
+    # Two settings, lsg and cfg on seeds 0-2. Plain: CLIP 0.50/0.55/0.60 in both arms (sd
+    # 0.05); the lever halves the spread (0.525/0.55/0.575, sd 0.025): 4x the precision at
+    # the same cost; pooled df 2 x 2 = 4 each, so the F-test's p is that of a ratio of 4.
+    rows = []
+    for setting, values in (({"ema_halflife_kimg": 0.5}, (0.50, 0.55, 0.60)),
+                            ({"ema_halflife_kimg": 1.0}, (0.525, 0.55, 0.575))):
+        for arm in ("lsg", "cfg"):
+            for seed, value in enumerate(values):
+                rows.append({ARM: arm, "seed": seed, "clip_score": value, "iterations": 100,
+                             "batch_size": 16, "lr_anneal_fraction": 0.0, **setting})
+    text = lever_table(pd.DataFrame(rows), ["clip_score"], ("lsg", "cfg"))
+    plain, lever = (line.split(" | ") for line in text.splitlines()[2:])
+    assert plain[1] == "0.05" and plain[2] == "+1.00" and plain[4] == "1.00×"
+    assert lever[1] == "0.025" and lever[4] == "4.00×"
+    p = 2 * (1 - stats.f.cdf(4.0, 4, 4))
+    assert lever[5] == f"{p:.2f} |"
