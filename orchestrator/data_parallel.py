@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from orchestrator.spec import TrialSpec
 from orchestrator.trial import execute_trial
 
 # Rank 0 evaluates (30k images at SD scale) while the other ranks wait in the next
@@ -23,7 +24,7 @@ from orchestrator.trial import execute_trial
 PROCESS_GROUP_TIMEOUT_S = 4 * 3600
 
 
-def _worker(spec: dict[str, Any]) -> None:
+def _worker(spec: dict[str, Any]) -> None:  # Ray Train hands train_loop_config as a dict
     """One rank: pin its GPU, then run the ordinary trial with Ray Train's report."""
     import ray.train
     import torch
@@ -31,7 +32,7 @@ def _worker(spec: dict[str, Any]) -> None:
     if torch.cuda.is_available():
         # Workers of one node may see all of its GPUs; "cuda" must mean this rank's.
         torch.cuda.set_device(ray.train.torch.get_device())
-    execute_trial({**spec, "node": node_name()}, ray.train.report)
+    execute_trial(TrialSpec.from_dict(spec).on_node(node_name()), ray.train.report)
 
 
 def node_name() -> str:
@@ -44,24 +45,24 @@ def node_name() -> str:
                 node_id)
 
 
-def run_workers(spec: dict[str, Any]) -> None:
-    """Run one trial on ``spec["workers"]`` data-parallel workers; raise if it failed."""
+def run_workers(spec: TrialSpec) -> None:
+    """Run one trial on ``spec.workers`` data-parallel workers; raise if it failed."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    use_gpu = spec["gpu"] > 0
-    per_worker = {"CPU": spec["cpu"], **({"GPU": spec["gpu"]} if use_gpu else {})}
+    use_gpu = spec.gpu > 0
+    per_worker = {"CPU": spec.cpu, **({"GPU": spec.gpu} if use_gpu else {})}
     trainer = TorchTrainer(
         _worker,
-        train_loop_config=spec,
+        train_loop_config=spec.to_dict(),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo",
                                  timeout_s=PROCESS_GROUP_TIMEOUT_S),
-        scaling_config=ray.train.ScalingConfig(num_workers=spec["workers"], use_gpu=use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
-            name=f"train-{spec['trial_id']}",
-            storage_path=str(Path(spec["workdir"]) / "ray-train"),
+            name=f"train-{spec.trial_id}",
+            storage_path=str(Path(spec.workdir) / "ray-train"),
             # Tune retries the whole trial (FailureConfig.max_failures); a second layer of
             # retries here would multiply them.
             failure_config=ray.train.FailureConfig(max_failures=0),

@@ -26,11 +26,12 @@ from typing import Any, TextIO
 
 from distill.config import ConfigError
 from distill.paths import output_root
-from orchestrator import baseline, preflight, profiles, tracking
+from orchestrator import baseline, faults, preflight, profiles, tracking
 from orchestrator.plan import MAX_TRIALS, Plan, Trial, expand, load_plan, trial_set_hash, with_seeds
 from orchestrator.ray_session import RaySession, check_local_resources, check_reachable
+from orchestrator.spec import TrialSpec
 from orchestrator.trainable import run_trial
-from orchestrator.trial import FAULTS_ENV, HOLD_ENV, read_result
+from orchestrator.trial import read_result
 from results import schema
 
 DATA_PARALLEL_DRIVER_MEMORY = 64 * 1024**2  # bytes; Ray's logical memory resource
@@ -434,16 +435,16 @@ class PlanRun:
         finally:
             beside.tune_done.set()
 
-    def _spec(self, t: Trial) -> dict[str, Any]:
-        """Everything a trial needs, as JSON-able data (it may run on another node)."""
-        return {"trial_id": t.trial_id, "name": t.name, "config": dataclasses.asdict(t.config),
-                "workdir": str(trial_workdir(self.storage, self.plan, t)),
-                "tracking_uri": self.uri, "run_id": self.child_ids[t.trial_id],
-                "cpu": self.plan.resources.cpu, "gpu": self.plan.resources.gpu,
-                "ablate_home": str(output_root()), "size": self.size,
-                "profile": self.profile.to_dict(), "workers": self.profile.workers,
-                "mlflow_http": tracking.http_retry_policy(),
-                "fault_at_iteration": _test_faults().get(t.trial_id), "hold": _test_hold()}
+    def _spec(self, t: Trial) -> TrialSpec:
+        """Everything a trial needs (it may run on another node)."""
+        return TrialSpec(
+            trial_id=t.trial_id, name=t.name, config=dataclasses.asdict(t.config),
+            workdir=str(trial_workdir(self.storage, self.plan, t)), tracking_uri=self.uri,
+            run_id=self.child_ids[t.trial_id], ablate_home=str(output_root()), size=self.size,
+            cpu=self.plan.resources.cpu, gpu=self.plan.resources.gpu,
+            workers=self.profile.workers, profile=self.profile.to_dict(),
+            mlflow_http=tracking.http_retry_policy(),
+            fault_at_iteration=faults.faults_for(t.trial_id), hold=faults.hold())
 
     # -- close -----------------------------------------------------------------------------
     def close(self, failed: dict[str, str], beside: baseline.BesideTrials) -> RunOutcome:
@@ -560,23 +561,6 @@ def _plan_lock(storage: Path, plan: Plan):
         yield
 
 
-def _test_faults() -> dict[str, int]:
-    """Test-only: ``ABLATE_TEST_FAULTS='{"<trial id>": <iteration>}'`` makes that trial
-    raise once when it reports that iteration (tests/test_orchestrator.py), so a crash
-    and its retry from the last checkpoint are exercised through real Ray Tune."""
-    raw = os.environ.get(FAULTS_ENV)
-    return {str(k): int(v) for k, v in json.loads(raw).items()} if raw else {}
-
-
-def _test_hold() -> dict | None:
-    """Test-only: ``ABLATE_TEST_HOLD='{"iteration": 15, "release": "<file>"}'`` makes each
-    trial, the first time it reports that iteration, write ``.held`` (its node) in its
-    workdir and wait there until the release file exists (tests/test_cluster.py), so a
-    test can take a node away from under trials it knows to be mid-way."""
-    raw = os.environ.get(HOLD_ENV)
-    return json.loads(raw) if raw else None
-
-
 class _SetEvent:
     """Sets a threading.Event when called; picklable, because Tune pickles its callbacks
     into the experiment state (the pickled copy does nothing when called)."""
@@ -592,7 +576,7 @@ class _SetEvent:
         return {"event": None}
 
 
-def _fit(plan: Plan, specs: list[dict], storage: Path, profile: profiles.Profile, out: TextIO,
+def _fit(plan: Plan, specs: list[TrialSpec], storage: Path, profile: profiles.Profile, out: TextIO,
          first_result) -> dict[str, str]:
     """Ray Tune over the trial specs; ``first_result`` is set at the first report."""
     import logging
@@ -613,7 +597,7 @@ def _fit(plan: Plan, specs: list[dict], storage: Path, profile: profiles.Profile
                  else {"cpu": 0, "gpu": 0, "memory": DATA_PARALLEL_DRIVER_MEMORY})
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
-        param_space={"spec": tune.grid_search(specs)},
+        param_space={"spec": tune.grid_search([s.to_dict() for s in specs])},
         tune_config=tune.TuneConfig(
             num_samples=1, max_concurrent_trials=0,
             # One worker process runs trial after trial: imports, teacher and evaluation
@@ -625,10 +609,9 @@ def _fit(plan: Plan, specs: list[dict], storage: Path, profile: profiles.Profile
             name=f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(storage / "tune"),
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-            callbacks=[StatusLine(out, {s["trial_id"]: s["config"]["iterations"] for s in specs},
+            callbacks=[StatusLine(out, {s.trial_id: s.iterations for s in specs},
                                   on_result=_SetEvent(first_result)),
-                       RunStatuses(specs[0]["tracking_uri"],
-                                   {s["trial_id"]: s["run_id"] for s in specs})],
+                       RunStatuses(specs[0].tracking_uri, {s.trial_id: s.run_id for s in specs})],
             verbose=0, log_to_file=True),
     )
     return {result.config["spec"]["trial_id"]: f"{type(result.error).__name__}: {result.error}"

@@ -18,6 +18,7 @@ from ray.tune import Callback
 
 from distill import metrics as registry
 from orchestrator import tracking
+from orchestrator.spec import of_trial
 
 # The metrics worth a glance while a run is in flight, in this order (FID's keys after).
 SHOWN = (registry.LOSS_FAKE_SCORE, registry.LOSS_GENERATOR, registry.IMAGES_PER_SECOND,
@@ -68,16 +69,16 @@ class StatusLine(Callback):
         self.out = self.out or sys.stdout
 
     def _print(self, trial, state: str, result: dict | None = None) -> None:
-        spec = trial.config["spec"]
+        spec = of_trial(trial)
         result = result or {}
-        line = format_line(time.monotonic() - self.start, spec["name"], state,
-                           result.get("iteration"), self.iterations.get(spec["trial_id"]),
+        line = format_line(time.monotonic() - self.start, spec.name, state,
+                           result.get("iteration"), self.iterations.get(spec.trial_id),
                            result)
         print(line, file=self.out, flush=True)
-        self._last_print[spec["trial_id"]] = time.monotonic()
+        self._last_print[spec.trial_id] = time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        trial_id = trial.config["spec"]["trial_id"]
+        trial_id = of_trial(trial).trial_id
         self._starts[trial_id] = self._starts.get(trial_id, 0) + 1
         done = self._latest.get(trial_id, (0.0, 0))[1]
         self._since[trial_id] = self._latest[trial_id] = (time.monotonic(), done)
@@ -90,7 +91,7 @@ class StatusLine(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.on_result is not None:
             self.on_result()
-        trial_id = trial.config["spec"]["trial_id"]
+        trial_id = of_trial(trial).trial_id
         if isinstance(result.get("iteration"), int):
             self._latest[trial_id] = (time.monotonic(), result["iteration"])
         if time.monotonic() - self._last_print.get(trial_id, 0.0) >= self.min_interval_s:
@@ -99,13 +100,13 @@ class StatusLine(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         self._print(trial, str(result.get("done_status", "DONE")).upper(), result)
-        self._ended.add(trial.config["spec"]["trial_id"])
+        self._ended.add(of_trial(trial).trial_id)
         print(self.summary(), file=self.out, flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trial, "ERROR", trial.last_result)
         self._print_error(trial)
-        self._ended.add(trial.config["spec"]["trial_id"])
+        self._ended.add(of_trial(trial).trial_id)
         print(self.summary(), file=self.out, flush=True)
 
     def summary(self) -> str:
@@ -149,7 +150,7 @@ class RunStatuses(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._stop_if_tracking_lost(trial)
         self._client = self._client or tracking.client(self.uri)
-        run_id = self.run_ids[trial.config["spec"]["trial_id"]]
+        run_id = self.run_ids[of_trial(trial).trial_id]
         tracking.retry_locked(self._client.update_run, run_id, status="SCHEDULED")
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -40,7 +40,7 @@ LOCK_RETRY_SECONDS = 120.0
 # a server restarted within about a minute loses nothing; one gone for longer fails the
 # trials that write to it, and the driver stops (TrackingLost). MLflow's defaults (7
 # retries, factor 2, 120 s per request) would wait over 4 minutes per call. A variable the
-# user set wins; the driver hands its values to every trial (spec["mlflow_http"]), so
+# user set wins; the driver hands its values to every trial (TrialSpec.mlflow_http), so
 # workers on other nodes retry as the driver does.
 HTTP_RETRY_POLICY = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",

@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.data_parallel import node_name, run_workers
+from orchestrator.spec import TrialSpec
 from orchestrator.trial import execute_trial
 
 
 def run_trial(tune_config: dict[str, Any]) -> None:
-    """Ray Tune function trainable; ``tune_config["spec"]`` is built by the driver."""
-    spec = {**tune_config["spec"], "node": node_name()}
-    if spec.get("workers", 1) > 1:
+    """Ray Tune function trainable; ``tune_config["spec"]`` is a TrialSpec as plain data."""
+    spec = TrialSpec.from_dict(tune_config["spec"]).on_node(node_name())
+    if spec.workers > 1:
         # N data-parallel workers: a Ray Train TorchTrainer inside this Tune trial; each
         # worker runs execute_trial and their reports reach Tune through it.
         run_workers(spec)

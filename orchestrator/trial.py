@@ -3,8 +3,8 @@
 :mod:`orchestrator.trainable` hands a Tune trial here (or, data-parallel, each rank of
 its :mod:`orchestrator.data_parallel` workers); nothing here imports Ray.
 
-The trial gets everything through its spec (a JSON-able dict built by the
-driver): the resolved config, its stable workdir, the MLflow run to write to.
+The trial gets everything through its spec (:class:`orchestrator.spec.TrialSpec`, built
+by the driver): the resolved config, its stable workdir, the MLflow run to write to.
 Nothing is read from the driver's environment, so the same trial runs on a
 laptop or on a remote Ray worker that shares the storage folder.
 
@@ -23,14 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator import faults
+from orchestrator.spec import TrialSpec
+
 RESULT_FILE = "result.json"
-# Test-only fault injection (orchestrator.runner._test_faults): the driver reads it and
-# puts the iteration into the trial's spec, never into its config or id.
-FAULTS_ENV = "ABLATE_TEST_FAULTS"
-FAULT_MARKER = ".fault-injected"
-HOLD_ENV = "ABLATE_TEST_HOLD"  # likewise (orchestrator.runner._test_hold)
-HOLD_MARKER = ".held"
-HOLD_LIMIT_S = 600
 SYSTEM_METRICS_INTERVAL_S = 5  # half of MLflow's default: a smoke trial is shorter than that
 
 # Per-process caches. The driver asks Tune to reuse actors, so one worker process runs
@@ -74,27 +70,7 @@ def _process_started_at() -> float | None:
         return None
 
 
-def _inject_fault_once(workdir: Path, iteration: int) -> None:
-    """Raise the first time a trial reports ``iteration`` (the marker survives the retry)."""
-    marker = workdir / FAULT_MARKER
-    if not marker.exists():
-        marker.touch()
-        raise RuntimeError(f"injected fault at iteration {iteration} ({FAULTS_ENV})")
-
-
-def _hold_once(workdir: Path, hold: dict[str, Any], node: str) -> None:
-    """Wait at the held iteration until the release file exists (once per trial: the
-    marker survives the retry, which therefore runs through)."""
-    marker = workdir / HOLD_MARKER
-    if marker.exists():
-        return
-    marker.write_text(node)
-    deadline = time.monotonic() + HOLD_LIMIT_S
-    while not Path(hold["release"]).exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
-def execute_trial(spec: dict[str, Any], send: Any) -> None:
+def execute_trial(spec: TrialSpec, send: Any) -> None:
     """One trial (or one data-parallel rank of it): ``distill`` with MLflow wired in.
 
     ``send`` forwards progress to Ray (``tune.report``, or ``ray.train.report`` in a
@@ -104,10 +80,10 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     entered_at = time.time()
     # The driver's retry policy for a tracking server, which a worker on another node
     # (started by `ray start`, not by the driver) would not otherwise have.
-    os.environ.update(spec.get("mlflow_http", {}))
+    os.environ.update(spec.mlflow_http)
     # The core caches teachers and metric models under the output folder; point it at the
     # driver's, which a worker started before this plan (shared Ray session) may not have.
-    os.environ["ABLATE_HOME"] = spec["ablate_home"]
+    os.environ["ABLATE_HOME"] = spec.ablate_home
     # Imported here, not at the top: the driver imports this module on its fail-fast path,
     # and the worker's import time is measured (the "imported_at" of the start-up record).
     import torch
@@ -119,32 +95,30 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
     from results import schema
 
     imported_at = time.time()
-    torch.set_num_threads(spec["cpu"])
+    torch.set_num_threads(spec.cpu)
     main = parallel.is_main()
-    config = from_dict(DistillConfig, spec["config"], source=f"trial {spec['name']}")
-    workdir = Path(spec["workdir"])
+    config = from_dict(DistillConfig, spec.config, source=f"trial {spec.name}")
+    workdir = Path(spec.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    logger = tracking.RunLogger(spec["tracking_uri"], spec["run_id"]) if main else None
+    logger = tracking.RunLogger(spec.tracking_uri, spec.run_id) if main else None
     # Every rank passes an evaluate, so every rank reports at each evaluation point (Ray
     # Train's report is a barrier); the core calls it on rank 0 only.
     evaluate = _evaluated_on_rank_0
     monitor = None
     if main:
-        tracking.retry_locked(logger.client.update_run, spec["run_id"], status="RUNNING")
-        if spec.get("node"):  # which machine runs it (the last one, after a retry)
-            tracking.retry_locked(logger.client.set_tag, spec["run_id"], schema.NODE,
-                                  spec["node"])
+        tracking.retry_locked(logger.client.update_run, spec.run_id, status="RUNNING")
+        if spec.node:  # which machine runs it (the last one, after a retry)
+            tracking.retry_locked(logger.client.set_tag, spec.run_id, schema.NODE, spec.node)
         monitor = _system_metrics(spec)
         evaluate = _evaluator(_suite(spec, config), config, logger)
 
     def report(metrics: dict[str, float], iteration: int) -> None:
-        if iteration == spec.get("fault_at_iteration"):
-            _inject_fault_once(workdir, iteration)
-        if spec.get("hold") and iteration == spec["hold"]["iteration"]:
-            _hold_once(workdir, spec["hold"], spec.get("node", "?"))
         if main:
             logger.log_metrics(metrics, iteration)
         send({**metrics, "iteration": iteration})
+
+    # Test-only hooks (orchestrator/faults.py); a real run's spec carries none.
+    report = faults.wrap_report(report, workdir, spec.fault_at_iteration, spec.hold, spec.node)
 
     teacher = _teacher(spec, config)
     # Wall-clock span of the trial's own compute, so benchmarks can tell it from overhead.
@@ -161,7 +135,7 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
         cost = _cost(spec, config, finished_at - started_at)
         logger.log_metrics({**result.final_metrics, **cost}, result.iterations)
         write_result(workdir, {
-            "trial_id": spec["trial_id"], "name": spec["name"], "run_id": spec["run_id"],
+            "trial_id": spec.trial_id, "name": spec.name, "run_id": spec.run_id,
             # A finished trial is reused on rerun only while its teacher is unchanged.
             "teacher_hash": teacher.teacher_hash,
             "status": result.status, "iterations": result.iterations,
@@ -174,28 +148,28 @@ def execute_trial(spec: dict[str, Any], send: Any) -> None:
             # start, entry into this function, imports done, suite and teacher ready.
             "startup": {"process_started_at": _process_started_at(), "entered_at": entered_at,
                         "imported_at": imported_at, "ready_at": started_at}})
-        tracking.finish(logger.client, spec["run_id"], "FINISHED", outcome=result.status)
+        tracking.finish(logger.client, spec.run_id, "FINISHED", outcome=result.status)
     send(final)
 
 
-def _system_metrics(spec: dict[str, Any]):
+def _system_metrics(spec: TrialSpec):
     """MLflow's CPU, memory and (NVIDIA) GPU sampler on the trial's run: the dashboard's
     System metrics tab. It samples every SYSTEM_METRICS_INTERVAL_S in a daemon thread."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(spec["run_id"], sampling_interval=SYSTEM_METRICS_INTERVAL_S,
-                                   tracking_uri=spec["tracking_uri"])
+    monitor = SystemMetricsMonitor(spec.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                                   tracking_uri=spec.tracking_uri)
     monitor.start()
     return monitor
 
 
-def _cost(spec: dict[str, Any], config, seconds: float) -> dict[str, float]:
+def _cost(spec: TrialSpec, config, seconds: float) -> dict[str, float]:
     """What the trial cost: its distill span, device-hours (a CPU trial counts one device
     per worker) and UNet passes per image per iteration, forward plus backward."""
     from distill import metrics as registry
     from distill.guidance import guidance_scales
 
-    devices = spec.get("workers", 1) * (spec["gpu"] if spec.get("gpu", 0) > 0 else 1)
+    devices = spec.workers * (spec.gpu if spec.gpu > 0 else 1)
     forward, backward = guidance_scales(config.strategy, config.kappa).unet_passes()
     return {registry.TRAIN_SECONDS.key: seconds,
             registry.DEVICE_HOURS.key: seconds * devices / 3600,
@@ -206,28 +180,28 @@ def _evaluated_on_rank_0(sample_fn, iteration: int) -> dict:
     raise AssertionError("distill evaluates on rank 0 only")
 
 
-def _suite(spec: dict[str, Any], config):
+def _suite(spec: TrialSpec, config):
     """The trial's evaluation suite, built once per worker process."""
     import torch
 
     from orchestrator.profiles import EMBEDDED, Profile, build_suite
 
-    profile = Profile.from_dict(spec["profile"]) if "profile" in spec else EMBEDDED
+    profile = Profile.from_dict(spec.profile) if spec.profile is not None else EMBEDDED
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    key = (spec["ablate_home"], json.dumps(profile.to_dict(), sort_keys=True), spec["size"],
+    key = (spec.ablate_home, json.dumps(profile.to_dict(), sort_keys=True), spec.size,
            config.eval_num_images, device)
     if key not in _SUITES:
-        _SUITES[key] = build_suite(profile, spec["size"], config.eval_num_images, device)
+        _SUITES[key] = build_suite(profile, spec.size, config.eval_num_images, device)
     return _SUITES[key]
 
 
-def _teacher(spec: dict[str, Any], config):
+def _teacher(spec: TrialSpec, config):
     """The trial's teacher, loaded once per worker process. Gradient checkpointing is
     switched on in the teacher module itself, so it is part of the key; distill otherwise
     leaves the teacher as it found it (frozen, eval)."""
     from distill.loop import load_config_teacher
 
-    key = (spec["ablate_home"], config.teacher, config.gradient_checkpointing)
+    key = (spec.ablate_home, config.teacher, config.gradient_checkpointing)
     if key not in _TEACHERS:
         _TEACHERS[key] = load_config_teacher(config.teacher)
     return _TEACHERS[key]

@@ -27,7 +27,7 @@ import pytest
 
 from distill import metrics as registry
 from orchestrator import tracking
-from orchestrator.trial import HOLD_ENV, HOLD_MARKER
+from orchestrator.faults import HOLD_ENV, HOLD_MARKER
 from results import schema
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,9 +23,9 @@ from distill import metrics as registry
 from distill.config import ConfigError, trial_id
 from distill.guidance import guidance_scales
 from orchestrator import runner, tracking
+from orchestrator.faults import FAULTS_ENV
 from orchestrator.plan import expand, load_plan
 from orchestrator.ray_session import start_ray
-from orchestrator.trial import FAULTS_ENV
 from results import schema
 
 PLAN = """\
