@@ -40,6 +40,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 teacher: install
 	$(BIN)/ablate teacher --size default --rebuild-shipped

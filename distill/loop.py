@@ -243,7 +243,7 @@ class SiD:
         if cfg.ema_rampup_ratio is not None:
             halflife_images = min(halflife_images, images_seen * cfg.ema_rampup_ratio)
         beta = 0.5 ** (cfg.batch_size / max(halflife_images, 1e-8))
-        ema = list(self.generator_ema.parameters())
+        ema: list[torch.Tensor] = list(self.generator_ema.parameters())
         torch._foreach_lerp_(ema, list(self.generator.parameters()), 1.0 - beta)
 
     def state_tensors(self, rng: Streams) -> dict[str, torch.Tensor]:
@@ -276,11 +276,12 @@ def _step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
     """``optimizer.step()``, a no-op where the 0-d bool tensor ``skip`` is true, decided on the
     device: fused Adam takes ``found_inf`` (the input torch.amp.GradScaler sets) and skips
     the update, step count included, inside its kernel, so ``skip`` is never read back."""
-    optimizer.found_inf = skip.float()
+    # An attribute fused Adam reads (GradScaler sets it), not declared on Optimizer.
+    optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
     try:
         optimizer.step()
     finally:
-        del optimizer.found_inf
+        del optimizer.found_inf  # type: ignore[attr-defined]
 
 
 def load_config_teacher(spec: str, progress: bool = False):

@@ -8,6 +8,7 @@ needs no switch: diffusers' UNet uses PyTorch's scaled-dot-product attention
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
@@ -19,7 +20,8 @@ def set_tf32(allow: bool) -> None:
     """TF32 for float32 matmuls and convolutions (a process-wide setting, as in PyTorch)."""
     precision = "tf32" if allow else "ieee"
     torch.backends.cuda.matmul.fp32_precision = precision
-    torch.backends.cudnn.conv.fp32_precision = precision
+    # Not yet in torch's type stubs (the fp32_precision API is newer than them).
+    torch.backends.cudnn.conv.fp32_precision = precision  # type: ignore[attr-defined]
 
 
 class Bf16InputGradTeacher(torch.nn.Module):
@@ -53,5 +55,5 @@ def enable_gradient_checkpointing(config: DistillConfig, *unets: torch.nn.Module
     if not config.gradient_checkpointing:
         return
     for unet in unets:
-        target = unet.unet if isinstance(unet, Bf16InputGradTeacher) else unet
-        target.enable_gradient_checkpointing()
+        target: Any = unet.unet if isinstance(unet, Bf16InputGradTeacher) else unet
+        target.enable_gradient_checkpointing()  # diffusers' UNet method

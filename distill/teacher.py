@@ -19,6 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,11 +47,12 @@ class Teacher:
     """Everything the distillation core needs from a text-to-image diffusion model."""
 
     directory: Path
-    tokenizer: object
-    text_encoder: torch.nn.Module
-    unet: torch.nn.Module
-    scheduler: object  # diffusers DDPMScheduler (ε-prediction)
-    vae: torch.nn.Module | None
+    # diffusers and transformers classes (their configs are read by attribute):
+    tokenizer: Any  # CLIPTokenizer
+    text_encoder: Any  # CLIPTextModel
+    unet: Any  # UNet2DConditionModel
+    scheduler: Any  # DDPMScheduler (ε-prediction)
+    vae: Any  # AutoencoderKL, or None in pixel space
     teacher_id: str  # human-readable identity (directory name)
     teacher_hash: str  # content hash of the weights, recorded with every run
 
@@ -288,7 +290,7 @@ def train_embedded(config: TeacherConfig, out_dir: Path, progress: bool = True,
     gen = torch.Generator().manual_seed(config.seed)
     start = time.perf_counter()
     bar = tqdm(range(config.train_steps), desc="teacher", disable=not progress, unit="step")
-    loss_avg = None
+    loss_avg = float("nan")
     for step in bar:
         idx = rng.integers(0, len(captions), size=config.batch_size)
         batch_captions = [captions[i] for i in idx]
@@ -315,7 +317,7 @@ def train_embedded(config: TeacherConfig, out_dir: Path, progress: bool = True,
             decay = min(config.ema_decay, (1 + step) / (10 + step))
             for e, p in zip(ema, params):
                 e.lerp_(p.detach(), 1 - decay)
-        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+        loss_avg = loss.item() if step == 0 else 0.98 * loss_avg + 0.02 * loss.item()
         bar.set_postfix(loss=f"{loss_avg:.4f}")
     seconds = time.perf_counter() - start
     with torch.no_grad():

@@ -185,8 +185,10 @@ def _eval(args: argparse.Namespace) -> int:
         kappa = DistillConfig.kappa if args.guidance_scale is None else args.guidance_scale
         sample_fn = teacher_sample_fn(load_config_teacher(args.teacher), args.steps, kappa)
         what = f"teacher {args.teacher} (DDIM {args.steps} steps, kappa {kappa})"
-    else:
+    elif generator is not None:
         sample_fn, what = generator.sample, generator.describe()
+    else:  # argparse's mutually exclusive group requires one of the two
+        raise AssertionError("neither --teacher nor --checkpoint")
     # What suite.evaluate_sample_fn does, keeping the images for the grid.
     images = suite.generate(sample_fn, args.seed)
     metrics = suite.evaluate(images, suite.captions)

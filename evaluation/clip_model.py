@@ -26,6 +26,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -142,7 +143,7 @@ PREPROCESS_CFG = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolatio
 class EmbeddedClip:
     """A loaded embedded CLIP: open_clip model, tokenizer, identity."""
 
-    model: torch.nn.Module
+    model: Any  # open_clip's CLIP (encode_image / encode_text)
     tokenizer: WorldTokenizer
     directory: Path
     config: ClipConfig
@@ -218,7 +219,7 @@ def train_clip(config: ClipConfig, out_dir: Path, progress: bool = True,
     batch_size = min(config.batch_size, len(captions))
     rng = np.random.default_rng(config.seed)
     start = time.perf_counter()
-    loss_avg = None
+    loss_avg = float("nan")
     bar = tqdm(range(config.train_steps), desc="embedded clip", disable=not progress, unit="step")
     for step in bar:
         idx = rng.choice(len(captions), size=batch_size, replace=False)
@@ -236,7 +237,7 @@ def train_clip(config: ClipConfig, out_dir: Path, progress: bool = True,
         optimizer.step()
         with torch.no_grad():  # CLIP's own clamp: a temperature below 1/100 is unstable
             model.logit_scale.clamp_(0, np.log(100))
-        loss_avg = loss.item() if loss_avg is None else 0.95 * loss_avg + 0.05 * loss.item()
+        loss_avg = loss.item() if step == 0 else 0.95 * loss_avg + 0.05 * loss.item()
         bar.set_postfix(loss=f"{loss_avg:.3f}")
     seconds = time.perf_counter() - start
     model.eval()

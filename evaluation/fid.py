@@ -157,7 +157,7 @@ def centre_crop_resize(size: int) -> Callable[[np.ndarray], np.ndarray]:
         square = image[top:top + side, left:left + side]
         if side == size:
             return square
-        return np.asarray(Image.fromarray(square).resize((size, size), Image.BICUBIC))
+        return np.asarray(Image.fromarray(square).resize((size, size), Image.Resampling.BICUBIC))
 
     return transform
 

@@ -60,7 +60,7 @@ def sample_grid(images: torch.Tensor, captions: list[str], path: str | Path,
         boxes = []
         for c, index in enumerate(indices):
             tile = Image.fromarray(np.ascontiguousarray(pixels[index]))
-            resample = Image.NEAREST if scale > 1 else Image.BICUBIC
+            resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BICUBIC
             tile = tile.resize((cell_w, cell_h), resample)
             left = label_w + PAD + c * (cell_w + PAD)
             canvas.paste(tile, (left, top))

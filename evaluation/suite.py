@@ -243,6 +243,9 @@ def build_suite(metrics: str, size: str, num_images: int, files: SuiteFiles | No
         clip_dir = ensure_clip("smoke", progress=False) if _clip_size(size) == "smoke" else None
         return embedded_suite(num_images, seed=0, clip_dir=clip_dir)
     if metrics == "paper":
+        if files.clip_checkpoint is None or files.inception_dir is None:
+            raise EvalError(f"profile {files.label}: the paper's metrics need clip_checkpoint "
+                            "and inception_dir")
         return real_suite(files.captions, files.reference, files.clip_checkpoint,
                           files.inception_dir, num_images, device=device)
     return _embedded_clip_suite(files, num_images)

@@ -31,11 +31,18 @@ from typing import TextIO
 
 from distill.paths import output_root
 from orchestrator import tracking
-from orchestrator.plan import Plan
+from orchestrator.plan import Plan, TeacherBaseline
 from results import schema
 
 SHIPPED = Path(__file__).resolve().parent.parent / "evaluation" / "assets" / "teacher-baseline"
 SUBSET_IMAGES = 128  # the check a test recomputes in ~30 s (FD needs > 64 images here)
+
+
+def _sampler(plan: Plan) -> TeacherBaseline:
+    """The plan's teacher-baseline sampler; callers run only for plans that have one."""
+    if plan.evaluation.teacher_baseline is None:
+        raise ValueError(f"plan {plan.name} has no teacher baseline")
+    return plan.evaluation.teacher_baseline
 
 
 def cache_key(teacher, suite, num_images: int, steps: int, guidance_scale: float) -> str:
@@ -67,7 +74,7 @@ def metrics(plan: Plan, teacher, suite, num_images: int, out: TextIO) -> dict[st
     """
     import evaluation
 
-    baseline = plan.evaluation.teacher_baseline
+    baseline = _sampler(plan)
     key = cache_key(teacher, suite, num_images, baseline.steps, baseline.guidance_scale)
     record = shipped(key)
     if record is not None:
@@ -157,7 +164,7 @@ def _log_grid(logger: tracking.RunLogger, plan: Plan, teacher, suite) -> None:
     from evaluation.grid import sample_grid
     from orchestrator.trial import GRID_PROMPTS, GRID_SAMPLES_PER_PROMPT
 
-    baseline = plan.evaluation.teacher_baseline
+    baseline = _sampler(plan)
     prompts = [c for c in suite.captions[:GRID_PROMPTS] for _ in range(GRID_SAMPLES_PER_PROMPT)]
     sample = teacher_sample_fn(teacher, baseline.steps, baseline.guidance_scale)
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,7 +181,7 @@ def log_run(mlflow_client, uri: str, experiment_id: str, parent_id: str, plan: P
             suite, existing, values: dict[str, float], step: int) -> None:
     """The parent's one teacher child run, created (or reopened) and closed FINISHED, with
     its metrics at ``step`` and its sample grid."""
-    baseline = plan.evaluation.teacher_baseline
+    baseline = _sampler(plan)
     if "teacher" in existing:
         run_id = existing["teacher"].info.run_id
     else:
@@ -207,19 +214,20 @@ class BesideTrials:
         self._future: concurrent.futures.Future | None = None
 
     def start(self, work: Callable[[], None]) -> None:
-        self._future = concurrent.futures.Future()
-        threading.Thread(target=self._run, args=(work,), name="teacher-baseline",
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._future = future
+        threading.Thread(target=self._run, args=(work, future), name="teacher-baseline",
                          daemon=True).start()
 
-    def _run(self, work: Callable[[], None]) -> None:
+    def _run(self, work: Callable[[], None], future: concurrent.futures.Future) -> None:
         try:
             while not (self.first_result.wait(0.5) or self.tune_done.is_set()):
                 pass
             if not self.cancelled.is_set():
                 work()
-            self._future.set_result(None)
+            future.set_result(None)
         except BaseException as exc:  # noqa: BLE001 - handed to finish(), which re-raises it
-            self._future.set_exception(exc)
+            future.set_exception(exc)
 
     def finish(self, interrupted: bool) -> None:
         """Interrupted: cancel it (not waited for). Otherwise wait, re-raising its error."""

@@ -82,9 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     except TrackingLost as exc:  # not the user's input: the run failed, and says how to resume
         print(f"error: {_readable(str(exc))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under `ablate run`
+        import signal
+
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"interrupted ({signal.Signals(signum).name}): stopped; runs left unfinished "
+              "are marked KILLED, and the same command resumes them", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ rank 0 checkpoints there and every rank resumes from it after a failure.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from orchestrator.spec import TrialSpec
 from orchestrator.trial import execute_trial
@@ -66,7 +66,8 @@ def run_workers(spec: TrialSpec) -> None:
             # Tune retries the whole trial (FailureConfig.max_failures); a second layer of
             # retries here would multiply them.
             failure_config=ray.train.FailureConfig(max_failures=0),
-            callbacks=[TuneReportCallback()]),
+            # Ray types its RunConfig's callbacks as Ray Train's own; Tune's bridge is one.
+            callbacks=[cast(Any, TuneReportCallback())]),
     )
     result = trainer.fit()
     if result.error is not None:

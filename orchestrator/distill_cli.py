@@ -85,6 +85,6 @@ def _write_grid(workdir: Path, prompts: list[str]) -> None:
     pixels = world.to_uint8(grid.unsqueeze(0))[0]
     image = Image.fromarray(pixels)
     image = image.resize((image.width * GRID_UPSCALE, image.height * GRID_UPSCALE),
-                         Image.NEAREST)
+                         Image.Resampling.NEAREST)
     image.save(workdir / "samples.png")
     (workdir / "samples.txt").write_text("\n".join(prompts) + "\n")

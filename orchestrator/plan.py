@@ -444,14 +444,14 @@ def expand(plan: Plan, size: str = "default", profile: Profile = EMBEDDED) -> li
 
     trials = []
     for combination in itertools.product(*dimensions):
-        values = dict(base)
+        resolved = dict(base)
         varied: dict[str, Any] = {}
         for _, choice in combination:
-            values.update(choice)
+            resolved.update(choice)
             varied.update(choice)
-        values.update(profile.world)  # top layer: what the profile means
+        resolved.update(profile.world)  # top layer: what the profile means
         where = " x ".join(w for w, _ in combination)
-        config = _build(plan, values, where, size, profile)
+        config = _build(plan, resolved, where, size, profile)
         varied = {k: getattr(config, k) for k in varied}
         name = ",".join(f"{k}={_label(getattr(config, k))}" for k in plan.name_keys)
         trials.append(Trial(config=config, trial_id=trial_id(config), name=name,

@@ -45,7 +45,7 @@ def _teacher_problems(profile: Profile) -> list[Missing]:
     that an SD teacher needs to decode latents for evaluation."""
     from distill.teacher import check_teacher_dir
 
-    directory = Path(profile.teacher)
+    directory = Path(profile.required("teacher"))
     what = _SD_TEACHER.format(_TEACHER_NAMES.get(profile.name, profile.name))
     if not directory.is_dir():
         return [Missing("teacher", directory, what + " does not exist")]
@@ -71,12 +71,12 @@ def missing_files(profile: Profile, eval_num_images: int | None = None) -> list[
     if profile.is_embedded:
         return []
     problems = _teacher_problems(profile)
-    prompts = Path(profile.prompts)
+    prompts = Path(profile.required("prompts"))
     if not prompts.is_file():
         problems.append(Missing("prompts", prompts, "training prompts (text file, one prompt "
                                 "per line; the paper used LAION-Aesthetics 6+ prompts, never "
                                 "COCO captions)"))
-    captions = Path(profile.captions)
+    captions = Path(profile.required("captions"))
     wanted = eval_num_images or profile.eval_num_images or 1
     if not captions.is_file():
         problems.append(Missing("captions", captions, "COCO-2014 val evaluation captions (text "
@@ -85,18 +85,18 @@ def missing_files(profile: Profile, eval_num_images: int | None = None) -> list[
         problems.append(Missing("captions", captions, f"COCO-2014 val evaluation captions: "
                                 f"only {_lines(captions)} non-empty lines, the run evaluates "
                                 f"{wanted} images"))
-    reference = Path(profile.reference)
+    reference = Path(profile.required("reference"))
     if not reference.exists():
         problems.append(Missing("reference", reference, "FID reference (clean-fid statistics "
                                 ".npz with mu and sigma of COCO-2014 val at 256, or a folder "
                                 "of the reference images)"))
     if profile.metrics == "paper":
-        inception = Path(profile.inception_dir) / INCEPTION_FILE
+        inception = Path(profile.required("inception_dir")) / INCEPTION_FILE
         if not inception.is_file():
             problems.append(Missing("inception_dir", inception, "clean-fid Inception weights "
                                     f"({INCEPTION_FILE}); inception_dir is the folder "
                                     "holding it"))
-        clip = Path(profile.clip_checkpoint)
+        clip = Path(profile.required("clip_checkpoint"))
         if not clip.is_file():
             problems.append(Missing("clip_checkpoint", clip, "open_clip ViT-g-14 "
                                     "laion2b_s12b_b42k checkpoint (open_clip_pytorch_model.bin "

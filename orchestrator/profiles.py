@@ -99,13 +99,20 @@ class Profile:
     def is_embedded(self) -> bool:
         return self.name == "embedded"
 
+    def required(self, name: str) -> str:
+        """A file setting that a Stable Diffusion profile always has once loaded."""
+        value = getattr(self, name)
+        if value is None:
+            raise ConfigError(f"profile {self.name}: {name} is not set")
+        return value
+
     @property
     def world(self) -> dict[str, str]:
         """The trial values the profile always sets (its teacher and prompts): the top
         layer of a trial's resolution, above the plan (orchestrator.plan.expand)."""
         if self.is_embedded:
             return {}
-        return {"teacher": self.teacher, "prompts": self.prompts}
+        return {"teacher": self.required("teacher"), "prompts": self.required("prompts")}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -223,6 +230,6 @@ def build_suite(profile: Profile, size: str, num_images: int, device: str = "cpu
     from evaluation.suite import build_suite as build
 
     files = None if profile.is_embedded else SuiteFiles(
-        profile.name, profile.captions, profile.reference, profile.clip_checkpoint,
-        profile.inception_dir)
+        profile.name, profile.required("captions"), profile.required("reference"),
+        profile.required("clip_checkpoint"), profile.inception_dir)
     return build(profile.metrics, size, num_images, files, device)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from distill.config import ConfigError
 from distill.paths import output_root
@@ -98,6 +99,8 @@ def _watchdog(temp_dir: Path) -> subprocess.Popen:
 
 def _tell_watchdog(temp_dir: Path, mark: str) -> None:
     pipe = _watchdog(temp_dir).stdin
+    if pipe is None:  # never: it is started with stdin=PIPE
+        return
     # A watchdog that died is a lost safety net, not a reason to stop the plan.
     with contextlib.suppress(OSError):
         pipe.write(f"{mark}{time.time()}\n".encode())
@@ -123,7 +126,7 @@ def start_ray() -> bool:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Trials write to MLflow and our status line; Ray's per-worker log forwarding would
     # interleave every worker's stderr with it.
-    kwargs = {"log_to_driver": False, "logging_level": logging.WARNING,
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
               "configure_logging": True}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)

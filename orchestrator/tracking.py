@@ -234,7 +234,7 @@ def open_parent(mlflow_client, exp_id: str, *, plan_name: str, trial_set: str, s
 
 def children(mlflow_client, exp_id: str, parent_run_id: str) -> dict[str, Any]:
     """Child runs of a parent keyed by trial id (role trial) or by 'teacher' (role teacher)."""
-    found = {}
+    found: dict[str, Any] = {}
     for run in _search(mlflow_client, exp_id, f"tags.`{PARENT_RUN_ID}` = '{parent_run_id}'"):
         role = run.data.tags.get(schema.ROLE)
         key = run.data.tags.get(schema.TRIAL_ID) if role == "trial" else role

@@ -100,25 +100,26 @@ def execute_trial(spec: TrialSpec, send: Any) -> None:
     config = from_dict(DistillConfig, spec.config, source=f"trial {spec.name}")
     workdir = Path(spec.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # Only rank 0 writes to MLflow; the other ranks hold no logger.
     logger = tracking.RunLogger(spec.tracking_uri, spec.run_id) if main else None
     # Every rank passes an evaluate, so every rank reports at each evaluation point (Ray
     # Train's report is a barrier); the core calls it on rank 0 only.
     evaluate = _evaluated_on_rank_0
     monitor = None
-    if main:
+    if logger is not None:
         tracking.retry_locked(logger.client.update_run, spec.run_id, status="RUNNING")
         if spec.node:  # which machine runs it (the last one, after a retry)
             tracking.retry_locked(logger.client.set_tag, spec.run_id, schema.NODE, spec.node)
         monitor = _system_metrics(spec)
         evaluate = _evaluator(_suite(spec, config), config, logger)
 
-    def report(metrics: dict[str, float], iteration: int) -> None:
-        if main:
+    def logged(metrics: dict[str, float], iteration: int) -> None:
+        if logger is not None:
             logger.log_metrics(metrics, iteration)
         send({**metrics, "iteration": iteration})
 
     # Test-only hooks (orchestrator/faults.py); a real run's spec carries none.
-    report = faults.wrap_report(report, workdir, spec.fault_at_iteration, spec.hold, spec.node)
+    report = faults.wrap_report(logged, workdir, spec.fault_at_iteration, spec.hold, spec.node)
 
     teacher = _teacher(spec, config)
     # Wall-clock span of the trial's own compute, so benchmarks can tell it from overhead.
@@ -131,7 +132,7 @@ def execute_trial(spec: TrialSpec, send: Any) -> None:
     finished_at = time.time()
     final = {**{k: v for k, v in result.final_metrics.items() if isinstance(v, (int, float))},
              "iteration": result.iterations, "done_status": result.status}
-    if main:
+    if logger is not None:
         cost = _cost(spec, config, finished_at - started_at)
         logger.log_metrics({**result.final_metrics, **cost}, result.iterations)
         write_result(workdir, {

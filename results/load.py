@@ -191,7 +191,9 @@ def load_runs(plan: str, tracking_uri: str | None = None,
         client, [parent.info.experiment_id],
         f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
         order_by=["attributes.start_time ASC"])
-    rows, param_names, metric_names = [], set(), set()
+    rows: list[dict] = []
+    param_names: set[str] = set()
+    metric_names: set[str] = set()
     for run in children:
         role = run.data.tags.get(schema.ROLE)
         if role not in ("trial", "teacher"):
@@ -199,10 +201,10 @@ def load_runs(plan: str, tracking_uri: str | None = None,
         row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "role": role,
                "status": _status(run), "trial_id": run.data.tags.get(schema.TRIAL_ID),
                "eval_protocol": run.data.tags.get(schema.EVAL_PROTOCOL)}
-        params = {k: _parse_param(v) for k, v in run.data.params.items()}
-        row.update(params)
+        run_params = {k: _parse_param(v) for k, v in run.data.params.items()}
+        row.update(run_params)
         row.update(run.data.metrics)
-        param_names.update(params)
+        param_names.update(run_params)
         metric_names.update(run.data.metrics)
         rows.append(row)
     clash = param_names & metric_names

@@ -264,8 +264,8 @@ def sample_panels(runs: pd.DataFrame) -> list[list[Panel | None]]:
             if not len(group):
                 cells.append(None)
                 continue
-            title = ", ".join(filter(None, [prefix, col_keys and short_text(col_keys[0],
-                                                                               value)]))
+            title = ", ".join(filter(None, [prefix, short_text(col_keys[0], value)
+                                            if col_keys else None]))
             finished = group[group["status"] == "finished"]
             if "seed" in finished:
                 finished = finished.sort_values("seed")
@@ -315,7 +315,7 @@ def sample_grid_figure(runs: pd.DataFrame,
         return None
     if all(layout is not None for _, _, layout in loaded):
         return prompt_grid_figure([cell for row in images for cell in row if cell is not None])
-    return _panel_figure(images, [image.shape for _, image, _ in loaded])
+    return _panel_figure(images, [image.shape for _, image, _ in loaded if image is not None])
 
 
 def _panel_figure(images: list, shapes: list[tuple]) -> Figure:
@@ -371,8 +371,8 @@ def prompt_grid_figure(columns: list[tuple[Panel, np.ndarray | None, dict | None
     wrap = max(10, int(width * 72 / (0.55 * font)))
     cell_width = width / n_cols
     strips = {(c, p): _tiles(image, layout["cells"][layout["prompts"].index(p)])
-              for c, (_, image, layout) in enumerate(columns) if layout is not None
-              for p in layout["prompts"]}
+              for c, (_, image, layout) in enumerate(columns)
+              if layout is not None and image is not None for p in layout["prompts"]}
     aspect = float(np.median([s.shape[0] / s.shape[1] for s in strips.values()]))
     line = font * 1.35 / 72
     heights = [cell_width * aspect + line * (textwrap.fill(p, wrap).count("\n") + 1.6)

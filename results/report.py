@@ -10,6 +10,7 @@ from pathlib import Path
 from results import schema
 from results.comparison import Comparison
 from results.convergence import curve_metrics, has_curve, load_history, ordering_table
+from results.errors import ResultsError
 from results.load import load_runs, quiet_downloads
 from results.plots import (
     curve_figure,
@@ -84,12 +85,14 @@ def _figures(runs, table, out_dir: Path, client) -> tuple[list[Path], list[Path]
                 figures += save_figure(fig, out_dir / stem)
     extra: list[Path] = []
     metrics = curve_metrics(runs)
-    arms = table.verdict.layout.arms
+    verdict = table.verdict
+    arms = verdict.layout.arms if verdict is not None else []
     history = load_history(runs, metrics, arms) if metrics and arms else None
     if history is not None and has_curve(history):
-        protocol = table.verdict.protocol
-        figures += save_figure(curve_figure(history, metrics, protocol),
-                               out_dir / "metrics_vs_iteration")
+        protocol = verdict.protocol if verdict is not None else None
+        curves = curve_figure(history, metrics, protocol)
+        if curves is not None:
+            figures += save_figure(curves, out_dir / "metrics_vs_iteration")
         (out_dir / "convergence.md").write_text(ordering_table(history, metrics, protocol))
         extra.append(out_dir / "convergence.md")
     return figures, extra
@@ -134,14 +137,17 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
     if figures:
         text += ("\nFigures (PNG and PDF; bars and bands are 95% t-intervals over seeds): "
                  + ", ".join(p.name for p in figures if p.suffix == ".png") + "\n")
-    power = power_table(table.verdict)
+    verdict = table.verdict
+    if verdict is None:  # build_table always judges; a table without is a bug upstream
+        raise ResultsError("the comparison table carries no verdict")
+    power = power_table(verdict)
     if power is not None:
         (out_dir / "power.md").write_text(power)
         extra.append(out_dir / "power.md")
-    line = table.verdict.line()
+    line = verdict.line()
     text += f"\n{line}\n"
     at_matched_clip = matched(runs, runs.attrs.get("comparison"))
-    tradeoff = at_matched_clip.line(table.verdict.protocol) if at_matched_clip else ""
+    tradeoff = at_matched_clip.line(verdict.protocol) if at_matched_clip else ""
     if tradeoff:
         text += f"\n{tradeoff}\n"
     markdown.write_text(text)

@@ -211,7 +211,7 @@ def difference(arm: np.ndarray, reference: np.ndarray, delta: float, paired: boo
             if np.ptp(d) == 0:
                 return _untestable("no spread of the paired differences", len(a), len(r),
                                    margin, paired, log_scale)
-            estimate, se, df = float(d.mean()), sd / math.sqrt(n), n - 1
+            estimate, se, df = float(d.mean()), sd / math.sqrt(n), float(n - 1)
             p = float(stats.ttest_rel(a, r).pvalue)
             p_equivalence = float(ttost_paired(a, r, -margin, margin)[0])
         else:

@@ -254,7 +254,9 @@ class _Spec:
 
     def has_delta(self, key: str) -> bool:
         """A Δ column beside ``key``: the metric is one the comparison compares."""
-        return self.with_delta and metric_of(key).name in self.verdict.layout.comparison.metrics
+        comparison = self.verdict.layout.comparison if self.verdict is not None else None
+        return (self.with_delta and comparison is not None
+                and metric_of(key).name in comparison.metrics)
 
 
 def _cost_cell(spec: _Spec, runs: pd.DataFrame, reference: pd.DataFrame | None,
@@ -433,11 +435,11 @@ def _published_block(spec: _Spec, trials: pd.DataFrame, profile: str | None,
             cells += [EMPTY] if spec.has_delta(key) else []
         cells += [EMPTY] * bool(spec.cost) + [Cell("paper")]
         # Rows keyed by κ show the κ (the block's title says whose numbers they are).
-        value = param_text("kappa", kappa)
-        text = value if kappa_rows else f"SiD-LSG, κ = {value}"
+        kappa_text = param_text("kappa", kappa)
+        text = kappa_text if kappa_rows else f"SiD-LSG, κ = {kappa_text}"
         label = [Cell(text)] + [Cell("")] * (label_width - 1)
         block.rows.append(Row(label, cells, dict.fromkeys(spec.shown, math.nan),
-                              is_reference=True, short=[Cell(value), *label[1:]]))
+                              is_reference=True, short=[Cell(kappa_text), *label[1:]]))
         csv_rows.append({"role": "published", "source": published.SOURCE, "kappa": kappa,
                          "fid30k_published": fid, "clip_score_published": clip})
     return block if block.rows else None

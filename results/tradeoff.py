@@ -72,9 +72,13 @@ class Matched:
                 f"{len(self.findings)} tests) vs {reference}: " + " | ".join(parts))
 
 
-def _curves(trials: pd.DataFrame, arms: list[str], fid: str, clip: str) -> dict[tuple, dict]:
+Curve = tuple[np.ndarray, np.ndarray]  # (CLIP, log FID) over κ, in κ order
+
+
+def _curves(trials: pd.DataFrame, arms: list[str], fid: str,
+            clip: str) -> dict[tuple, dict[int, Curve]]:
     """arm -> seed -> (CLIP, log FID) over κ, in κ order (seeds with two or more points)."""
-    curves: dict[tuple, dict] = {}
+    curves: dict[tuple, dict[int, Curve]] = {}
     for arm in combos(trials, arms):
         for seed, group in select_rows(trials, arms, arm).groupby("seed"):
             points = group.sort_values(SWEPT).dropna(subset=[fid, clip])
@@ -116,9 +120,10 @@ def matched(runs: pd.DataFrame, comparison: Comparison | None) -> Matched | None
             keep = np.isfinite(mine) & np.isfinite(ref)
             tests.append((registry.FID, np.exp(mine[keep]), np.exp(ref[keep])))
             keys.append(((("clip", level),), arm))
-    paired = Comparison(comparison.arms, comparison.reference, ("fid",),
-                        (("fid", comparison.delta_of("fid") if "fid" in comparison.metrics
-                          else registry.FID.delta),), paired=True)
+    delta = (comparison.delta_of("fid") if "fid" in comparison.metrics
+             else float(registry.FID.delta or 0.0))
+    paired = Comparison(comparison.arms, comparison.reference, ("fid",), (("fid", delta),),
+                        paired=True)
     judged = judge(tests, paired)
     findings = [Finding(block, arm, fid, registry.FID, paired.delta_of("fid"), *result)
                 for (block, arm), result in zip(keys, judged)]

@@ -174,9 +174,8 @@ def _jobs(trials: pd.DataFrame, lay: Layout, comparison: Comparison,
           finished: pd.DataFrame) -> list[tuple]:
     """(block, arm, metric, key, arm values, reference values) of every test of the verdict;
     values by seed, restricted to the seeds both sides finished when seeds are paired."""
-    metrics = [(m, metric_key(finished, m)) for m in
-               (registry.by_name(n) for n in comparison.metrics) if m is not None]
-    metrics = [(m, k) for m, k in metrics if k is not None]
+    metrics = [(m, k) for m in (registry.by_name(n) for n in comparison.metrics)
+               if m is not None and (k := metric_key(finished, m)) is not None]
     jobs = []
     for block in combos(trials, lay.blocks):
         scope = select_rows(trials, lay.blocks, block)

@@ -226,3 +226,75 @@ def test_driver_sigkilled_mid_plan_then_rerun_ends_with_one_finished_child_per_t
     for run in children:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss_generator")]
         assert sorted(steps) == [2, 4, 6, 8, 10]  # resumed trials did not log a step twice
+
+
+BASELINE_PLAN = """\
+    name: sigterm
+    axes:
+      strategy: [lsg, cfg]
+    resources: {cpu: 1}
+    sizes:
+      smoke: {iterations: 10, batch_size: 4, micro_batch_size: 4, log_every: 2,
+              checkpoint_every: 2, eval_num_images: 48}
+"""
+
+
+def _ours(home: Path) -> list[str]:
+    """Processes still running with the output folder in their command line (its Ray)."""
+    import psutil
+
+    left = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with_home = str(home) in " ".join(proc.info["cmdline"] or [])
+        if with_home and proc.pid != os.getpid():
+            left.append(" ".join(proc.info["cmdline"])[:120])
+    return left
+
+
+def test_sigterm_during_the_teacher_baseline_ends_in_one_line_and_resumes(tmp_path):
+    """SIGTERM to a driver running its own Ray while the teacher baseline computes beside
+    the trials: exit 143, one line after the signal, no run left RUNNING or SCHEDULED,
+    nothing of its Ray left running; the same command then finishes the plan."""
+    home = tmp_path / "home"
+    plan_path = tmp_path / "sigterm.yaml"
+    plan_path.write_text(textwrap.dedent(BASELINE_PLAN))
+    env = {**os.environ, "ABLATE_HOME": str(home), "PYTHONPATH": str(REPO)}
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "ABLATE_STORAGE"):
+        env.pop(key, None)
+    argv = [PYTHON, "-m", "orchestrator.cli", "run", str(plan_path), "--size", "smoke"]
+    log_path = tmp_path / "driver.log"
+    with log_path.open("w") as log:
+        driver = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while "teacher baseline:" not in log_path.read_text():
+            assert driver.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the baseline never started"
+            time.sleep(0.1)
+        before = len(log_path.read_text())
+        driver.send_signal(signal.SIGTERM)
+        code = driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    after = log_path.read_text()[before:]
+    assert code == 143, after
+    lines = [line for line in after.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("interrupted (SIGTERM)"), after
+    assert "Traceback" not in after and "SIGABRT" not in after and len(lines) <= 3, after
+    time.sleep(2)  # Ray's processes are stopped by the driver; give the kernel a moment
+    assert _ours(home) == []
+
+    client = tracking.client(f"sqlite:///{home / schema.TRACKING_DB}")
+    exp = client.get_experiment_by_name(schema.EXPERIMENT_PREFIX + "sigterm").experiment_id
+    statuses = {r.info.status for r in client.search_runs([exp])}
+    assert not statuses & {"RUNNING", "SCHEDULED"}, statuses
+
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600,
+                           check=False)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    runs = client.search_runs([exp])
+    children = [r for r in runs if r.data.tags[schema.ROLE] == "trial"]
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    teacher = [r for r in runs if r.data.tags[schema.ROLE] == "teacher"]
+    assert [r.info.status for r in teacher] == ["FINISHED"]
