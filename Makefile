@@ -9,7 +9,7 @@ PORT ?= 5000
 LOCK := requirements.lock
 export ABLATE_HOME ?= $(CURDIR)/runs
 
-.PHONY: install lock test teacher teacher-baseline metric-models ablation-lsg sweep-kappa tradeoff tables mlflow-ui screenshots bench lint clean
+.PHONY: install lock test test-fast teacher teacher-baseline metric-models ablation-lsg sweep-kappa tradeoff tables mlflow-ui screenshots bench lint clean
 
 install: $(VENV)/.installed
 
@@ -35,8 +35,13 @@ lock:
 	.venv-lock/bin/pip freeze --exclude-editable > $(LOCK)
 	rm -rf .venv-lock
 
+# The whole suite, with the slowest tests listed at the end (their times: BENCHMARKS.md).
 test: install
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=15
+
+# The edit loop: everything but the tests marked slow (Ray, end-to-end plans, simulations).
+test-fast: install
+	$(BIN)/python -m pytest tests -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

@@ -426,6 +426,42 @@ def _due(every: int, step: int) -> bool:
     return bool(every) and step % every == 0
 
 
+def _train_step(sid: SiD, teacher, prompts: list[str], rng: Streams, step: int,
+                device: torch.device) -> dict | None:
+    """The iteration after ``step`` completed ones: each update draws its own prompt batch
+    (the official loop's two iterator draws), each encoded once for all its micro-batches
+    and network calls; then ψ's and G's steps and the EMA. None if a loss diverged (then
+    nothing was stepped)."""
+    config = sid.config
+    cond_fake_score = teacher.encode_prompts(
+        draw_prompts(prompts, config.batch_size, rng["prompts_fake_score"], device))
+    cond_generator = teacher.encode_prompts(
+        draw_prompts(prompts, config.batch_size, rng["prompts_generator"], device))
+    sid.set_learning_rates(step)
+    losses = sid.iteration(cond_fake_score, cond_generator, rng)
+    if losses is not None:
+        sid.update_ema(step * config.batch_size)
+    return losses
+
+
+def _save_checkpoint(checkpoint_dir: Path, step: int, sid: SiD, rng: Streams, teacher,
+                     prompts: list[str], log, on_checkpoint) -> None:
+    if not parallel.is_main():  # every rank holds the same state; one writes it
+        return
+    checkpoint.save(checkpoint_dir, step, sid.state_tensors(rng), {
+        "config": dataclasses.asdict(sid.config), "teacher_id": teacher.teacher_id,
+        "teacher_hash": teacher.teacher_hash, "prompt_set_hash": world.prompt_set_hash(prompts),
+        **log.state()})
+    if on_checkpoint is not None:
+        on_checkpoint(checkpoint_dir, step)
+
+
+def _show(bar, metrics: dict[str, float]) -> None:
+    bar.set_postfix({"ψ": f"{metrics[registry.LOSS_FAKE_SCORE.key]:.4g}",
+                     "G": f"{metrics[registry.LOSS_GENERATOR.key]:.4g}",
+                     "img/s": f"{metrics[registry.IMAGES_PER_SECOND.key]:.1f}"})
+
+
 def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list[str] | None = None,
             report: Report = _no_report,
             evaluate: Callable[[SampleFn, int], dict[str, float]] | None = None,
@@ -446,16 +482,6 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
     step, log = _restore(checkpoint_dir, sid, rng, config, teacher.teacher_hash)
     resumed_from = step
 
-    def save_checkpoint() -> None:
-        if not parallel.is_main():  # every rank holds the same state; one writes it
-            return
-        checkpoint.save(checkpoint_dir, step, sid.state_tensors(rng), {
-            "config": dataclasses.asdict(config), "teacher_id": teacher.teacher_id,
-            "teacher_hash": teacher.teacher_hash, "prompt_set_hash": world.prompt_set_hash(prompts),
-            **log.state()})
-        if on_checkpoint is not None:
-            on_checkpoint(checkpoint_dir, step)
-
     from tqdm import tqdm
 
     bar = tqdm(total=config.iterations, initial=step, desc=f"distill {config.strategy}",
@@ -464,19 +490,11 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
     try:
         while step < config.iterations:
             started = time.perf_counter()
-            # Each update draws its own prompt batch (the official loop's two iterator
-            # draws), each encoded once for all its micro-batches and network calls.
-            cond_fake_score = teacher.encode_prompts(
-                draw_prompts(prompts, config.batch_size, rng["prompts_fake_score"], device))
-            cond_generator = teacher.encode_prompts(
-                draw_prompts(prompts, config.batch_size, rng["prompts_generator"], device))
-            sid.set_learning_rates(step)
-            losses = sid.iteration(cond_fake_score, cond_generator, rng)
+            losses = _train_step(sid, teacher, prompts, rng, step, device)
             if losses is None:
                 report({"diverged": 1.0}, step + 1)
                 return DistillResult("diverged", step, {"diverged": 1.0}, checkpoint_dir,
                                      resumed_from)
-            sid.update_ema(step * config.batch_size)
             step += 1
             log.add(losses, time.perf_counter() - started, config.batch_size)
             bar.update(1)
@@ -486,11 +504,10 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
             if _due(config.log_every, step) or last:
                 metrics = log.flush()
                 report(metrics, step)
-                bar.set_postfix({"ψ": f"{metrics['loss_fake_score']:.4g}",
-                                 "G": f"{metrics['loss_generator']:.4g}",
-                                 "img/s": f"{metrics['images_per_second']:.1f}"})
+                _show(bar, metrics)
             if last or _due(config.checkpoint_every, step):
-                save_checkpoint()
+                _save_checkpoint(checkpoint_dir, step, sid, rng, teacher, prompts, log,
+                                 on_checkpoint)
             if evaluate is not None and _due(config.eval_every, step) and not last:
                 eval_metrics = _evaluate_on_main(evaluate, sample_fn, step)
                 report(eval_metrics, step)

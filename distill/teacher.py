@@ -292,15 +292,7 @@ def train_embedded(config: TeacherConfig, out_dir: Path, progress: bool = True,
     bar = tqdm(range(config.train_steps), desc="teacher", disable=not progress, unit="step")
     loss_avg = float("nan")
     for step in bar:
-        idx = rng.integers(0, len(captions), size=config.batch_size)
-        batch_captions = [captions[i] for i in idx]
-        seeds = rng.integers(0, 2**31, size=config.batch_size).tolist()
-        x0 = world.render_batch(batch_captions, seeds, config.resolution).to(device)
-        drop = rng.random(config.batch_size) < config.prompt_dropout
-        said = [world.mislabel(c, rng, config.caption_noise) for c in batch_captions]
-        prompts = ["" if d else c.text for c, d in zip(said, drop)]
-        ids = tokenizer(prompts, padding="max_length", max_length=config.max_prompt_tokens,
-                        truncation=True, return_tensors="pt").input_ids.to(device)
+        x0, ids = _teacher_batch(config, captions, rng, tokenizer, device)
         t = torch.randint(0, 1000, (config.batch_size,), generator=gen).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
@@ -326,13 +318,33 @@ def train_embedded(config: TeacherConfig, out_dir: Path, progress: bool = True,
     unet.cpu(), text_encoder.cpu()
     stats = {"train_seconds": round(seconds, 1), "train_steps": config.train_steps,
              "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-             "final_loss_ema": round(float(loss_avg), 5),
-             "unet_parameters": sum(p.numel() for p in unet.parameters()),
-             "text_encoder_parameters": sum(p.numel() for p in text_encoder.parameters()),
+             "final_loss_ema": round(float(loss_avg), 5), **_sizes(unet, text_encoder),
              "torch": torch.__version__, "threads": torch.get_num_threads(),
              "ema_decay_final": config.ema_decay}
     save_embedded(config, tokenizer, text_encoder, unet, scheduler, out_dir, stats, dtype)
     return stats
+
+
+def _teacher_batch(config: TeacherConfig, captions: list, rng: np.random.Generator, tokenizer,
+                   device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch: renders of random captions, and their token ids as the prompts
+    say them (some mislabelled, some dropped to the empty prompt for CFG), in the order
+    that ``rng`` has always been drawn in."""
+    idx = rng.integers(0, len(captions), size=config.batch_size)
+    batch_captions = [captions[i] for i in idx]
+    seeds = rng.integers(0, 2**31, size=config.batch_size).tolist()
+    x0 = world.render_batch(batch_captions, seeds, config.resolution).to(device)
+    drop = rng.random(config.batch_size) < config.prompt_dropout
+    said = [world.mislabel(c, rng, config.caption_noise) for c in batch_captions]
+    prompts = ["" if d else c.text for c, d in zip(said, drop)]
+    ids = tokenizer(prompts, padding="max_length", max_length=config.max_prompt_tokens,
+                    truncation=True, return_tensors="pt").input_ids.to(device)
+    return x0, ids
+
+
+def _sizes(unet, text_encoder) -> dict[str, int]:
+    return {"unet_parameters": sum(p.numel() for p in unet.parameters()),
+            "text_encoder_parameters": sum(p.numel() for p in text_encoder.parameters())}
 
 
 def save_embedded(config, tokenizer, text_encoder, unet, scheduler, out_dir: Path, stats: dict,

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from distill.config import ConfigError
 from distill.paths import REPO_ROOT, output_root
 from results import schema
+from results.schema import retry_locked  # every MLflow write of the orchestrator uses it
 
 T = TypeVar("T")
 
@@ -30,10 +29,7 @@ TRIAL_SET = "ablate.trial_set"  # hash of the invocation's trial ids: which pare
 SIZE = "ablate.size"
 PROFILE = schema.PROFILE
 PARENT_RUN_ID = "mlflow.parentRunId"
-RUN_NAME = "mlflow.runName"
 
-# A trial process may wait this long in total for a locked SQLite file before it gives up.
-LOCK_RETRY_SECONDS = 120.0
 
 # How every process of a run retries a tracking *server* (MLflow's own urllib3 retries,
 # set through its variables). urllib3 sleeps 0, 2, 4, 8, 16, 32 s between the 7 attempts:
@@ -96,24 +92,6 @@ def tracking_uri() -> str:
 def artifact_root() -> str:
     """Where a new experiment keeps artifacts when the store is the local SQLite file."""
     return (output_root() / schema.ARTIFACT_DIR).as_uri()
-
-
-def _is_locked(exc: BaseException) -> bool:
-    return "database is locked" in str(exc) or "database table is locked" in str(exc)
-
-
-def retry_locked(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call ``fn``, retrying with jittered back-off while SQLite says it is locked."""
-    deadline = time.monotonic() + LOCK_RETRY_SECONDS
-    delay = 0.05
-    while True:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # MLflow wraps SQLAlchemy's OperationalError in several ways
-            if not _is_locked(exc) or time.monotonic() > deadline:
-                raise
-        time.sleep(delay * (0.5 + random.random()))
-        delay = min(delay * 2, 2.0)
 
 
 def client(uri: str | None = None):

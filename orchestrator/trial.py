@@ -78,12 +78,7 @@ def execute_trial(spec: TrialSpec, send: Any) -> None:
     to MLflow and result.json and builds the evaluation suite.
     """
     entered_at = time.time()
-    # The driver's retry policy for a tracking server, which a worker on another node
-    # (started by `ray start`, not by the driver) would not otherwise have.
-    os.environ.update(spec.mlflow_http)
-    # The core caches teachers and metric models under the output folder; point it at the
-    # driver's, which a worker started before this plan (shared Ray session) may not have.
-    os.environ["ABLATE_HOME"] = spec.ablate_home
+    _adopt_driver_environment(spec)
     # Imported here, not at the top: the driver imports this module on its fail-fast path,
     # and the worker's import time is measured (the "imported_at" of the start-up record).
     import torch
@@ -92,7 +87,6 @@ def execute_trial(spec: TrialSpec, send: Any) -> None:
     from distill.config import DistillConfig, from_dict
     from distill.loop import distill
     from orchestrator import tracking
-    from results import schema
 
     imported_at = time.time()
     torch.set_num_threads(spec.cpu)
@@ -107,10 +101,7 @@ def execute_trial(spec: TrialSpec, send: Any) -> None:
     evaluate = _evaluated_on_rank_0
     monitor = None
     if logger is not None:
-        tracking.retry_locked(logger.client.update_run, spec.run_id, status="RUNNING")
-        if spec.node:  # which machine runs it (the last one, after a retry)
-            tracking.retry_locked(logger.client.set_tag, spec.run_id, schema.NODE, spec.node)
-        monitor = _system_metrics(spec)
+        monitor = _mark_running(spec, logger)
         evaluate = _evaluator(_suite(spec, config), config, logger)
 
     def logged(metrics: dict[str, float], iteration: int) -> None:
@@ -133,24 +124,56 @@ def execute_trial(spec: TrialSpec, send: Any) -> None:
     final = {**{k: v for k, v in result.final_metrics.items() if isinstance(v, (int, float))},
              "iteration": result.iterations, "done_status": result.status}
     if logger is not None:
-        cost = _cost(spec, config, finished_at - started_at)
-        logger.log_metrics({**result.final_metrics, **cost}, result.iterations)
-        write_result(workdir, {
-            "trial_id": spec.trial_id, "name": spec.name, "run_id": spec.run_id,
-            # A finished trial is reused on rerun only while its teacher is unchanged.
-            "teacher_hash": teacher.teacher_hash,
-            "status": result.status, "iterations": result.iterations,
-            # The last attempt's start: > 0 when a retry or rerun resumed a checkpoint.
-            "resumed_from": result.resumed_from,
-            "final_metrics": dict(result.final_metrics), "cost": cost,
-            "config": dataclasses.asdict(config),
-            "distill_started_at": started_at, "distill_finished_at": finished_at,
-            # Where a trial's start-up went (bench_orchestrator prints it): worker process
-            # start, entry into this function, imports done, suite and teacher ready.
-            "startup": {"process_started_at": _process_started_at(), "entered_at": entered_at,
-                        "imported_at": imported_at, "ready_at": started_at}})
-        tracking.finish(logger.client, spec.run_id, "FINISHED", outcome=result.status)
+        times = {"entered_at": entered_at, "imported_at": imported_at,
+                 "started_at": started_at, "finished_at": finished_at}
+        _record(spec, config, logger, teacher.teacher_hash, result, times)
     send(final)
+
+
+def _adopt_driver_environment(spec: TrialSpec) -> None:
+    # The driver's retry policy for a tracking server, which a worker on another node
+    # (started by `ray start`, not by the driver) would not otherwise have.
+    os.environ.update(spec.mlflow_http)
+    # The core caches teachers and metric models under the output folder; point it at the
+    # driver's, which a worker started before this plan (shared Ray session) may not have.
+    os.environ["ABLATE_HOME"] = spec.ablate_home
+
+
+def _mark_running(spec: TrialSpec, logger):
+    """The trial's run RUNNING, tagged with its node; its system-metrics sampler started."""
+    from orchestrator import tracking
+    from results import schema
+
+    tracking.retry_locked(logger.client.update_run, spec.run_id, status="RUNNING")
+    if spec.node:  # which machine runs it (the last one, after a retry)
+        tracking.retry_locked(logger.client.set_tag, spec.run_id, schema.NODE, spec.node)
+    return _system_metrics(spec)
+
+
+def _record(spec: TrialSpec, config, logger, teacher_hash: str, result,
+            times: dict[str, float]) -> None:
+    """Rank 0's end of a trial: final metrics and cost on its run, result.json (what a rerun
+    reuses), and the run FINISHED with its outcome."""
+    from orchestrator import tracking
+
+    cost = _cost(spec, config, times["finished_at"] - times["started_at"])
+    logger.log_metrics({**result.final_metrics, **cost}, result.iterations)
+    write_result(Path(spec.workdir), {
+        "trial_id": spec.trial_id, "name": spec.name, "run_id": spec.run_id,
+        # A finished trial is reused on rerun only while its teacher is unchanged.
+        "teacher_hash": teacher_hash,
+        "status": result.status, "iterations": result.iterations,
+        # The last attempt's start: > 0 when a retry or rerun resumed a checkpoint.
+        "resumed_from": result.resumed_from,
+        "final_metrics": dict(result.final_metrics), "cost": cost,
+        "config": dataclasses.asdict(config),
+        "distill_started_at": times["started_at"], "distill_finished_at": times["finished_at"],
+        # Where a trial's start-up went (bench_orchestrator prints it): worker process
+        # start, entry into execute_trial, imports done, suite and teacher ready.
+        "startup": {"process_started_at": _process_started_at(),
+                    "entered_at": times["entered_at"], "imported_at": times["imported_at"],
+                    "ready_at": times["started_at"]}})
+    tracking.finish(logger.client, spec.run_id, "FINISHED", outcome=result.status)
 
 
 def _system_metrics(spec: TrialSpec):

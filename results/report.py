@@ -152,7 +152,7 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
         text += f"\n{tradeoff}\n"
     markdown.write_text(text)
     for path in (*latex.values(), markdown, csv, runs_csv, *extra, *figures):
-        client.log_artifact(parent, str(path), REPORT_ARTIFACT_DIR)
+        schema.retry_locked(client.log_artifact, parent, str(path), REPORT_ARTIFACT_DIR)
     return ReportPaths(out_dir=out_dir, latex=latex["table"], markdown=markdown, csv=csv,
                        runs_csv=runs_csv, figures=tuple(figures), markdown_text=text,
                        parent_run_id=parent, verdict=line, latex_wide=latex["table-wide"],

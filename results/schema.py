@@ -29,7 +29,11 @@ One place for these names so writer and reader cannot drift apart.
 
 import contextlib
 import os
+import random
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from distill.errors import ConfigError
@@ -166,3 +170,28 @@ def _holders(path: Path) -> str:
         except OSError:
             continue  # gone, or not ours to inspect
     return ", ".join(found[:3])
+
+
+# A process may wait this long in total for a locked SQLite file before it gives up.
+LOCK_RETRY_SECONDS = 120.0
+T = TypeVar("T")
+
+
+def _is_locked(exc: BaseException) -> bool:
+    return "database is locked" in str(exc) or "database table is locked" in str(exc)
+
+
+def retry_locked(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call ``fn``, retrying with jittered back-off while SQLite says it is locked: every
+    MLflow write (the orchestrator's, and the report's to its parent run) goes through it,
+    as several processes write one SQLite store at once."""
+    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # MLflow wraps SQLAlchemy's OperationalError in several ways
+            if not _is_locked(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 2.0)
