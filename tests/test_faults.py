@@ -251,6 +251,7 @@ def _ours(home: Path) -> list[str]:
     return left
 
 
+@pytest.mark.slow
 def test_sigterm_during_the_teacher_baseline_ends_in_one_line_and_resumes(tmp_path):
     """SIGTERM to a driver running its own Ray while the teacher baseline computes beside
     the trials: exit 143, one line after the signal, no run left RUNNING or SCHEDULED,
@@ -298,3 +299,41 @@ def test_sigterm_during_the_teacher_baseline_ends_in_one_line_and_resumes(tmp_pa
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
     teacher = [r for r in runs if r.data.tags[schema.ROLE] == "teacher"]
     assert [r.info.status for r in teacher] == ["FINISHED"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_ray_starts_exits_130_in_one_line(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) a second after the
+    trial list, while Ray starts and the teacher and suites load: exit 130 within seconds
+    with one line, no traceback, nothing of its Ray left running."""
+    home = tmp_path / "home"
+    plan_path = tmp_path / "sigterm.yaml"
+    plan_path.write_text(textwrap.dedent(BASELINE_PLAN))
+    env = {**os.environ, "ABLATE_HOME": str(home), "PYTHONPATH": str(REPO)}
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "ABLATE_STORAGE"):
+        env.pop(key, None)
+    log_path = tmp_path / "driver.log"
+    with log_path.open("w") as log:
+        driver = subprocess.Popen(
+            [PYTHON, "-m", "orchestrator.cli", "run", str(plan_path), "--size", "smoke"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "to run" not in log_path.read_text():
+            assert driver.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)
+        before = len(log_path.read_text())
+        os.killpg(driver.pid, signal.SIGINT)
+        code = driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    after = log_path.read_text()[before:]
+    assert code == 130, after
+    lines = [line for line in after.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("interrupted (SIGINT)"), after
+    assert "Traceback" not in after and len(lines) <= 3, after
+    time.sleep(2)
+    assert _ours(home) == []
