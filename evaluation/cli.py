@@ -111,6 +111,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
                         f"needs more images than dimensions (at least {dims + 1}; thousands "
                         "for a stable number)")
     _check_output_and_seed(args)
+    _check_teacher(args)
     missing = [f"--{n.replace('_', '-')}" for n in ("captions", "reference", "clip_checkpoint")
                if getattr(args, n) is None]
     if args.real and missing:
@@ -141,6 +142,23 @@ def _check_output_and_seed(args: argparse.Namespace) -> None:
     except OSError as exc:
         raise EvalError(f"--grid {grid}: cannot write in {grid.parent} "
                         f"({exc.strerror or exc}); give a writable path") from None
+
+
+def _check_teacher(args: argparse.Namespace) -> None:
+    """--teacher names an embedded size or a folder, checked before any cache is made."""
+    from distill.teacher import TEACHER_SIZES
+    from evaluation.errors import EvalError
+
+    spec = args.teacher
+    if spec is None:
+        return
+    if spec.startswith("embedded:"):
+        if spec.removeprefix("embedded:") not in TEACHER_SIZES:
+            raise EvalError(f"--teacher {spec}: unknown embedded size; choose one of "
+                            + ", ".join(f"embedded:{s}" for s in TEACHER_SIZES))
+    elif not Path(spec).expanduser().is_dir():
+        raise EvalError(f"--teacher {spec}: no such model folder; give 'embedded:default' or "
+                        "a diffusers model directory")
 
 
 def _suite(args: argparse.Namespace):

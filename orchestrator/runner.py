@@ -151,6 +151,7 @@ class PlanRun:
         preflight.check_fid_images(plan.source, trials, profile, size)
         _quiet_model_loading()
         uri = tracking.tracking_uri()
+        tracking.check_scheme(uri)
         tracking.http_retry_policy()  # before a local Ray starts: its workers inherit it
         # MLflow prints a "View run" link for each run closed on a server; the report
         # prints the parent's once.

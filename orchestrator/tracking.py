@@ -94,6 +94,19 @@ def artifact_root() -> str:
     return (output_root() / schema.ARTIFACT_DIR).as_uri()
 
 
+# The stores MLflow can track to: its SQLite and SQL databases, a server, a file store.
+SCHEMES = ("sqlite:///", "http://", "https://", "postgresql", "mysql", "mssql", "file:")
+
+
+def check_scheme(uri: str) -> None:
+    """A tracking URI MLflow cannot use is refused before anything starts (MLflow would
+    say so only when first asked, after Ray's start-up)."""
+    if not uri.startswith(SCHEMES):
+        raise ConfigError(f"MLFLOW_TRACKING_URI={uri}: not a tracking store MLflow can use; "
+                          "give sqlite:////path/mlflow.db, http(s)://host:port of a tracking "
+                          "server, or a postgresql/mysql/mssql database URI")
+
+
 def client(uri: str | None = None):
     from mlflow import MlflowClient
 

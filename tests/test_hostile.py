@@ -213,6 +213,9 @@ RUN = [
     *[Case("MLFLOW_TRACKING_URI: sqlite in an unwritable folder", ["run", LSG, "--size", "smoke"],
          ["the folder /proc is not writable"],
          env={"MLFLOW_TRACKING_URI": "sqlite:////proc/mlflow.db"})] * Path("/proc").is_dir(),
+    Case("MLFLOW_TRACKING_URI: an ftp:// store", ["run", LSG, "--size", "smoke"],
+         ["MLFLOW_TRACKING_URI=ftp://{tmp}/store", "not a tracking store"],
+         env={"MLFLOW_TRACKING_URI": "ftp://{tmp}/store"}),
     Case("RAY_ADDRESS: nothing listening", ["run", LSG, "--size", "smoke"],
          ["RAY_ADDRESS=127.0.0.1:9", "no Ray cluster answers"],
          env={"RAY_ADDRESS": "127.0.0.1:9"}),
@@ -225,6 +228,11 @@ EVAL = [
          ["--steps 0"]),
     Case("eval: --guidance-scale nan", ["eval", "--teacher", "embedded:smoke",
                                         "--guidance-scale", "nan"], ["--guidance-scale nan"]),
+    # Refused before a cache folder is made under the output folder.
+    Case("eval: --teacher of an unknown embedded size", ["eval", "--teacher", "embedded:huge"],
+         ["--teacher embedded:huge", "unknown embedded size"]),
+    Case("eval: --teacher a missing folder", ["eval", "--teacher", "{tmp}/no-model"],
+         ["--teacher {tmp}/no-model", "no such model folder"]),
     # Arguments that used to fail only after minutes of evaluation.
     Case("eval: --grid a folder", ["eval", "--teacher", "embedded:smoke", "--grid", "{tmp}"],
          ["--grid {tmp}", ".png"]),
