@@ -85,11 +85,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under `ablate run`
         import signal
 
-        signum = getattr(exc, "signum", signal.SIGINT)
+        from orchestrator import interrupts
+
+        signum = interrupts.received() or getattr(exc, "signum", signal.SIGINT)
         print(f"interrupted ({signal.Signals(signum).name}): stopped; runs left unfinished "
               "are marked KILLED, and the same command resumes them", file=sys.stderr)
         return 128 + signum
 
 
+def entry() -> None:
+    """The ``ablate`` command. After an interrupt the runs are closed and Ray is stopped
+    by then, so the process ends at once: a normal interpreter exit would unwind threads
+    still inside native code (a teacher baseline mid-sampling), which Ray's terminate
+    handler reports as a page of C++ stack trace."""
+    code = main()
+    if code in (130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -19,6 +19,9 @@ from collections.abc import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _active = threading.Event()
+# The signal that ended the run: libraries on the way up (Ray Tune) may catch the
+# exception and raise a plain KeyboardInterrupt of their own, which forgets which it was.
+_received: list[int] = []
 
 
 class Interrupted(KeyboardInterrupt):
@@ -34,6 +37,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _raise(signum, frame):
+    _received.append(signum)
     for sig in SIGNALS:  # once: the closing that follows must not be cut short
         signal.signal(sig, signal.SIG_IGN)
     raise Interrupted(signum)
@@ -46,6 +50,7 @@ def handled() -> Iterator[None]:
         yield  # signals reach the main thread only; a caller in a thread keeps its own
         return
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    _received.clear()
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
     for sig in SIGNALS:
         signal.signal(sig, _raise)
@@ -56,6 +61,11 @@ def handled() -> Iterator[None]:
         _active.clear()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def received() -> int | None:
+    """The signal that interrupted the last run, if one did."""
+    return _received[0] if _received else None
 
 
 def reassert() -> None:

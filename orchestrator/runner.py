@@ -152,6 +152,10 @@ class PlanRun:
         _quiet_model_loading()
         uri = tracking.tracking_uri()
         tracking.check_scheme(uri)
+        store = schema.sqlite_path(uri)
+        # Before Ray starts: a bounded wait, then one line naming the holder.
+        if store is not None and (locked := schema.locked_store(store, write=True)):
+            raise ConfigError(locked)
         tracking.http_retry_policy()  # before a local Ray starts: its workers inherit it
         # MLflow prints a "View run" link for each run closed on a server; the report
         # prints the parent's once.

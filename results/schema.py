@@ -145,7 +145,7 @@ def locked_store(path: Path, write: bool) -> str | None:
                 db.execute("ROLLBACK")
             else:
                 db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.OperationalError as exc:
+    except sqlite3.DatabaseError as exc:  # OperationalError ("locked") or a damaged file
         if "locked" not in str(exc) and "busy" not in str(exc):
             return None  # damaged or foreign: the callers' own checks name those
         holders = _holders(path)

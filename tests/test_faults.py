@@ -232,6 +232,7 @@ BASELINE_PLAN = """\
     name: sigterm
     axes:
       strategy: [lsg, cfg]
+    seeds: [0]
     resources: {cpu: 1}
     sizes:
       smoke: {iterations: 10, batch_size: 4, micro_batch_size: 4, log_every: 2,

@@ -302,11 +302,15 @@ def test_unreadable_plan_names_the_fix(tmp_path, monkeypatch, capsys):
     path.write_text("name: b\n")
 
     # Root reads files whatever their mode, so the refusal the OS gives other users is
-    # raised here as the OS would raise it.
-    def denied(self):
-        raise PermissionError(13, "Permission denied", str(self))
+    # raised here as the OS would raise it, for this file only.
+    opened = Path.open
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    def denied(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", denied)
     assert cli.main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}: permission denied" in err and "chmod u+r" in err
