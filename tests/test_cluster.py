@@ -30,6 +30,9 @@ from orchestrator import tracking
 from orchestrator.faults import HOLD_ENV, HOLD_MARKER
 from results import schema
 
+# Ray, end-to-end plans or minutes of compute: `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HOLD_AT = 15  # the κ plan's smoke size checkpoints at 10 and 20 and logs every 5

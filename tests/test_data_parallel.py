@@ -21,6 +21,9 @@ from distill.config import ConfigError, DistillConfig
 from distill.streams import Streams
 from distill.teacher import ensure_teacher
 
+# Ray, end-to-end plans or minutes of compute: `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 CONFIG = DistillConfig(teacher="embedded:smoke", strategy="lsg", kappa=2.0, batch_size=4,
                        micro_batch_size=2, iterations=2, log_every=1, checkpoint_every=0,
                        lr_generator=1e-3, lr_fake_score=1e-3, seed=3)

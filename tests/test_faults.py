@@ -19,6 +19,9 @@ import pytest
 from orchestrator import tracking
 from results import schema
 
+# Ray, end-to-end plans or minutes of compute: `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 

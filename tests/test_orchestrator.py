@@ -28,6 +28,9 @@ from orchestrator.plan import expand, load_plan
 from orchestrator.ray_session import start_ray
 from results import schema
 
+# Ray, end-to-end plans or minutes of compute: `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 PLAN = """\
     name: e2e
     description: Two trials, one crashing once and one diverging.

@@ -18,8 +18,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import psutil
+import pytest
 
 from orchestrator.ray_session import ray_temp_dir
+
+# Ray, end-to-end plans or minutes of compute: `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -21,6 +21,9 @@ from distill import checkpoint, world
 from orchestrator import runner, tracking
 from results import schema
 
+# Ray, end-to-end plans or minutes of compute: `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 EVAL_IMAGES = 72  # FID needs more images than the embedded CLIP's 64 feature dimensions
 
 PLAN = f"""\

@@ -237,6 +237,7 @@ def frozen_gc():
     gc.unfreeze()
 
 
+@pytest.mark.slow
 def test_six_equal_arms_three_seeds_are_called_different_at_most_5_percent(frozen_gc):
     # The old "best arm vs the rest" rule: ~22% per metric. Against a declared reference,
     # Holm over the family: at most 5%.
@@ -244,6 +245,7 @@ def test_six_equal_arms_three_seeds_are_called_different_at_most_5_percent(froze
         assert _false_claims(DRAWS, 6, [metric], seed=1) <= MOST
 
 
+@pytest.mark.slow
 def test_three_equal_arms_three_metrics_are_called_different_at_most_5_percent(frozen_gc):
     assert _false_claims(DRAWS, 3, [FD, CLIP, ADHERENCE], seed=2) <= MOST
 

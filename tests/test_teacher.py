@@ -134,6 +134,7 @@ def _ablate(*args, env=None):
                           capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_cli_prints_directory_last(home):
     result = _ablate("teacher", "--size", "smoke", "--no-progress", env={"ABLATE_HOME": str(home)})
     assert result.returncode == 0, result.stderr

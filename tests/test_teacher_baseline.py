@@ -15,6 +15,9 @@ from orchestrator import baseline
 from orchestrator.plan import load_plan
 from orchestrator.profiles import EMBEDDED, build_suite
 
+# Ray, end-to-end plans or minutes of compute: `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def teacher():
