@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from orchestrator import interrupts
 
-        signum = interrupts.received() or getattr(exc, "signum", signal.SIGINT)
+        signum: int = interrupts.received() or getattr(exc, "signum", None) or signal.SIGINT
         print(f"interrupted ({signal.Signals(signum).name}): stopped; runs left unfinished "
               "are marked KILLED, and the same command resumes them", file=sys.stderr)
         return 128 + signum
