@@ -151,11 +151,7 @@ def check_reachable(uri: str) -> None:
             f"MLFLOW_TRACKING_URI={uri}: the MLflow tracking server is unreachable ({why}); "
             "start it (`mlflow server --host ... --port ...`), fix the URI, or unset "
             "MLFLOW_TRACKING_URI to use the SQLite store in the output folder")
-    check_store_folder(uri)
-    store = schema.sqlite_path(uri)
-    locked = store and schema.locked_store(store, write=True)
-    if locked:
-        raise ConfigError(locked)
+    check_store_folder(uri)  # a store another process holds locked: PlanRun.resolve
     try:
         retry_locked(client(uri).search_experiments, max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure means unusable; its text is kept

@@ -243,6 +243,18 @@ BASELINE_PLAN = """\
 """
 
 
+def _own_driver(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    """An output folder, the baseline plan and the environment of a driver that starts its
+    own local Ray and SQLite store there."""
+    home = tmp_path / "home"
+    plan_path = tmp_path / "sigterm.yaml"
+    plan_path.write_text(textwrap.dedent(BASELINE_PLAN))
+    env = {**os.environ, "ABLATE_HOME": str(home), "PYTHONPATH": str(REPO)}
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "ABLATE_STORAGE"):
+        env.pop(key, None)
+    return home, plan_path, env
+
+
 def _ours(home: Path) -> list[str]:
     """Processes still running with the output folder in their command line (its Ray)."""
     import psutil
@@ -260,12 +272,7 @@ def test_sigterm_during_the_teacher_baseline_ends_in_one_line_and_resumes(tmp_pa
     """SIGTERM to a driver running its own Ray while the teacher baseline computes beside
     the trials: exit 143, one line after the signal, no run left RUNNING or SCHEDULED,
     nothing of its Ray left running; the same command then finishes the plan."""
-    home = tmp_path / "home"
-    plan_path = tmp_path / "sigterm.yaml"
-    plan_path.write_text(textwrap.dedent(BASELINE_PLAN))
-    env = {**os.environ, "ABLATE_HOME": str(home), "PYTHONPATH": str(REPO)}
-    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "ABLATE_STORAGE"):
-        env.pop(key, None)
+    home, plan_path, env = _own_driver(tmp_path)
     argv = [PYTHON, "-m", "orchestrator.cli", "run", str(plan_path), "--size", "smoke"]
     log_path = tmp_path / "driver.log"
     with log_path.open("w") as log:
@@ -310,12 +317,7 @@ def test_ctrl_c_while_ray_starts_exits_130_in_one_line(tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) a second after the
     trial list, while Ray starts and the teacher and suites load: exit 130 within seconds
     with one line, no traceback, nothing of its Ray left running."""
-    home = tmp_path / "home"
-    plan_path = tmp_path / "sigterm.yaml"
-    plan_path.write_text(textwrap.dedent(BASELINE_PLAN))
-    env = {**os.environ, "ABLATE_HOME": str(home), "PYTHONPATH": str(REPO)}
-    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "ABLATE_STORAGE"):
-        env.pop(key, None)
+    home, plan_path, env = _own_driver(tmp_path)
     log_path = tmp_path / "driver.log"
     with log_path.open("w") as log:
         driver = subprocess.Popen(
