@@ -40,7 +40,8 @@ import torch
 
 from distill.config import DistillConfig
 from distill.guidance import NoiseSchedule, add_noise, guidance_scales
-from distill.loop import SiD, draw_prompts, load_config_teacher, load_prompts
+from distill.inputs import draw_prompts, load_config_teacher, load_prompts
+from distill.loop import SiD
 from distill.losses import sid_generator_loss
 from distill.streams import Streams
 

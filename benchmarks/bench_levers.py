@@ -33,7 +33,8 @@ from benchmarks.bench_core import _time, time_interleaved
 from distill import generator
 from distill.config import DistillConfig
 from distill.guidance import NoiseSchedule
-from distill.loop import SiD, draw_prompts, load_config_teacher, load_prompts
+from distill.inputs import draw_prompts, load_config_teacher, load_prompts
+from distill.loop import SiD
 from distill.streams import Streams
 
 
@@ -117,7 +118,7 @@ _WORKER = """
 import json, sys, time, torch
 from benchmarks.bench_levers import _iteration, _sid
 from distill.config import DistillConfig
-from distill.loop import load_config_teacher, load_prompts
+from distill.inputs import load_config_teacher, load_prompts
 threads, iterations = int(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(threads)
 teacher = load_config_teacher("embedded:default")

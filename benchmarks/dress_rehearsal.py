@@ -316,7 +316,8 @@ def _train_phases(log: PhaseLog, teacher, config, iterations: int, workdir: Path
     """Step, checkpoint write and read of the trial's SiD; returns it for sampling."""
     from distill import checkpoint
     from distill.guidance import NoiseSchedule
-    from distill.loop import SiD, draw_prompts, load_prompts
+    from distill.inputs import draw_prompts, load_prompts
+    from distill.loop import SiD
     from distill.streams import Streams
 
     device = next(teacher.unet.parameters()).device
@@ -384,7 +385,7 @@ def _eval_phases(log: PhaseLog, teacher, sid, suite) -> None:
 def phases(root: Path, out: Path, images: int = 256, iterations: int = 3) -> None:
     """Each phase of one sd15 trial on the built data root, timed in this process."""
     from distill.config import DistillConfig
-    from distill.loop import load_config_teacher
+    from distill.inputs import load_config_teacher
     from orchestrator.profiles import build_suite
 
     root = Path(root).resolve()

@@ -17,7 +17,7 @@ soon as it is measured, so a run cut short still leaves what it measured:
   and without, from the same start, for the SD-shaped UNet and the embedded teacher.
 
 Options (``--options``, each a ``+``-joined set of levers, ``plain`` for none):
-``nosync`` (``SiD(deferred_checks=True)``: no host sync inside an iteration),
+``nosync`` (:class:`DeferredSiD`: no host sync inside an iteration),
 ``channels_last`` (NHWC weights and activations for cuDNN's tensor-core convolutions),
 ``compile`` (``torch.compile`` of the three UNets; its compile time is reported).
 The micro-batch is the global batch here: one micro-batch per update.
@@ -110,7 +110,39 @@ def build_sid(unet: torch.nn.Module, schedule: NoiseSchedule, shape: tuple[int, 
         # keep the memory format, and a convolution with channels-last weights returns
         # channels-last activations.
         unet = copy.deepcopy(unet).to(memory_format=torch.channels_last)
-    return SiD(unet, schedule, shape, uncond, config, deferred_checks="nosync" in levers)
+    return (DeferredSiD if "nosync" in levers else SiD)(unet, schedule, shape, uncond, config)
+
+
+class DeferredSiD(SiD):
+    """``SiD`` whose iteration never reads a value back to the host, so on a GPU the next
+    launches queue while kernels run: the ``nosync`` lever. A non-finite loss still steps
+    nothing (fused Adam skips the update on the device), but the caller learns of it only
+    from the returned 0-d tensors and the bool tensor ``diverged``, never from None.
+    tests/test_gpu_bench.py checks on CPU that it computes exactly ``SiD.iteration``."""
+
+    def iteration(self, cond_fake_score: torch.Tensor, cond_generator: torch.Tensor,
+                  rng: Streams) -> dict:
+        chunks_fake, chunks_gen, owned = self._chunks(cond_fake_score, cond_generator)
+        loss_fake = self._fake_score_update(chunks_fake, owned, rng)
+        diverged = ~torch.isfinite(loss_fake)
+        _step_unless(self.opt_fake_score, diverged)
+        loss_gen = self._generator_update(chunks_gen, owned, rng)
+        # As in SiD.iteration: G is not stepped in an iteration whose ψ loss diverged.
+        diverged = diverged | ~torch.isfinite(loss_gen)
+        _step_unless(self.opt_generator, diverged)
+        return {"loss_fake_score": loss_fake, "loss_generator": loss_gen, "diverged": diverged}
+
+
+def _step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """``optimizer.step()``, a no-op where the 0-d bool tensor ``skip`` is true, decided on the
+    device: fused Adam takes ``found_inf`` (the input torch.amp.GradScaler sets) and skips
+    the update, step count included, inside its kernel, so ``skip`` is never read back."""
+    # An attribute fused Adam reads (GradScaler sets it), not declared on Optimizer.
+    optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf  # type: ignore[attr-defined]
 
 
 def compile_unets(sid: SiD) -> None:
@@ -254,7 +286,7 @@ class Bench:
 
     def numerics(self, precision: str, option: str) -> list[dict]:
         """G's gradient after one lsg iteration with ``option`` against plain, same start."""
-        from distill.loop import load_config_teacher
+        from distill.inputs import load_config_teacher
 
         config = self.config("lsg", precision, 2)
         rows = [{"kind": "numerics", "teacher": "sd15-shaped random", "precision": precision,
@@ -291,7 +323,7 @@ def gradient_cosine(unet, schedule, shape, uncond, cond, config, levers) -> floa
 
 
 def main(argv: list[str] | None = None) -> None:
-    from distill import scale
+    from distill import speed
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="JSON-lines file; rows are appended")
@@ -311,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     for option in args.options:
         parse_levers(option)  # a typo fails before anything is measured
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    scale.set_tf32(False)
+    speed.set_tf32(False)
     bench = Bench(args.tiny, device, args.out, args.warmup, args.timed)
     measure_rows(bench, args)
     if args.numerics:

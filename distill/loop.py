@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
-from distill import checkpoint, parallel, scale, streams, world
+from distill import checkpoint, parallel, speed, streams, world
 from distill import metrics as registry
-from distill import teacher as teacher_mod
-from distill.config import ConfigError, DistillConfig, read_text_file
+from distill.config import ConfigError, DistillConfig
 from distill.generator import SampleFn, autocast, generate, sampler
 from distill.guidance import NoiseSchedule, add_noise, denoise, guidance_scales, predict_eps
+from distill.inputs import draw_prompts, load_config_teacher, load_prompts
 from distill.losses import fake_score_loss, sid_generator_loss
 from distill.streams import Streams
 
@@ -74,15 +74,8 @@ class SiD:
     for ψ and G. :meth:`iteration` is one ψ step then one G step."""
 
     def __init__(self, teacher_unet: torch.nn.Module, schedule: NoiseSchedule,
-                 sample_shape: tuple[int, ...], uncond: torch.Tensor, config: DistillConfig,
-                 *, deferred_checks: bool = False):
-        """``deferred_checks``: :meth:`iteration` never reads a value back to the host, so
-        on a GPU the next launches queue while kernels run. A non-finite loss still steps
-        nothing (fused Adam skips the update on the device), but the caller learns of it
-        only from the returned tensors and must check ``diverged`` itself, e.g. once per
-        log interval. Off (the default), every iteration checks and returns floats."""
+                 sample_shape: tuple[int, ...], uncond: torch.Tensor, config: DistillConfig):
         self.config = config
-        self.deferred_checks = deferred_checks
         self.scales = guidance_scales(config.strategy, config.kappa)
         self.schedule = schedule
         self.sample_shape = tuple(sample_shape)
@@ -91,8 +84,8 @@ class SiD:
         self.fake_score = copy.deepcopy(teacher_unet).requires_grad_(True).train()
         self.generator = copy.deepcopy(teacher_unet).requires_grad_(True).train()
         self.generator_ema = copy.deepcopy(teacher_unet).requires_grad_(False).eval()
-        self.teacher = scale.teacher_network(teacher_unet, config)
-        scale.enable_gradient_checkpointing(config, self.teacher, self.fake_score, self.generator)
+        self.teacher = speed.teacher_network(teacher_unet, config)
+        speed.enable_gradient_checkpointing(config, self.teacher, self.fake_score, self.generator)
         betas = (config.adam_beta1, config.adam_beta2)
         # Fused Adam (CPU and CUDA): one kernel over all parameters instead of a loop of small ops.
         self.opt_fake_score = torch.optim.Adam(self.fake_score.parameters(),
@@ -134,9 +127,23 @@ class SiD:
         except as the unconditional half of a guided call.
 
         Returns the two losses as floats, or None when one is NaN/inf (nothing is stepped
-        then). With ``deferred_checks`` the losses stay 0-d device tensors, with a bool
-        tensor ``diverged`` beside them, and None is never returned.
+        then). Each check reads the loss back to the host; the GPU benchmark's variant
+        without that sync is ``benchmarks.gpu_sd15.DeferredSiD``.
         """
+        chunks_fake, chunks_gen, owned = self._chunks(cond_fake_score, cond_generator)
+        loss_fake = self._fake_score_update(chunks_fake, owned, rng)
+        if not torch.isfinite(loss_fake):
+            return None
+        self.opt_fake_score.step()
+        loss_gen = self._generator_update(chunks_gen, owned, rng)
+        if not torch.isfinite(loss_gen):
+            return None
+        self.opt_generator.step()
+        return {registry.LOSS_FAKE_SCORE.key: float(loss_fake),
+                registry.LOSS_GENERATOR.key: float(loss_gen)}
+
+    def _chunks(self, cond_fake_score: torch.Tensor, cond_generator: torch.Tensor):
+        """Both updates' micro-batches, and which of them this rank computes."""
         cfg = self.config
         chunks_fake = cond_fake_score.split(cfg.micro_batch_size)
         chunks_gen = cond_generator.split(cfg.micro_batch_size)
@@ -145,29 +152,7 @@ class SiD:
                              f"{cond_fake_score.shape[0]} vs {cond_generator.shape[0]}")
         # Data parallel: every rank draws every micro-batch's randomness (one stream, as a
         # single worker would) and computes only its own share (distill/parallel.py).
-        owned = parallel.owned_chunks(len(chunks_fake))
-
-        loss_fake = self._fake_score_update(chunks_fake, owned, rng)
-        if self.deferred_checks:
-            diverged = ~torch.isfinite(loss_fake)
-            _step_unless(self.opt_fake_score, diverged)
-        elif not torch.isfinite(loss_fake):
-            return None
-        else:
-            self.opt_fake_score.step()
-
-        loss_gen = self._generator_update(chunks_gen, owned, rng)
-        if self.deferred_checks:
-            # As without deferral: G is not stepped in an iteration whose ψ loss diverged.
-            diverged = diverged | ~torch.isfinite(loss_gen)
-            _step_unless(self.opt_generator, diverged)
-            return {registry.LOSS_FAKE_SCORE.key: loss_fake, registry.LOSS_GENERATOR.key: loss_gen,
-                    "diverged": diverged}
-        if not torch.isfinite(loss_gen):
-            return None
-        self.opt_generator.step()
-        return {registry.LOSS_FAKE_SCORE.key: float(loss_fake),
-                registry.LOSS_GENERATOR.key: float(loss_gen)}
+        return chunks_fake, chunks_gen, parallel.owned_chunks(len(chunks_fake))
 
     def _fake_score_update(self, chunks: tuple[torch.Tensor, ...], owned: range,
                            rng: Streams) -> torch.Tensor:
@@ -270,54 +255,6 @@ class SiD:
         """(prompts, seed) -> images in [-1, 1] on CPU from the EMA generator in one step."""
         return sampler(self.generator_ema, self.schedule, self.sample_shape,
                        self.config.t_init, self.config.precision, encode, decode)
-
-
-def _step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
-    """``optimizer.step()``, a no-op where the 0-d bool tensor ``skip`` is true, decided on the
-    device: fused Adam takes ``found_inf`` (the input torch.amp.GradScaler sets) and skips
-    the update, step count included, inside its kernel, so ``skip`` is never read back."""
-    # An attribute fused Adam reads (GradScaler sets it), not declared on Optimizer.
-    optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
-    try:
-        optimizer.step()
-    finally:
-        del optimizer.found_inf  # type: ignore[attr-defined]
-
-
-def load_config_teacher(spec: str, progress: bool = False):
-    """``embedded:<size>`` -> the embedded teacher of that size; otherwise a directory."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("embedded:"):
-        size = spec.removeprefix("embedded:")
-        if size not in teacher_mod.TEACHER_SIZES:
-            raise ConfigError(f"teacher = {spec!r}: unknown embedded size; choose one of "
-                              + ", ".join(f"embedded:{s}" for s in teacher_mod.TEACHER_SIZES))
-        return teacher_mod.load_teacher(teacher_mod.ensure_teacher(size, progress=progress), device)
-    return teacher_mod.load_teacher(spec, device)
-
-
-def load_prompts(spec: str) -> list[str]:
-    """``embedded:train`` -> the world's training captions; otherwise a text file, one per line."""
-    if spec == "embedded:train":
-        return [c.text for c in world.train_captions()]
-    if spec.startswith("embedded:"):
-        raise ConfigError(f"prompts = {spec!r}: the only embedded prompt set is 'embedded:train'")
-    path = Path(spec).expanduser()
-    if not path.exists():  # a folder or an unreadable file: read_text_file says which
-        raise ConfigError(f"prompts = {spec!r}: file {path} not found; give a text file with one "
-                          "prompt per line, or 'embedded:train'")
-    text = read_text_file(path, "prompts")
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise ConfigError(f"prompts = {spec!r}: {path} holds no prompts (one per line expected)")
-    return prompts
-
-
-def draw_prompts(prompts: list[str], count: int, rng: torch.Generator,
-                 device: torch.device | str = "cpu") -> list[str]:
-    """``count`` prompts drawn uniformly with replacement from the training set."""
-    picks = torch.randint(len(prompts), (count,), generator=rng, device=device)
-    return [prompts[i] for i in picks.tolist()]
 
 
 def _resume(directory: Path, sid: SiD, rng: Streams, config: DistillConfig,
@@ -473,7 +410,7 @@ def distill(config: DistillConfig, workdir: Path, *, teacher=None, prompts: list
     teacher, prompts = _inputs(config, teacher, prompts, progress)
     device = next(teacher.unet.parameters()).device
     parallel.check_batch(config.batch_size, config.micro_batch_size)
-    scale.set_tf32(config.allow_tf32)
+    speed.set_tf32(config.allow_tf32)
     sid = SiD(teacher.unet, NoiseSchedule(teacher.alphas_cumprod, device), teacher.sample_shape,
               teacher.encode_prompts([""]), config)
     rng = Streams(config.seed, device)

@@ -15,13 +15,13 @@ from distill.config import DistillConfig, from_dict
 from distill.errors import CheckpointError
 from distill.generator import SampleFn, sampler
 from distill.guidance import NoiseSchedule
-from distill.loop import load_config_teacher
+from distill.inputs import load_config_teacher
 
 EMA_PREFIX = "generator_ema."
 
 
 @dataclass(frozen=True)
-class Generator:
+class RestoredGenerator:
     """A distilled one-step generator: its config, step, teacher and sampler."""
 
     directory: Path
@@ -62,7 +62,7 @@ def read_generator(workdir: Path) -> SavedGenerator:
     return SavedGenerator(directory, config, meta, tensors)
 
 
-def load_generator(workdir: Path | SavedGenerator, progress: bool = False) -> Generator:
+def load_generator(workdir: Path | SavedGenerator, progress: bool = False) -> RestoredGenerator:
     """The EMA generator of a distillation workdir (or of what :func:`read_generator`
     read from one), with the teacher its config names.
 
@@ -89,4 +89,4 @@ def load_generator(workdir: Path | SavedGenerator, progress: bool = False) -> Ge
     schedule = NoiseSchedule(teacher.alphas_cumprod, device)
     sample = sampler(unet, schedule, teacher.sample_shape, config.t_init, config.precision,
                      teacher.encode_prompts, teacher.decode)
-    return Generator(directory, config, int(meta["step"]), teacher, sample)
+    return RestoredGenerator(directory, config, int(meta["step"]), teacher, sample)

@@ -197,7 +197,7 @@ def _eval(args: argparse.Namespace) -> int:
         generator = load_generator(saved)  # another architecture: refused before the work
     suite = _suite(args)
     if args.teacher is not None:
-        from distill.loop import load_config_teacher
+        from distill.inputs import load_config_teacher
         from evaluation.baseline import teacher_sample_fn
 
         kappa = DistillConfig.kappa if args.guidance_scale is None else args.guidance_scale

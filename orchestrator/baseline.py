@@ -106,7 +106,7 @@ def rebuild_shipped(steps: int = 25, guidance_scale: float = 2.0,
     shipped plans' ``evaluation``: 2000 images, 25 DDIM steps at guidance 2) on one torch
     thread, with a ``SUBSET_IMAGES`` check beside it, and write its file."""
     import evaluation
-    from distill.loop import load_config_teacher
+    from distill.inputs import load_config_teacher
     from orchestrator.profiles import EMBEDDED, build_suite
 
     teacher = load_config_teacher("embedded:default", progress=True)

@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _distill(args: argparse.Namespace) -> int:
     from distill import config as config_mod
     from distill import paths, world
-    from distill.loop import distill, load_config_teacher
+    from distill.inputs import load_config_teacher
+    from distill.loop import distill
     from evaluation.adherence import adherence_evaluator
 
     values = {**config_mod.load_yaml(args.config), **config_mod.SIZE_PRESETS[args.size]}
@@ -75,7 +76,7 @@ def _write_grid(workdir: Path, prompts: list[str]) -> None:
     from torchvision.utils import make_grid
 
     from distill import world
-    from distill.loop import load_prompts
+    from distill.inputs import load_prompts
     from distill.restore import load_generator
 
     generator = load_generator(workdir)

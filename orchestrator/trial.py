@@ -223,7 +223,7 @@ def _teacher(spec: TrialSpec, config):
     """The trial's teacher, loaded once per worker process. Gradient checkpointing is
     switched on in the teacher module itself, so it is part of the key; distill otherwise
     leaves the teacher as it found it (frozen, eval)."""
-    from distill.loop import load_config_teacher
+    from distill.inputs import load_config_teacher
 
     key = (spec.ablate_home, config.teacher, config.gradient_checkpointing)
     if key not in _TEACHERS:

@@ -180,7 +180,8 @@ def test_a_checkpoint_of_another_architecture_is_one_line(home, smoke_teacher, t
     """A smoke generator whose record names the default teacher (as a hand-edited or mixed
     up folder would): one line naming the checkpoint, not torch's size-mismatch pages."""
     from distill.config import DistillConfig
-    from distill.loop import distill, load_config_teacher
+    from distill.inputs import load_config_teacher
+    from distill.loop import distill
 
     config = DistillConfig(teacher="embedded:smoke", iterations=1, batch_size=4,
                            micro_batch_size=4, checkpoint_every=0)

@@ -11,7 +11,7 @@ import torch
 from benchmarks import dress_rehearsal, gpu_sd15
 from distill.config import DistillConfig
 from distill.guidance import NoiseSchedule
-from distill.loop import load_config_teacher
+from distill.inputs import load_config_teacher
 from distill.streams import Streams
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,7 +44,7 @@ def _iterate(tiny, levers, config, cond=None):
     return sid, losses
 
 
-def test_deferred_checks_compute_exactly_the_plain_step(tiny):
+def test_nosync_step_computes_exactly_the_plain_step(tiny):
     plain, plain_losses = _iterate(tiny, (), _config())
     fast, fast_losses = _iterate(tiny, ("nosync",), _config())
     assert not bool(fast_losses["diverged"])
@@ -55,7 +55,7 @@ def test_deferred_checks_compute_exactly_the_plain_step(tiny):
             assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
 
 
-def test_deferred_checks_step_nothing_when_a_loss_is_not_finite(tiny):
+def test_nosync_step_steps_nothing_when_a_loss_is_not_finite(tiny):
     sid, losses = _iterate(tiny, ("nosync",), _config(),
                            cond=torch.full_like(tiny["cond"], float("nan")))
     assert bool(losses["diverged"])

@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill import checkpoint, generator, loop
+from distill import checkpoint, generator, inputs, loop
 from distill.config import SIZE_PRESETS, ConfigError, DistillConfig, from_dict
 from distill.guidance import NoiseSchedule
-from distill.loop import SiD, distill, load_prompts
+from distill.inputs import load_prompts
+from distill.loop import SiD, distill
 from distill.streams import ROLES, Streams
 
 REPO = Path(__file__).resolve().parent.parent
@@ -419,7 +420,7 @@ def test_the_two_updates_of_an_iteration_draw_their_own_prompts(teacher, tmp_pat
 
 def test_draw_prompts_is_uniform_with_replacement_and_seeded():
     prompts = [f"p{i}" for i in range(3)]
-    a = loop.draw_prompts(prompts, 3000, torch.Generator().manual_seed(0))
-    assert a == loop.draw_prompts(prompts, 3000, torch.Generator().manual_seed(0))
+    a = inputs.draw_prompts(prompts, 3000, torch.Generator().manual_seed(0))
+    assert a == inputs.draw_prompts(prompts, 3000, torch.Generator().manual_seed(0))
     counts = [a.count(p) for p in prompts]
     assert all(900 <= c <= 1100 for c in counts), counts  # 1000 ± 3 sd (sd 25.8)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill import loop
+from distill import inputs, loop
 from distill.config import DistillConfig
 from distill.streams import ROLES, Streams, role_seed
 
@@ -45,7 +45,7 @@ def _record(teacher, strategy: str, tmp_path, monkeypatch) -> dict[str, list[tor
         return add_noise(x0, noise, t, schedule)
 
     config = DistillConfig(**{**CONFIG, "strategy": strategy})
-    prompts = loop.load_prompts("embedded:train")
+    prompts = inputs.load_prompts("embedded:train")
     with monkeypatch.context() as patch:  # undone before the next strategy wraps them
         patch.setattr(loop, "generate", recording_generate)
         patch.setattr(loop, "add_noise", recording_add_noise)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import evaluation
-from distill.loop import load_config_teacher
+from distill.inputs import load_config_teacher
 from orchestrator import baseline
 from orchestrator.plan import load_plan
 from orchestrator.profiles import EMBEDDED, build_suite
