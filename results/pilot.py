@@ -19,8 +19,8 @@ arm's mean FD-CLIP within ``TRAINED_RATIO`` of its best over the pilot; precisio
 would pick 25 iterations, a generator that has hardly left its initialisation), the one
 with the highest geometric mean of the three metrics' precision per CPU-second.
 
-``python -m results.pilot --plan pilot [--tracking-uri URI] [--other-store URI]`` prints
-them.
+``python -m results.pilot --plan pilot [--tracking-uri URI] [--other-store URI]
+[--threads-store URI] [--levers-store URI]`` prints them.
 """
 
 from __future__ import annotations
@@ -269,6 +269,23 @@ def lever_table(trials: pd.DataFrame, metrics: list[str], arms: tuple[str, str])
     return "\n".join(lines) + "\n"
 
 
+def _machine_tables(args: argparse.Namespace, history: pd.DataFrame,
+                    metrics: list[str]) -> list[pd.DataFrame]:
+    """Print the machine tables the stores given allow; return the other capability's
+    history, which the budget table pools (the thread layout's single evaluation is not a
+    curve the budget could be chosen on)."""
+    others = []
+    if args.other_store:
+        other = load_history(load_runs(args.plan, args.other_store), metrics, ["strategy"])
+        print(machine_table({"this store": history, "the other": other}, metrics))
+        others.append(other)
+    if args.threads_store:
+        threads = load_history(load_runs(args.threads_plan, args.threads_store), metrics,
+                               ["strategy"])
+        print(machine_table({"1 thread": history, "2 threads": threads}, metrics))
+    return others
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plan", default="pilot")
@@ -282,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the store of ablations/pilot-levers.yaml: also print each "
                              "lever against the plain setting at the chosen budget")
     parser.add_argument("--levers-plan", default="pilot-levers")
+    parser.add_argument("--threads-store", metavar="URI",
+                        help="the store of ablations/pilot-threads.yaml (two torch threads per "
+                             "trial): also print how much of a trial's variance the thread "
+                             "layout moves, at the evaluation both runs share")
+    parser.add_argument("--threads-plan", default="pilot-threads")
     args = parser.parse_args(argv)
     runs = load_runs(args.plan, args.tracking_uri)
     trials = runs[(runs["role"] == "trial") & (runs["status"] == "finished")]
@@ -299,11 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         return train * max(reading.steps) / iterations + EVAL_SECONDS * len(reading.steps)
 
     print(pilot_table(history, metrics, cpu, tuple(args.arms.split(","))))
-    histories = [history]
-    if args.other_store:
-        other = load_history(load_runs(args.plan, args.other_store), metrics, ["strategy"])
-        print(machine_table({"this store": history, "the other": other}, metrics))
-        histories.append(other)
+    histories = [history, *_machine_tables(args, history, metrics)]
     table, chosen = budget_table(histories, metrics, Setting(150, (150,)))
     print(table)
     print("chosen: " + (f"{chosen.budget} iterations, evaluated at "
