@@ -101,14 +101,14 @@ def from_dict(cls: type, data: dict[str, Any], source: str = "<config>", prefix:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def _json_hash(value: Any, length: int) -> str:
+def json_hash(value: Any, length: int) -> str:
     blob = json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 def config_hash(config: Any, length: int = 12) -> str:
     """Stable short hash of a dataclass config (its JSON with sorted keys)."""
-    return _json_hash(dataclasses.asdict(config), length)
+    return json_hash(dataclasses.asdict(config), length)
 
 
 # torch.Generator.manual_seed takes a 64-bit integer.
@@ -128,7 +128,7 @@ ALGORITHM_REVISION = 3
 
 def trial_id(config: DistillConfig) -> str:
     """A trial's stable id: the hash of its resolved config and :data:`ALGORITHM_REVISION`."""
-    return _json_hash({"algorithm_revision": ALGORITHM_REVISION,
+    return json_hash({"algorithm_revision": ALGORITHM_REVISION,
                        "config": dataclasses.asdict(config)}, 12)
 
 
@@ -167,7 +167,7 @@ class DistillConfig:
     ema_rampup_ratio: float | None = 0.5
     prompt_dropout: float = 0.1
     precision: Literal["fp32", "bf16"] = "fp32"
-    # Speed and memory at Stable Diffusion scale (distill/scale.py); off = the paper's fp32 run.
+    # Speed and memory at Stable Diffusion scale (distill/speed.py); off = the paper's fp32 run.
     gradient_checkpointing: bool = False  # recompute activations of ψ, G and φ in backward
     allow_tf32: bool = False  # TF32 matmuls/convolutions on Ampere+ GPUs
     teacher_bf16: bool = False  # φ in bf16: only its input gradients are needed

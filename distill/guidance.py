@@ -8,11 +8,12 @@ one network call on a batch of 2b.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from distill.config import STRATEGIES
+from distill.config import ALGORITHM_REVISION, STRATEGIES, DistillConfig, json_hash
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,18 @@ def guidance_scales(strategy: str, kappa: float) -> GuidanceScales:
     if strategy not in table:
         raise ValueError(f"strategy = {strategy!r}: unknown; choose one of {', '.join(STRATEGIES)}")
     return GuidanceScales(*(float(k) for k in table[strategy]))
+
+
+def computation_key(config: DistillConfig) -> str:
+    """Configs with one key compute the same numbers: the trial id's hash with ``strategy``
+    and ``kappa`` replaced by what the loop reads of them, the four scales (which also
+    decide prompt dropout). lsg at κ = 1 is none at any κ; cfg at κ = 1 is none too. The
+    driver adopts a finished trial of the same key instead of running it again
+    (orchestrator/storage.py); tests/test_storage.py checks two such configs bit for bit."""
+    fields = dataclasses.asdict(config)
+    del fields["strategy"], fields["kappa"]
+    fields["guidance_scales"] = dataclasses.astuple(guidance_scales(config.strategy, config.kappa))
+    return json_hash({"algorithm_revision": ALGORITHM_REVISION, "config": fields}, 12)
 
 
 class NoiseSchedule:

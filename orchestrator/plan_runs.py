@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,8 @@ class PlanRuns:
 
             logger.log_dict(json.loads(self.plan.comparison.to_json()), ARTIFACT)
 
-    def open_children(self, trials: list[Trial], done: dict[str, dict | None], setup) -> None:
+    def open_children(self, trials: list[Trial], results: dict[str, dict | None],
+                      shared) -> None:
         """One child run per trial; trials finished earlier have theirs closed with their
         result (``done``: trial id -> result.json)."""
         self.existing = tracking.children(self.client, self.experiment_id, self.parent())
@@ -100,20 +102,20 @@ class PlanRuns:
             if t.trial_id in self.existing:
                 self.child_ids[t.trial_id] = self.existing[t.trial_id].info.run_id
             else:
-                self.child_ids[t.trial_id] = self._create_child(t, commit, setup)
-            record = done[t.trial_id]
+                self.child_ids[t.trial_id] = self._create_child(t, commit, shared)
+            record = results[t.trial_id]
             if record is not None:
                 self._close_finished_child(t, record)
 
-    def _create_child(self, t: Trial, commit: str, setup) -> str:
-        teacher = setup.teachers[t.config.teacher]
-        protocol = setup.suites[t.config.eval_num_images].protocol
+    def _create_child(self, t: Trial, commit: str, shared) -> str:
+        teacher = shared.teachers[t.config.teacher]
+        protocol = shared.suites[t.config.eval_num_images].protocol
         run_id = tracking.create_child(
             self.client, self.experiment_id, self.parent(), run_name=t.name,
             tags={schema.ROLE: "trial", schema.PLAN: self.plan.name, schema.TRIAL_ID: t.trial_id,
                   schema.GIT_COMMIT: commit, schema.TEACHER_ID: teacher.teacher_id,
                   schema.TEACHER_HASH: teacher.teacher_hash,
-                  schema.PROMPT_SET_HASH: setup.prompt_hashes[t.config.prompts],
+                  schema.PROMPT_SET_HASH: shared.prompt_hashes[t.config.prompts],
                   schema.EVAL_PROTOCOL: protocol, **self._group_tags(t),
                   schema.DESCRIPTION: self._describe(t)},
             # With eval_num_images, so runs under different protocols are told apart in
@@ -147,9 +149,29 @@ class PlanRuns:
         if run is not None and run.info.status == "FINISHED":
             return
         run_id = self.child_ids[t.trial_id]
-        tracking.RunLogger(self.uri, run_id).log_metrics(
-            {**record["final_metrics"], **record.get("cost", {})}, record["iterations"])
+        logger = tracking.RunLogger(self.uri, run_id)
+        logger.log_metrics({**record["final_metrics"], **record.get("cost", {})},
+                           record["iterations"])
+        self._copy_samples(record.get("run_id"), logger)
         tracking.finish(self.client, run_id, "FINISHED", outcome=record["status"])
+
+    def _copy_samples(self, source_run: str | None, logger: tracking.RunLogger) -> None:
+        """The sample grids of the run that computed the result (an earlier parent's child,
+        or another plan's when the trial was adopted), so the report's samples figure and
+        the dashboard's image panel have this trial too. Skipped when that run is not in
+        this store (another tracking URI, or deleted)."""
+        from results.load import quiet_downloads  # pandas: not on the fail-fast path
+
+        if not source_run or source_run == logger.run_id:
+            return
+        try:
+            names = [f.path for f in self.client.list_artifacts(source_run, "samples")]
+        except Exception:  # noqa: BLE001 - not in this store: the metrics alone are kept
+            return
+        with tempfile.TemporaryDirectory(prefix="ablate-samples-") as tmp, quiet_downloads():
+            for name in names:
+                local = self.client.download_artifacts(source_run, name, tmp)
+                logger.log_artifact(Path(local), "samples")
 
     def baseline_finished(self) -> bool:
         teacher = self.existing.get("teacher")

@@ -11,12 +11,10 @@ one has the core's checkpoint there, and the MLflow runs are found again by thei
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import os
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -36,8 +34,9 @@ from orchestrator import (
 from orchestrator.plan import MAX_TRIALS, Plan, Trial, expand, load_plan, with_seeds
 from orchestrator.plan_runs import PlanRuns
 from orchestrator.ray_session import RaySession, check_local_resources, check_reachable
+from orchestrator.shared import SharedInputs, in_background, load_shared
 from orchestrator.spec import TrialSpec
-from orchestrator.storage import plan_lock, storage_root, trial_workdir
+from orchestrator.storage import adopt_finished, plan_lock, storage_root, trial_workdir
 from orchestrator.trial import read_result
 from results import schema
 
@@ -63,45 +62,6 @@ def _quiet_model_loading() -> None:
     diffusers.utils.logging.disable_progress_bar()
 
 
-@dataclass(frozen=True)
-class Setup:
-    """What the trials share, loaded once by the driver (and, for the embedded sizes,
-    trained once here rather than by each trial at once)."""
-
-    teachers: dict  # teacher spec -> loaded Teacher
-    prompt_hashes: dict[str, str]
-    suites: dict  # eval_num_images -> EvalSuite
-
-
-def _load_setup(trials: list[Trial], profile: profiles.Profile, size: str, uri: str) -> Setup:
-    from distill import world
-    from distill.loop import load_config_teacher, load_prompts
-
-    tracking.check_reachable(uri)
-    teachers = {spec: load_config_teacher(spec)
-                for spec in sorted({t.config.teacher for t in trials})}
-    prompt_hashes = {spec: world.prompt_set_hash(load_prompts(spec))
-                     for spec in {t.config.prompts for t in trials}}
-    # Built once here so reference statistics are cached before trials share them.
-    suites = {n: profiles.build_suite(profile, size, n)
-              for n in sorted({t.config.eval_num_images for t in trials})}
-    return Setup(teachers, prompt_hashes, suites)
-
-
-def _in_background(fn, *args) -> concurrent.futures.Future:
-    """``fn(*args)`` in a daemon thread; its result or error through the future."""
-    future: concurrent.futures.Future = concurrent.futures.Future()
-
-    def work() -> None:
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the future
-            future.set_exception(exc)
-
-    threading.Thread(target=work, name="setup", daemon=True).start()
-    return future
-
-
 def run_plan(plan_path: str | Path, size: str = "default", profile: str = "embedded",
              storage: str | None = None, out: TextIO | None = None,
              seeds: tuple[int, ...] | None = None, max_trials: int = MAX_TRIALS) -> RunOutcome:
@@ -125,10 +85,11 @@ class PlanRun:
     storage: Path
     uri: str
     out: TextIO
-    done: dict[str, dict | None]  # trial id -> its result.json, None while unfinished
+    results: dict[str, dict | None]  # trial id -> its result.json, None while unfinished
+    adopted: dict[str, str] = field(default_factory=dict)  # trial id -> where it was computed
     ray: RaySession = field(default_factory=RaySession)
     # Set by prepare(): before it, reading them is an AttributeError, not a silent None.
-    setup: Setup = field(init=False)
+    shared: SharedInputs = field(init=False)  # orchestrator/shared.py
     runs: PlanRuns = field(init=False)  # the MLflow runs (orchestrator/plan_runs.py)
 
     # -- resolve ---------------------------------------------------------------------------
@@ -167,12 +128,12 @@ class PlanRun:
         storage_dir = storage_root(storage)
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             output_root()  # the default store's folder, also when trials are stored elsewhere
-        done = {t.trial_id: read_result(trial_workdir(storage_dir, plan, t)) for t in trials}
-        return cls(plan, size, profile, trials, storage_dir, uri, out, done)
+        results = {t.trial_id: read_result(trial_workdir(storage_dir, plan, t)) for t in trials}
+        return cls(plan, size, profile, trials, storage_dir, uri, out, results)
 
     @property
     def pending(self) -> list[Trial]:
-        return [t for t in self.trials if self.done[t.trial_id] is None]
+        return [t for t in self.trials if self.results[t.trial_id] is None]
 
     def execute(self) -> RunOutcome:
         with interrupts.handled(), plan_lock(self.storage, self.plan):
@@ -191,6 +152,10 @@ class PlanRun:
                     "; start the server again and rerun the same command to resume") from None
 
     def _execute(self) -> RunOutcome:
+        self.adopted = adopt_finished(self.storage, self.plan, self.pending)
+        for trial_id in self.adopted:
+            self.results[trial_id] = read_result(self.storage / "trials" / self.plan.name
+                                                 / trial_id)
         self._print_trials()
         try:
             self.prepare()
@@ -204,10 +169,10 @@ class PlanRun:
                 return self.report(0, {})
             self.runs.open_parent(self.trials)
             with self._runs_closed_on_exit():
-                self.runs.open_children(self.trials, self.done, self.setup)
-                beside = self.start_baseline()
-                failed = self.tune(beside)
-                return self.close(failed, beside)
+                self.runs.open_children(self.trials, self.results, self.shared)
+                baseline_job = self.start_baseline()
+                failed = self.tune(baseline_job)
+                return self.close(failed, baseline_job)
         finally:
             self.ray.close()
 
@@ -216,7 +181,8 @@ class PlanRun:
         print(f"plan {self.plan.name} (size {self.size}, profile {self.profile.name}): "
               f"{len(self.trials)} trials, {len(self.pending)} to run", file=self.out)
         for t in self.trials:
-            state = "to run" if self.done[t.trial_id] is None else "finished earlier"
+            state = ("to run" if self.results[t.trial_id] is None else
+                     self.adopted.get(t.trial_id, "finished earlier"))
             print(f"  {t.name:<34} {t.trial_id}  {state}", file=self.out)
         print(file=self.out, flush=True)
 
@@ -225,7 +191,7 @@ class PlanRun:
         """Teachers, prompt hashes, evaluation suites and the MLflow check, beside Ray's
         start-up, which they do not need. Their error, if any, wins: it names the fix."""
         # A daemon thread: an interrupt while Ray starts does not wait for the loading.
-        loading = _in_background(_load_setup, self.trials, self.profile, self.size, self.uri)
+        loading = in_background(load_shared, self.trials, self.profile, self.size, self.uri)
         try:
             if self.pending:
                 self.ray.start(self.plan)
@@ -233,7 +199,7 @@ class PlanRun:
         except Exception:
             loading.result()  # the setup's error, if any, wins: it names the fix
             raise
-        self.setup = loading.result()
+        self.shared = loading.result()
         self.runs = PlanRuns.connect(self.uri, self.plan, self.trials, self.size, self.profile)
 
     def _check_finished_teachers(self) -> None:
@@ -243,11 +209,11 @@ class PlanRun:
         come back as if current. Results from before result.json recorded the hash are
         checked against their MLflow run's tag."""
         for t in self.trials:
-            record = self.done[t.trial_id]
+            record = self.results[t.trial_id]
             if record is None:
                 continue
             recorded = record.get("teacher_hash") or self._tagged_teacher_hash(record)
-            current = self.setup.teachers[t.config.teacher].teacher_hash
+            current = self.shared.teachers[t.config.teacher].teacher_hash
             if recorded is not None and recorded != current:
                 folder = self.storage / "trials" / self.plan.name
                 raise ConfigError(
@@ -276,19 +242,19 @@ class PlanRun:
     # -- start baseline --------------------------------------------------------------------
     def start_baseline(self) -> baseline.BesideTrials:
         """The teacher-baseline child: beside the trials on CPUs, before them on GPUs."""
-        beside = baseline.BesideTrials()
+        baseline_job = baseline.BesideTrials()
         if self.plan.evaluation.teacher_baseline is None or self.runs.baseline_finished():
-            return beside
+            return baseline_job
         if self.pending and self.plan.resources.gpu == 0:
-            beside.start(self._log_baseline)
+            baseline_job.start(self._log_baseline)
         else:
             self._log_baseline()
-        return beside
+        return baseline_job
 
     def _log_baseline(self) -> None:
         first = self.trials[0].config
-        teacher = self.setup.teachers[first.teacher]
-        suite = self.setup.suites[first.eval_num_images]
+        teacher = self.shared.teachers[first.teacher]
+        suite = self.shared.suites[first.eval_num_images]
         values = baseline.metrics(self.plan, teacher, suite, first.eval_num_images, self.out)
         # At the trials' last iteration, so the teacher's point sits beside theirs in charts.
         step = max(t.config.iterations for t in self.trials)
@@ -297,19 +263,19 @@ class PlanRun:
                          teacher, suite, runs.existing, values, step)
 
     # -- tune ------------------------------------------------------------------------------
-    def tune(self, beside: baseline.BesideTrials) -> dict[str, str]:
+    def tune(self, baseline_job: baseline.BesideTrials) -> dict[str, str]:
         """Run the pending trials with Ray Tune; {trial id: error} of those that failed."""
         if not self.pending:
-            beside.tune_done.set()
+            baseline_job.tune_done.set()
             return {}
         try:
             return tune_fit.fit(self.plan, [self._spec(t) for t in self.pending],
-                                self.storage, self.profile, self.out, beside.first_result)
+                                self.storage, self.profile, self.out, baseline_job.first_result)
         except BaseException:
-            beside.cancelled.set()  # SIGTERM or an error: a baseline not yet started stays so
+            baseline_job.cancelled.set()  # SIGTERM or an error: a baseline not yet started stays so
             raise
         finally:
-            beside.tune_done.set()
+            baseline_job.tune_done.set()
 
     def _spec(self, t: Trial) -> TrialSpec:
         """Everything a trial needs (it may run on another node)."""
@@ -323,15 +289,15 @@ class PlanRun:
             fault_at_iteration=faults.faults_for(t.trial_id), hold=faults.hold())
 
     # -- close -----------------------------------------------------------------------------
-    def close(self, failed: dict[str, str], beside: baseline.BesideTrials) -> RunOutcome:
+    def close(self, failed: dict[str, str], baseline_job: baseline.BesideTrials) -> RunOutcome:
         """Mark failed trials, settle the baseline, report; 130 if trials are unfinished
         (Tune stops on Ctrl-C by itself and returns normally with them left)."""
         self.ray.release()
-        self.done = {t.trial_id: read_result(trial_workdir(self.storage, self.plan, t))
+        self.results = {t.trial_id: read_result(trial_workdir(self.storage, self.plan, t))
                      for t in self.trials}
         unfinished = [t for t in self.trials
-                      if self.done[t.trial_id] is None and t.trial_id not in failed]
-        beside.finish(interrupted=bool(unfinished))
+                      if self.results[t.trial_id] is None and t.trial_id not in failed]
+        baseline_job.finish(interrupted=bool(unfinished))
         self.runs.mark_failed(failed)
         if unfinished:
             print(f"interrupted: {len(unfinished)} trial(s) unfinished; run the same command "
@@ -342,11 +308,11 @@ class PlanRun:
         return self.report(1 if failed else 0, failed)
     def report(self, exit_code: int, failed: dict[str, str]) -> RunOutcome:
         status = {t.trial_id: "failed" if t.trial_id in failed else
-                  (self.done[t.trial_id] or {}).get("status", "unfinished") for t in self.trials}
+                  (self.results[t.trial_id] or {}).get("status", "unfinished") for t in self.trials}
         tables = output_root() / "tables" / self.plan.name
         written = run_report.write(self.plan.name, tables, self.uri, self.runs.parent_id)
         markdown = (written.markdown_text if written
-                    else run_report.fallback_table(self.trials, self.done, status))
+                    else run_report.fallback_table(self.trials, self.results, status))
         # The terminal first: the table is shown even if the tracking store then fails.
         run_report.show(self.out, self.trials, failed, status, markdown, written,
                         self.uri, self.runs.parent_id, tables)

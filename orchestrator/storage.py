@@ -1,16 +1,20 @@
-"""Where a plan's trials live: the storage folder, each trial's stable workdir, and the
-lock that keeps one ``ablate run`` per plan and folder."""
+"""Where a plan's trials live: the storage folder, each trial's stable workdir, the lock
+that keeps one ``ablate run`` per plan and folder, and the adoption of trials another plan
+in the same folder has already finished."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
+import shutil
 from pathlib import Path
 
-from distill.config import ConfigError
+from distill.config import ConfigError, DistillConfig, trial_id
 from distill.paths import output_root
 from orchestrator.plan import Plan, Trial
+from orchestrator.trial import RESULT_FILE, read_result, write_result
 
 
 def storage_root(storage: str | None) -> Path:
@@ -31,6 +35,70 @@ def storage_root(storage: str | None) -> Path:
 
 def trial_workdir(storage: Path, plan: Plan, trial: Trial) -> Path:
     return storage / "trials" / plan.name / trial.trial_id
+
+
+def adopt_finished(storage: Path, plan: Plan, trials: list[Trial]) -> dict[str, str]:
+    """Link in the trials of ``plan`` that a finished trial in ``storage`` (of any plan)
+    has already computed, instead of running them again. The match is
+    :func:`distill.guidance.computation_key`: the resolved config with strategy and κ
+    replaced by the four guidance scales, so the κ sweep's κ = 2 trials adopt the LSG
+    plan's lsg trials (the same trial id) and its κ = 1 trials the LSG plan's none trials
+    (every scale 1 under both). Returns trial id -> a line saying where it came from.
+
+    Only a trial with no workdir of its own is adopted (its own checkpoint resumes as
+    before). The folder is assembled under a hidden name and renamed into place, so a crash
+    never leaves a half-adopted trial that looks finished. The checkpoint files are hard
+    links (a copy across file systems; checkpoints are written to new files, never in
+    place, so neither folder can change the other's); result.json is this trial's own,
+    with ``adopted_from`` naming the source. Call it under :func:`plan_lock`."""
+    from distill.guidance import computation_key  # torch: not on the fail-fast path
+
+    wanted = {computation_key(t.config): t for t in trials
+              if not trial_workdir(storage, plan, t).exists()}
+    adopted: dict[str, str] = {}
+    for source, record in _finished_trials(storage):
+        trial = wanted.pop(_key_of(source, record, computation_key) or "", None)
+        if trial is None:
+            continue
+        dst = trial_workdir(storage, plan, trial)
+        staging = dst.parent / f".adopting-{trial.trial_id}"
+        shutil.rmtree(staging, ignore_errors=True)  # left by a crash mid-adoption
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, staging, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(RESULT_FILE))
+        write_result(staging, {**record, "config": dataclasses.asdict(trial.config),
+                               "name": trial.name, "trial_id": trial.trial_id,
+                               "adopted_from": {"plan": source.parent.name,
+                                                "trial_id": source.name,
+                                                "name": record.get("name")}})
+        staging.rename(dst)
+        adopted[trial.trial_id] = f"computed by plan {source.parent.name} as {record.get('name')}"
+    return adopted
+
+
+def _finished_trials(storage: Path):
+    """(workdir, result.json) of every finished trial under ``storage``, in a fixed order."""
+    for folder in sorted((storage / "trials").glob("*/*")):
+        record = read_result(folder) if folder.is_dir() else None
+        if record is not None and record.get("status") == "finished":
+            yield folder, record
+
+
+def _key_of(folder: Path, record: dict, computation_key) -> str | None:
+    """The record's computation key, or None unless it was computed by this loop: its
+    folder is named by the trial id, which hashes the revision the record's config lacks."""
+    try:
+        config = DistillConfig(**record["config"])
+    except (KeyError, TypeError, ValueError, ConfigError):  # another revision's fields
+        return None
+    return computation_key(config) if trial_id(config) == folder.name else None
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed there
+        shutil.copy2(src, dst)
 
 
 @contextlib.contextmanager

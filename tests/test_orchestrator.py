@@ -335,3 +335,43 @@ def test_the_dashboard_shows_the_answer(e2e):
     assert {a.path for a in client.list_artifacts(teacher["run_id"], "samples")} == {
         schema.GRID_FINAL, schema.GRID_FINAL_LAYOUT}
     assert set(runs["status"]) <= {"FINISHED"}
+
+
+def test_a_trial_another_plan_finished_is_adopted_not_rerun(e2e):
+    """A plan that holds a trial another plan in the same storage finished (same resolved
+    config and seed, so the same trial id) links it in: nothing runs, its child run carries
+    the same final metrics and the sample grids, and the other plan's folder is untouched."""
+    plan = textwrap.dedent(PLAN).replace("CPUS", str(e2e["cpus"])).replace(
+        "name: e2e", "name: e2e-again").replace("[1.0e-4, 1.0e+8]", "[1.0e-4]")
+    plan_path = e2e["plan_path"].with_name("e2e-again.yaml")
+    plan_path.write_text(plan)
+    (trial,) = expand(load_plan(plan_path), "smoke")
+    assert trial.trial_id == e2e["trials"][0].trial_id
+    source = e2e["storage"] / "trials" / "e2e" / trial.trial_id
+    before = sorted(p.relative_to(source) for p in source.rglob("*"))
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ABLATE_HOME", str(e2e["storage"]))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        outcome = runner.run_plan(plan_path, size="smoke", out=out)
+    assert outcome.exit_code == 0, out.getvalue()
+    assert "1 trials, 0 to run" in out.getvalue()
+    assert f"computed by plan e2e as {e2e['trials'][0].name}" in out.getvalue()
+    adopted = e2e["storage"] / "trials" / "e2e-again" / trial.trial_id
+    record = json.loads((adopted / "result.json").read_text())
+    assert record["adopted_from"] == {"plan": "e2e", "trial_id": trial.trial_id,
+                                      "name": e2e["trials"][0].name}
+    assert record["final_metrics"] == json.loads((source / "result.json").read_text())[
+        "final_metrics"]
+    assert sorted(p.relative_to(adopted) for p in adopted.rglob("*")) == before
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before
+    client = e2e["client"]
+    runs = _runs(client, "e2e-again")
+    child = runs[runs["tags." + schema.ROLE] == "trial"].iloc[0]
+    original = _runs(client)
+    original = original[original["tags." + schema.TRIAL_ID] == trial.trial_id].iloc[0]
+    assert child["status"] == "FINISHED" and child["run_id"] != original["run_id"]
+    for key in (registry.CLIP_SCORE.key, registry.ADHERENCE.key):
+        assert child["metrics." + key] == original["metrics." + key]
+    grids = {f.path for f in client.list_artifacts(child["run_id"], "samples")}
+    assert schema.GRID_FINAL in grids
