@@ -46,7 +46,7 @@ def _tables(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
-    from distill.paths import output_root
+    from distill.paths import home
     from results.load import resolve_tracking_uri, store_error
 
     # A tracking server that does not answer is an error now, not after minutes of retries.
@@ -56,18 +56,27 @@ def _tables(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     try:
         plans = _plans(args, uri)
-        base = args.out or output_root() / "tables"
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ResultsError(f"cannot create the report folder {base} ({exc.strerror}); "
-                               "pass --out a writable folder") from None
+        # Checked now, created by the report once its runs are loaded: a refused plan or
+        # parent run leaves no folder behind.
+        base = args.out or home() / "tables"
+        _check_creatable(base)
         skipped = _write_reports(plans, base, uri, args.parent_run, comparison)
     except (SQLAlchemyError, MlflowException) as exc:
         raise ResultsError(str(store_error(uri, exc))) from None
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     return 0
+
+
+def _check_creatable(folder: Path) -> None:
+    """ResultsError unless ``folder`` is a folder or could be created, without creating it."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a folder" if not existing.is_dir() else "is not writable"
+        raise ResultsError(f"cannot create the report folder {folder} ({existing} {why}); "
+                           "pass --out a writable folder")
 
 
 def _plans(args: argparse.Namespace, uri: str) -> list[str]:

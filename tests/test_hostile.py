@@ -9,11 +9,13 @@ test_loop.py; a second `ablate run` of one plan: test_plan.py)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +37,8 @@ class Case:
     argv: list[str]
     named: list[str]
     env: dict[str, str] = field(default_factory=dict)
-    files: dict[str, bytes | str] = field(default_factory=dict)  # relative path -> content
+    # relative path -> content (or a function that makes it, for contents that cost time)
+    files: dict[str, Any] = field(default_factory=dict)
 
 
 # File contents that are not contents: a named pipe made in the file's place (reading it
@@ -74,6 +77,20 @@ def _foreign_db() -> bytes:
         path = Path(folder) / "other.db"
         with sqlite3.connect(path) as db:
             db.execute("CREATE TABLE notes (text)")
+        return path.read_bytes()
+
+
+@functools.cache
+def _mlflow_store() -> bytes:
+    """A real MLflow store holding one experiment and no plan's runs (made once, when the
+    first case that needs it runs)."""
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "mlflow.db"
+        MlflowClient(tracking_uri=f"sqlite:///{path}").create_experiment("ablate/other")
         return path.read_bytes()
 
 
@@ -267,6 +284,18 @@ TABLES = [
          files={"home/mlflow.db": _foreign_db()}),
     Case("tables: sqlite in a missing folder", ["tables"], ["no MLflow store at {tmp}/nowhere"],
          env={"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/nowhere/mlflow.db"}),
+    # A real store: the refusal comes before any report folder is made.
+    Case("tables: a plan the store has no runs of", ["tables", "--plan", "nosuch"],
+         ["nosuch"], env={"ABLATE_HOME": "{tmp}/home"},
+         files={"home/mlflow.db": _mlflow_store}),
+    Case("tables: a parent run the store does not have",
+         ["tables", "--parent-run", "0123456789abcdef0123456789abcdef"],
+         ["no run '0123456789abcdef0123456789abcdef'"], env={"ABLATE_HOME": "{tmp}/home"},
+         files={"home/mlflow.db": _mlflow_store}),
+    Case("tables: --out under a file", ["tables", "--out", "{tmp}/f/tables"],
+         ["cannot create the report folder {tmp}/f/tables", "{tmp}/f is not a folder"],
+         env={"ABLATE_HOME": "{tmp}/home"},
+         files={"home/mlflow.db": _mlflow_store, "f": "x"}),
     # The user's own retry settings (minutes of them) do not delay the answer.
     Case("tables: --tracking-uri on a closed port",
          ["tables", "--tracking-uri", "http://127.0.0.1:9"],
@@ -313,7 +342,8 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
 
 def _run_case(case: Case, tmp: Path, capsys) -> tuple[int, str, float]:
     tmp.mkdir()
-    for rel, content in case.files.items():
+    for rel, given in case.files.items():
+        content = given() if callable(given) else given
         path = tmp / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if content == FIFO:
