@@ -271,7 +271,9 @@ def _ours(home: Path) -> list[str]:
 def test_sigterm_during_the_teacher_baseline_ends_in_one_line_and_resumes(tmp_path):
     """SIGTERM to a driver running its own Ray while the teacher baseline computes beside
     the trials: exit 143, one line after the signal, no run left RUNNING or SCHEDULED,
-    nothing of its Ray left running; the same command then finishes the plan."""
+    nothing of its Ray left running; the same command then finishes the plan. Then Ctrl-C
+    during the report of the finished plan (the same driver, one plan: Ray's start and the
+    trials are paid once for both phases)."""
     home, plan_path, env = _own_driver(tmp_path)
     argv = [PYTHON, "-m", "orchestrator.cli", "run", str(plan_path), "--size", "smoke"]
     log_path = tmp_path / "driver.log"
@@ -310,6 +312,39 @@ def test_sigterm_during_the_teacher_baseline_ends_in_one_line_and_resumes(tmp_pa
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
     teacher = [r for r in runs if r.data.tags[schema.ROLE] == "teacher"]
     assert [r.info.status for r in teacher] == ["FINISHED"]
+    _ctrl_c_during_the_report(argv, env, tmp_path, home)
+
+
+def _ctrl_c_during_the_report(argv: list[str], env: dict[str, str], tmp_path: Path,
+                              home: Path) -> None:
+    """The finished plan run again goes straight to its report: Ctrl-C there exits 130 in
+    one line, and the next run writes the report whole."""
+    log_path = tmp_path / "report.log"
+    with log_path.open("w") as log:
+        driver = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "already finished" not in log_path.read_text():
+            assert driver.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # the report takes seconds: its imports, figures and uploads
+        before = len(log_path.read_text())
+        os.killpg(driver.pid, signal.SIGINT)
+        code = driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    after = log_path.read_text()[before:]
+    assert code == 130, after
+    lines = [line for line in after.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("interrupted (SIGINT)"), after
+    assert "Traceback" not in after and len(lines) <= 3, after
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert (home / "tables" / "sigterm" / "table.md").is_file()
 
 
 @pytest.mark.slow
