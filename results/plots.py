@@ -201,25 +201,29 @@ def tradeoff_figure(runs: pd.DataFrame) -> Figure | None:
     ax = fig.subplots()
     kappa_varies = "kappa" in agg and agg["kappa"].nunique() > 1
 
-    def annotate(text: str, row: pd.Series) -> None:
-        # Every point names its arm, so the plot reads without matching colours to a legend.
+    def annotate(text: str, row: pd.Series, below: bool = False) -> None:
         if math.isfinite(row[f"{fid}_mean"]) and math.isfinite(row[f"{clip}_mean"]):
-            ax.annotate(text, (row[f"{clip}_mean"], row[f"{fid}_mean"]),
-                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.annotate(text, (row[f"{clip}_mean"], row[f"{fid}_mean"]), color=colour,
+                        textcoords="offset points", xytext=(4, -10 if below else 4),
+                        fontsize=7)
 
-    for label, colour, rows in _series_groups(agg, keys, "kappa"):
+    for index, (label, colour, rows) in enumerate(_series_groups(agg, keys, "kappa")):
         ax.errorbar(rows[f"{clip}_mean"], rows[f"{fid}_mean"], xerr=_err(rows[f"{clip}_ci95"]),
                     yerr=_err(rows[f"{fid}_ci95"]), marker="o", capsize=3, color=colour,
                     label=label)
         for _, row in rows.iterrows():
-            parts = [short_text(k, row[k]) for k in keys]
+            # A curve's points name only its κ (the curve is named in the legend and the
+            # label takes its colour); every other curve's labels go below its points, so
+            # two curves that cross do not write over each other.
+            parts = [] if kappa_varies else [short_text(k, row[k]) for k in keys]
             parts += [f"κ={param_text('kappa', row['kappa'])}"] if kappa_varies else []
-            annotate(", ".join(parts) or "distilled", row)
+            annotate(", ".join(parts) or "distilled", row, below=index % 2 == 1)
+    colour = "0.3"
     for _, row in _teacher_agg(runs, agg.attrs["metrics"]).iterrows():
         ax.errorbar([row[f"{clip}_mean"]], [row[f"{fid}_mean"]],
                     xerr=_err(pd.Series([row[f"{clip}_ci95"]])),
                     yerr=_err(pd.Series([row[f"{fid}_ci95"]])), marker="*", markersize=12,
-                    color="0.3", linestyle="none", capsize=3, label=teacher_label(row))
+                    color=colour, linestyle="none", capsize=3, label=teacher_label(row))
         annotate("teacher", row)
     ax.set_xlabel(metric_of(clip).header(clip, protocol))
     ax.set_ylabel(metric_of(fid).header(fid, protocol))

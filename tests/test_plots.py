@@ -115,9 +115,12 @@ def test_tradeoff_curve_per_strategy_and_teacher_point(kappa_runs, tmp_path):
     assert list(y) == pytest.approx([19.5, 23.5, 27.5])
     tx, ty = bars[2].lines[0].get_data()
     assert (list(tx), list(ty)) == ([0.31], [6.0])
-    # Every point names its arm and κ; the teacher's star too.
-    assert sorted(t.get_text() for t in ax.texts) == [
-        "cfg, κ=1", "cfg, κ=2", "cfg, κ=3", "lsg, κ=1", "lsg, κ=2", "lsg, κ=3", "teacher"]
+    # Every point names its κ in its curve's colour (the curve is in the legend), the
+    # second curve's labels below its points; the teacher's star is named too.
+    texts = {(t.get_text(), t.get_color(), t.xyann[1]) for t in ax.texts}
+    lsg_colour, cfg_colour = (b.lines[0].get_color() for b in bars[:2])
+    assert texts == {*((f"κ={k}", lsg_colour, 4) for k in (1, 2, 3)),
+                     *((f"κ={k}", cfg_colour, -10) for k in (1, 2, 3)), ("teacher", "0.3", 4)}
     _check_files(save_figure(fig, tmp_path / "tradeoff"))
 
 
