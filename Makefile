@@ -39,11 +39,9 @@ lock:
 test: install
 	$(BIN)/python -m pytest tests --durations=15
 
-# The edit loop: everything but the tests marked slow (Ray, end-to-end plans, simulations),
-# one worker per core (pytest-xdist; a module's tests stay on one worker, so its fixtures
-# are built once).
+# The edit loop: everything but the tests marked slow (Ray, end-to-end plans, simulations).
 test-fast: install
-	$(BIN)/python -m pytest tests -m "not slow" -n 2 --dist loadfile
+	$(BIN)/python -m pytest tests -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

@@ -30,10 +30,7 @@ def smoke_home(tmp_path_factory):
     """An ABLATE_HOME holding the smoke teacher, trained once per session."""
     from distill.teacher import ensure_teacher
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test-fast`'s workers share one teacher
-        root = root.parent  # (the shipped-asset lock lets one train it while the other waits)
-    path = root / "smoke-home"
+    path = tmp_path_factory.getbasetemp() / "smoke-home"
     previous = os.environ.get("ABLATE_HOME")
     os.environ["ABLATE_HOME"] = str(path)
     threads = torch.get_num_threads()
