@@ -271,9 +271,9 @@ def _ours(home: Path) -> list[str]:
 def test_sigterm_during_the_teacher_baseline_ends_in_one_line_and_resumes(tmp_path):
     """SIGTERM to a driver running its own Ray while the teacher baseline computes beside
     the trials: exit 143, one line after the signal, no run left RUNNING or SCHEDULED,
-    nothing of its Ray left running; the same command then finishes the plan. Then Ctrl-C
-    during the report of the finished plan (the same driver, one plan: Ray's start and the
-    trials are paid once for both phases)."""
+    nothing of its Ray left running; the same command then finishes the plan. Then SIGINT
+    and SIGTERM during the report of the finished plan (one plan: Ray's start and the
+    trials are paid once for every phase)."""
     home, plan_path, env = _own_driver(tmp_path)
     argv = [PYTHON, "-m", "orchestrator.cli", "run", str(plan_path), "--size", "smoke"]
     log_path = tmp_path / "driver.log"
@@ -312,14 +312,16 @@ def test_sigterm_during_the_teacher_baseline_ends_in_one_line_and_resumes(tmp_pa
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
     teacher = [r for r in runs if r.data.tags[schema.ROLE] == "teacher"]
     assert [r.info.status for r in teacher] == ["FINISHED"]
-    _ctrl_c_during_the_report(argv, env, tmp_path, home)
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        _interrupt_the_report(argv, env, tmp_path, home, signum, code)
 
 
-def _ctrl_c_during_the_report(argv: list[str], env: dict[str, str], tmp_path: Path,
-                              home: Path) -> None:
-    """The finished plan run again goes straight to its report: Ctrl-C there exits 130 in
-    one line, and the next run writes the report whole."""
-    log_path = tmp_path / "report.log"
+def _interrupt_the_report(argv: list[str], env: dict[str, str], tmp_path: Path, home: Path,
+                          signum: signal.Signals, expected: int) -> None:
+    """The finished plan run again goes straight to its report: a signal there exits 130
+    (SIGINT, to the process group as Ctrl-C sends it) or 143 (SIGTERM) in one line, and the
+    next run writes the report whole."""
+    log_path = tmp_path / f"report-{signum.name}.log"
     with log_path.open("w") as log:
         driver = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
@@ -331,15 +333,18 @@ def _ctrl_c_during_the_report(argv: list[str], env: dict[str, str], tmp_path: Pa
             time.sleep(0.05)
         time.sleep(0.5)  # the report takes seconds: its imports, figures and uploads
         before = len(log_path.read_text())
-        os.killpg(driver.pid, signal.SIGINT)
+        if signum == signal.SIGINT:
+            os.killpg(driver.pid, signum)
+        else:
+            driver.send_signal(signum)
         code = driver.wait(timeout=60)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
     after = log_path.read_text()[before:]
-    assert code == 130, after
+    assert code == expected, after
     lines = [line for line in after.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("interrupted (SIGINT)"), after
+    assert lines and lines[-1].startswith(f"interrupted ({signum.name})"), after
     assert "Traceback" not in after and len(lines) <= 3, after
     rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300,
                            check=False)
@@ -378,3 +383,65 @@ def test_ctrl_c_while_ray_starts_exits_130_in_one_line(tmp_path):
     assert "Traceback" not in after and len(lines) <= 3, after
     time.sleep(2)
     assert _ours(home) == []
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_trials_on_a_tracking_server_exits_130_in_one_line(tmp_path):
+    """The same interrupt rule with an MLflow tracking server as the store (MLflow's HTTP
+    client and its retries in the way): Ctrl-C while the trials run exits 130 with one
+    line, and the server holds no run RUNNING or SCHEDULED afterwards."""
+    home, plan_path, env = _own_driver(tmp_path)
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    root = tmp_path / "server"
+    root.mkdir()
+    server = subprocess.Popen(
+        [str(Path(PYTHON).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+         str(port), "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--serve-artifacts", "--artifacts-destination", str(root / "mlartifacts"),
+         "--workers", "1"], stdout=(root / "server.log").open("w"),
+        stderr=subprocess.STDOUT, start_new_session=True)
+    log_path = tmp_path / "driver.log"
+    driver = None
+    try:
+        deadline = time.monotonic() + 120
+        while tracking.probe(uri) is not None:
+            assert server.poll() is None and time.monotonic() < deadline, "no mlflow server"
+            time.sleep(0.5)
+        with log_path.open("w") as log:
+            driver = subprocess.Popen(
+                [PYTHON, "-m", "orchestrator.cli", "run", str(plan_path), "--size", "smoke"],
+                env={**env, "MLFLOW_TRACKING_URI": uri}, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        deadline = time.monotonic() + 600
+        while "RUNNING   it" not in log_path.read_text():
+            assert driver.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "no trial started"
+            time.sleep(0.1)
+        before = len(log_path.read_text())
+        os.killpg(driver.pid, signal.SIGINT)
+        code = driver.wait(timeout=120)
+        after = log_path.read_text()[before:]
+        assert code == 130, after
+        lines = [line for line in after.splitlines() if line.strip()]
+        assert lines and lines[-1].startswith("interrupted (SIGINT)"), after
+        assert "Traceback" not in after and len(lines) <= 3, after
+        client = tracking.client(uri)
+        exp = client.get_experiment_by_name(schema.EXPERIMENT_PREFIX + "sigterm").experiment_id
+        statuses = {r.info.status for r in client.search_runs([exp])}
+        assert "KILLED" in statuses and not statuses & {"RUNNING", "SCHEDULED"}, statuses
+        time.sleep(2)
+        assert _ours(home) == []
+    finally:
+        for proc in (driver, server):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
