@@ -52,7 +52,7 @@ def test_readme_trial_counts_are_the_plans():
     lsg = len(expand(load_plan(REPO / "ablations" / "lsg.yaml"), "default"))
     kappa = len(expand(load_plan(REPO / "ablations" / "kappa.yaml"), "default"))
     assert f"make ablation-lsg     # the LSG ablation on the embedded world: {lsg} trials" in README
-    assert f"the κ sweep ({kappa} trials)" in README
+    assert f"the κ sweep ({kappa} trials" in README
 
 
 def test_the_stated_budget_is_the_config_default():
