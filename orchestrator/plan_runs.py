@@ -95,7 +95,7 @@ class PlanRuns:
     def open_children(self, trials: list[Trial], results: dict[str, dict | None],
                       shared) -> None:
         """One child run per trial; trials finished earlier have theirs closed with their
-        result (``done``: trial id -> result.json)."""
+        result (``results``: trial id -> result.json, None while unfinished)."""
         self.existing = tracking.children(self.client, self.experiment_id, self.parent())
         commit = tracking.git_commit()
         for t in trials:

@@ -153,9 +153,9 @@ class PlanRun:
 
     def _execute(self) -> RunOutcome:
         self.adopted = adopt_finished(self.storage, self.plan, self.pending)
-        for trial_id in self.adopted:
-            self.results[trial_id] = read_result(self.storage / "trials" / self.plan.name
-                                                 / trial_id)
+        for t in self.trials:
+            if t.trial_id in self.adopted:
+                self.results[t.trial_id] = read_result(trial_workdir(self.storage, self.plan, t))
         self._print_trials()
         try:
             self.prepare()

@@ -1,6 +1,6 @@
 """Where a plan's trials live: the storage folder, each trial's stable workdir, the lock
-that keeps one ``ablate run`` per plan and folder, and the adoption of trials another plan
-in the same folder has already finished."""
+that keeps one ``ablate run`` per plan and folder, and the adoption of trials that a
+finished trial in the same folder has already computed."""
 
 from __future__ import annotations
 
@@ -53,27 +53,34 @@ def adopt_finished(storage: Path, plan: Plan, trials: list[Trial]) -> dict[str, 
     with ``adopted_from`` naming the source. Call it under :func:`plan_lock`."""
     from distill.guidance import computation_key  # torch: not on the fail-fast path
 
-    wanted = {computation_key(t.config): t for t in trials
-              if not trial_workdir(storage, plan, t).exists()}
+    wanted: dict[str, list[Trial]] = {}  # one plan may hold several trials of one key
+    for t in trials:
+        if not trial_workdir(storage, plan, t).exists():
+            wanted.setdefault(computation_key(t.config), []).append(t)
     adopted: dict[str, str] = {}
-    for source, record in _finished_trials(storage):
-        trial = wanted.pop(_key_of(source, record, computation_key) or "", None)
-        if trial is None:
-            continue
-        dst = trial_workdir(storage, plan, trial)
-        staging = dst.parent / f".adopting-{trial.trial_id}"
-        shutil.rmtree(staging, ignore_errors=True)  # left by a crash mid-adoption
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, staging, copy_function=_link_or_copy,
-                        ignore=shutil.ignore_patterns(RESULT_FILE))
-        write_result(staging, {**record, "config": dataclasses.asdict(trial.config),
-                               "name": trial.name, "trial_id": trial.trial_id,
-                               "adopted_from": {"plan": source.parent.name,
-                                                "trial_id": source.name,
-                                                "name": record.get("name")}})
-        staging.rename(dst)
-        adopted[trial.trial_id] = f"computed by plan {source.parent.name} as {record.get('name')}"
+    for source, record in _finished_trials(storage) if wanted else ():
+        for trial in wanted.pop(_key_of(source, record, computation_key) or "", []):
+            _adopt(source, record, trial_workdir(storage, plan, trial), trial)
+            adopted[trial.trial_id] = (f"computed by plan {source.parent.name} as "
+                                       f"{record.get('name')}")
+        if not wanted:
+            break
     return adopted
+
+
+def _adopt(source: Path, record: dict, dst: Path, trial: Trial) -> None:
+    """``source`` linked in as ``dst``, staged and renamed, with ``trial``'s own result.json."""
+    staging = dst.parent / f".adopting-{trial.trial_id}"
+    shutil.rmtree(staging, ignore_errors=True)  # left by a crash mid-adoption
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, staging, copy_function=_link_or_copy,
+                    ignore=shutil.ignore_patterns(RESULT_FILE))
+    write_result(staging, {**record, "config": dataclasses.asdict(trial.config),
+                           "name": trial.name, "trial_id": trial.trial_id,
+                           "adopted_from": {"plan": source.parent.name,
+                                            "trial_id": source.name,
+                                            "name": record.get("name")}})
+    staging.rename(dst)
 
 
 def _finished_trials(storage: Path):
