@@ -267,6 +267,40 @@ def _ours(home: Path) -> list[str]:
     return left
 
 
+def _interrupt(argv: list[str], env: dict[str, str], log_path: Path, marker: str,
+               signum: signal.Signals, delay: float = 0.0, timeout: float = 120) -> str:
+    """Start the driver, wait until its output shows ``marker`` (then ``delay`` seconds),
+    send ``signum`` as a user would (SIGINT to the process group, as Ctrl-C does; SIGTERM to
+    the driver), and check the interrupt rule: exit 130 or 143, the last line says which
+    signal, no traceback or abort, at most three lines after the signal. Returns them."""
+    with log_path.open("w") as log:
+        driver = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while marker not in log_path.read_text():
+            assert driver.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, f"{marker!r} never came"
+            time.sleep(0.05)
+        time.sleep(delay)
+        before = len(log_path.read_text())
+        if signum == signal.SIGINT:
+            os.killpg(driver.pid, signum)
+        else:
+            driver.send_signal(signum)
+        code = driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    after = log_path.read_text()[before:]
+    assert code == 128 + signum, after
+    lines = [line for line in after.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith(f"interrupted ({signum.name})"), after
+    assert "Traceback" not in after and "SIGABRT" not in after and len(lines) <= 3, after
+    return after
+
+
 @pytest.mark.slow
 def test_sigterm_during_the_teacher_baseline_ends_in_one_line_and_resumes(tmp_path):
     """SIGTERM to a driver running its own Ray while the teacher baseline computes beside
@@ -276,26 +310,8 @@ def test_sigterm_during_the_teacher_baseline_ends_in_one_line_and_resumes(tmp_pa
     trials are paid once for every phase)."""
     home, plan_path, env = _own_driver(tmp_path)
     argv = [PYTHON, "-m", "orchestrator.cli", "run", str(plan_path), "--size", "smoke"]
-    log_path = tmp_path / "driver.log"
-    with log_path.open("w") as log:
-        driver = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 600
-        while "teacher baseline:" not in log_path.read_text():
-            assert driver.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "the baseline never started"
-            time.sleep(0.1)
-        before = len(log_path.read_text())
-        driver.send_signal(signal.SIGTERM)
-        code = driver.wait(timeout=120)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    after = log_path.read_text()[before:]
-    assert code == 143, after
-    lines = [line for line in after.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("interrupted (SIGTERM)"), after
-    assert "Traceback" not in after and "SIGABRT" not in after and len(lines) <= 3, after
+    _interrupt(argv, env, tmp_path / "driver.log", "teacher baseline:", signal.SIGTERM,
+               timeout=600)
     time.sleep(2)  # Ray's processes are stopped by the driver; give the kernel a moment
     assert _ours(home) == []
 
@@ -312,40 +328,17 @@ def test_sigterm_during_the_teacher_baseline_ends_in_one_line_and_resumes(tmp_pa
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
     teacher = [r for r in runs if r.data.tags[schema.ROLE] == "teacher"]
     assert [r.info.status for r in teacher] == ["FINISHED"]
-    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-        _interrupt_the_report(argv, env, tmp_path, home, signum, code)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        _interrupt_the_report(argv, env, tmp_path, home, signum)
 
 
 def _interrupt_the_report(argv: list[str], env: dict[str, str], tmp_path: Path, home: Path,
-                          signum: signal.Signals, expected: int) -> None:
+                          signum: signal.Signals) -> None:
     """The finished plan run again goes straight to its report: a signal there exits 130
-    (SIGINT, to the process group as Ctrl-C sends it) or 143 (SIGTERM) in one line, and the
-    next run writes the report whole."""
-    log_path = tmp_path / f"report-{signum.name}.log"
-    with log_path.open("w") as log:
-        driver = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while "already finished" not in log_path.read_text():
-            assert driver.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(0.5)  # the report takes seconds: its imports, figures and uploads
-        before = len(log_path.read_text())
-        if signum == signal.SIGINT:
-            os.killpg(driver.pid, signum)
-        else:
-            driver.send_signal(signum)
-        code = driver.wait(timeout=60)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    after = log_path.read_text()[before:]
-    assert code == expected, after
-    lines = [line for line in after.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith(f"interrupted ({signum.name})"), after
-    assert "Traceback" not in after and len(lines) <= 3, after
+    (SIGINT) or 143 (SIGTERM) in one line, and the next run writes the report whole."""
+    # The report takes seconds (its imports, figures and uploads): 0.5 s lands inside it.
+    _interrupt(argv, env, tmp_path / f"report-{signum.name}.log", "already finished", signum,
+               delay=0.5)
     rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300,
                            check=False)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
@@ -358,29 +351,8 @@ def test_ctrl_c_while_ray_starts_exits_130_in_one_line(tmp_path):
     trial list, while Ray starts and the teacher and suites load: exit 130 within seconds
     with one line, no traceback, nothing of its Ray left running."""
     home, plan_path, env = _own_driver(tmp_path)
-    log_path = tmp_path / "driver.log"
-    with log_path.open("w") as log:
-        driver = subprocess.Popen(
-            [PYTHON, "-m", "orchestrator.cli", "run", str(plan_path), "--size", "smoke"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while "to run" not in log_path.read_text():
-            assert driver.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(1.0)
-        before = len(log_path.read_text())
-        os.killpg(driver.pid, signal.SIGINT)
-        code = driver.wait(timeout=60)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    after = log_path.read_text()[before:]
-    assert code == 130, after
-    lines = [line for line in after.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("interrupted (SIGINT)"), after
-    assert "Traceback" not in after and len(lines) <= 3, after
+    argv = [PYTHON, "-m", "orchestrator.cli", "run", str(plan_path), "--size", "smoke"]
+    _interrupt(argv, env, tmp_path / "driver.log", "to run", signal.SIGINT, delay=1.0)
     time.sleep(2)
     assert _ours(home) == []
 
@@ -409,31 +381,14 @@ def test_ctrl_c_mid_trials_on_a_tracking_server_exits_130_in_one_line(tmp_path):
          "--serve-artifacts", "--artifacts-destination", str(root / "mlartifacts"),
          "--workers", "1"], stdout=(root / "server.log").open("w"),
         stderr=subprocess.STDOUT, start_new_session=True)
-    log_path = tmp_path / "driver.log"
-    driver = None
     try:
         deadline = time.monotonic() + 120
         while tracking.probe(uri) is not None:
             assert server.poll() is None and time.monotonic() < deadline, "no mlflow server"
             time.sleep(0.5)
-        with log_path.open("w") as log:
-            driver = subprocess.Popen(
-                [PYTHON, "-m", "orchestrator.cli", "run", str(plan_path), "--size", "smoke"],
-                env={**env, "MLFLOW_TRACKING_URI": uri}, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        deadline = time.monotonic() + 600
-        while "RUNNING   it" not in log_path.read_text():
-            assert driver.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "no trial started"
-            time.sleep(0.1)
-        before = len(log_path.read_text())
-        os.killpg(driver.pid, signal.SIGINT)
-        code = driver.wait(timeout=120)
-        after = log_path.read_text()[before:]
-        assert code == 130, after
-        lines = [line for line in after.splitlines() if line.strip()]
-        assert lines and lines[-1].startswith("interrupted (SIGINT)"), after
-        assert "Traceback" not in after and len(lines) <= 3, after
+        argv = [PYTHON, "-m", "orchestrator.cli", "run", str(plan_path), "--size", "smoke"]
+        _interrupt(argv, {**env, "MLFLOW_TRACKING_URI": uri}, tmp_path / "driver.log",
+                   "RUNNING   it", signal.SIGINT, timeout=600)
         client = tracking.client(uri)
         exp = client.get_experiment_by_name(schema.EXPERIMENT_PREFIX + "sigterm").experiment_id
         statuses = {r.info.status for r in client.search_runs([exp])}
@@ -441,7 +396,6 @@ def test_ctrl_c_mid_trials_on_a_tracking_server_exits_130_in_one_line(tmp_path):
         time.sleep(2)
         assert _ours(home) == []
     finally:
-        for proc in (driver, server):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
