@@ -328,17 +328,12 @@ def test_sigterm_during_the_teacher_baseline_ends_in_one_line_and_resumes(tmp_pa
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
     teacher = [r for r in runs if r.data.tags[schema.ROLE] == "teacher"]
     assert [r.info.status for r in teacher] == ["FINISHED"]
+    # The finished plan run again goes straight to its report: SIGINT there exits 130 and
+    # SIGTERM 143, each in one line (the report takes seconds - its imports, figures and
+    # uploads - so 0.5 s lands inside it), and the next run writes the report whole.
     for signum in (signal.SIGINT, signal.SIGTERM):
-        _interrupt_the_report(argv, env, tmp_path, home, signum)
-
-
-def _interrupt_the_report(argv: list[str], env: dict[str, str], tmp_path: Path, home: Path,
-                          signum: signal.Signals) -> None:
-    """The finished plan run again goes straight to its report: a signal there exits 130
-    (SIGINT) or 143 (SIGTERM) in one line, and the next run writes the report whole."""
-    # The report takes seconds (its imports, figures and uploads): 0.5 s lands inside it.
-    _interrupt(argv, env, tmp_path / f"report-{signum.name}.log", "already finished", signum,
-               delay=0.5)
+        _interrupt(argv, env, tmp_path / f"report-{signum.name}.log", "already finished",
+                   signum, delay=0.5)
     rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300,
                            check=False)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]

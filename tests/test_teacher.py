@@ -1,7 +1,9 @@
 """The teacher: one loading path, deterministic training, cache integrity, clear errors."""
 
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +17,23 @@ from distill.teacher import TeacherError, ensure_teacher, load_teacher, teacher_
 
 REPO = Path(__file__).resolve().parent.parent
 
+# One thread, as the session's smoke teacher was trained: a rebuilt teacher is compared
+# with it byte for byte.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture()
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("ABLATE_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
+
+
+@pytest.fixture()
+def trained_home(home, smoke_home):
+    """An output folder whose cache already holds the smoke teacher (a copy of the one the
+    session trained), for tests of what happens to a cached teacher."""
+    shutil.copytree(smoke_home / "cache" / "teachers", home / "cache" / "teachers")
+    return home
 
 
 def _weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -32,20 +46,21 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def test_same_seed_and_config_give_identical_weights(tmp_path):
-    config = teacher_config("smoke")
+    # A third of the smoke teacher's steps: enough for warm-up, EMA and prompt dropout to
+    # have drawn their randomness, at a third of the cost (three teachers are trained).
+    config = dataclasses.replace(teacher_config("smoke"), train_steps=10)
     teacher_mod.train_embedded(config, tmp_path / "a", progress=False)
     teacher_mod.train_embedded(config, tmp_path / "b", progress=False)
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     # A different seed really changes them (so the comparison above can fail).
-    import dataclasses
     teacher_mod.train_embedded(dataclasses.replace(config, seed=1), tmp_path / "c", progress=False)
     c = _weights(tmp_path / "c")
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_saved_in_stable_diffusion_layout_and_loads(home):
+def test_saved_in_stable_diffusion_layout_and_loads(trained_home):
     directory = ensure_teacher("smoke", progress=False)
     for rel in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                 "text_encoder/config.json", "text_encoder/model.safetensors",
@@ -65,14 +80,14 @@ def test_saved_in_stable_diffusion_layout_and_loads(home):
     assert not any(p.requires_grad for p in t.unet.parameters())
 
 
-def test_cache_is_reused(home):
+def test_cache_is_reused(trained_home):
     first = ensure_teacher("smoke", progress=False)
     stamp = (first / "teacher.json").stat().st_mtime_ns
     assert ensure_teacher("smoke", progress=False) == first
     assert (first / "teacher.json").stat().st_mtime_ns == stamp
 
 
-def test_truncated_weights_are_rebuilt_not_used(home):
+def test_truncated_weights_are_rebuilt_not_used(trained_home):
     directory = ensure_teacher("smoke", progress=False)
     weights = directory / "unet" / "diffusion_pytorch_model.safetensors"
     good = weights.read_bytes()
