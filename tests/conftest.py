@@ -13,8 +13,8 @@ import torch
 def pytest_configure(config):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # Two workers on two cores: a second torch thread per worker (and per driver or
-        # trial it starts) would only contend with the other worker. Measured: the fast
-        # tier took 3 min 15 s on two workers at two threads each, 1 min 50 s at one.
+        # trial it starts) only contends with the other worker; at two threads each the
+        # workers gained nothing over one process (BENCHMARKS.md, "Test suite").
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
 
