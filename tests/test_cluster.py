@@ -213,7 +213,12 @@ def test_node_lost_and_tracking_server_restarted_mid_trial(cluster, home, tmp_pa
     storage, release = tmp_path / "shared", tmp_path / "release"
     log = tmp_path / "driver.log"
     driver = _driver(cluster, home, storage, plan, log, {
-        HOLD_ENV: json.dumps({"iteration": HOLD_AT, "release": str(release)})})
+        HOLD_ENV: json.dumps({"iteration": HOLD_AT, "release": str(release)}),
+        # Retries for ~2 min, not the default's ~1: on a 2-core machine that also runs the
+        # other test worker, the server's restart alone has taken over a minute, and a
+        # driver that stops waiting first fails the test for the machine's load, not for
+        # anything the test is about (the retry budget's end is the next test's subject).
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7"})
     try:
         _wait(lambda: len(_held(storage, "kappa")) == 2, "a trial held on each node",
               PLAN_TIMEOUT_S, [(driver, log)])

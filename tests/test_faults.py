@@ -155,16 +155,9 @@ KILLED_PLAN = """\
 
 
 @pytest.fixture(scope="module")
-def ray_home(tmp_path_factory):
-    """The output folder and Ray session shared with tests/test_orchestrator.py."""
-    from orchestrator.ray_session import start_ray
-
-    home = tmp_path_factory.getbasetemp() / "ablate-home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ABLATE_HOME", str(home))
-        mp.delenv("RAY_ADDRESS", raising=False)
-        start_ray()
-    return home
+def ray_home(local_ray):
+    """The output folder and local Ray shared with tests/test_orchestrator.py."""
+    return local_ray
 
 
 def test_driver_sigkilled_mid_plan_then_rerun_ends_with_one_finished_child_per_trial(

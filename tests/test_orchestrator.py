@@ -25,7 +25,6 @@ from distill.guidance import guidance_scales
 from orchestrator import runner, tracking
 from orchestrator.faults import FAULTS_ENV
 from orchestrator.plan import expand, load_plan
-from orchestrator.ray_session import start_ray
 from results import schema
 
 # Ray, end-to-end plans or minutes of compute: `make test` runs them, `make test-fast` does not.
@@ -50,20 +49,16 @@ PLAN = """\
 
 
 @pytest.fixture(scope="module")
-def ablate_home(tmp_path_factory) -> Path:
+def ablate_home(local_ray) -> Path:
     """One output folder for every Ray test: the smoke teacher and CLIP train once."""
-    return tmp_path_factory.getbasetemp() / "ablate-home"
+    return local_ray
 
 
 @pytest.fixture(scope="module")
-def ray_session(ablate_home):
-    """One local Ray for the whole test session (its start-up is slow: pay it once)."""
+def ray_session(local_ray):
+    """The test process's local Ray (tests/conftest.py): its start-up is slow, paid once."""
     import ray
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ABLATE_HOME", str(ablate_home))
-        mp.delenv("RAY_ADDRESS", raising=False)
-        start_ray()
     yield ray
 
 
