@@ -74,8 +74,15 @@ class StatusLine(Callback):
         line = format_line(time.monotonic() - self.start, spec.name, state,
                            result.get("iteration"), self.iterations.get(spec.trial_id),
                            result)
-        print(line, file=self.out, flush=True)
+        self._emit(line)
         self._last_print[spec.trial_id] = time.monotonic()
+
+    def _emit(self, line: str) -> None:
+        """One write per line: ``print`` writes the text and its newline separately, and a
+        Ctrl-C or SIGTERM handled between the two left the driver's last words glued to a
+        half line ("... img/s=8.047interrupted (SIGTERM): ...")."""
+        self.out.write(line + "\n")
+        self.out.flush()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         trial_id = of_trial(trial).trial_id
@@ -101,13 +108,13 @@ class StatusLine(Callback):
         result = trial.last_result or {}
         self._print(trial, str(result.get("done_status", "DONE")).upper(), result)
         self._ended.add(of_trial(trial).trial_id)
-        print(self.summary(), file=self.out, flush=True)
+        self._emit(self.summary())
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trial, "ERROR", trial.last_result)
         self._print_error(trial)
         self._ended.add(of_trial(trial).trial_id)
-        print(self.summary(), file=self.out, flush=True)
+        self._emit(self.summary())
 
     def summary(self) -> str:
         """"<done> done, <running> running, <pending> pending; ETA": the ETA divides the
@@ -131,7 +138,7 @@ class StatusLine(Callback):
         """The exception's last line (the full trace stays in Tune's error file)."""
         lines = [line for line in str(trial.get_error() or "").splitlines() if line.strip()]
         if lines:
-            print(f"{'':10} {lines[-1].strip()[:300]}", file=self.out, flush=True)
+            self._emit(f"{'':10} {lines[-1].strip()[:300]}")
 
 
 class RunStatuses(Callback):
