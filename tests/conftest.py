@@ -37,23 +37,19 @@ def local_ray(tmp_path_factory):
     torch threads beside the other test worker's load they took three times as long as
     alone. Shut down after the module: a later module (tests/test_sd_path.py) starts its
     own with every CPU."""
-    import logging
-
     import ray
 
-    from orchestrator.ray_session import ray_temp_dir, start_ray
+    from orchestrator.ray_session import start_ray
 
     home = tmp_path_factory.getbasetemp() / "ablate-home"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ABLATE_HOME", str(home))
         mp.delenv("RAY_ADDRESS", raising=False)
-        temp_dir = ray_temp_dir()
-        temp_dir.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_worker_niceness", "0")  # as start_ray sets it
-        ray.init(num_cpus=1, include_dashboard=False, _temp_dir=str(temp_dir),
-                 log_to_driver=False, logging_level=logging.WARNING)
-        assert start_ray() is False  # the orchestrator finds it and runs on it
+        # Ray's own resource override, read when the node starts; unset again before any
+        # driver a test starts could inherit it.
+        mp.setenv("RAY_OVERRIDE_RESOURCES", '{"CPU": 1}')
+        start_ray()
+    assert ray.cluster_resources()["CPU"] == 1
     yield home
     ray.shutdown()
 
