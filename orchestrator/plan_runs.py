@@ -202,8 +202,8 @@ class PlanRuns:
         runs table's parent row itself shows the result."""
         description = markdown
         if written:
-            tradeoff = f"**{written.tradeoff}**\n\n" if written.tradeoff else ""
-            description = f"**{written.verdict}**\n\n{tradeoff}{written.table_markdown}"
+            said = "".join(f"**{line}**\n\n" for line in written.lines or (written.verdict,))
+            description = f"{said}{written.table_markdown}"
         tracking.retry_locked(self.client.set_tag, self.parent(), schema.DESCRIPTION,
                               description)
         if written:

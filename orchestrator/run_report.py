@@ -54,8 +54,6 @@ def show(out: TextIO, trials: list[Trial], failed: dict[str, str], status: dict[
     dashboard = uri if tracking.is_server(uri) else f"ablate mlflow-ui --tracking-uri {uri}"
     print(f"Dashboard: {dashboard}", file=out)
     print(f"Tables: {tables}", file=out)
-    verdict = written.verdict if written else ""
-    if verdict:
-        print(verdict[0].upper() + verdict[1:], file=out)
-    if written and written.tradeoff:
-        print(written.tradeoff, file=out)
+    for line in (written.lines or (written.verdict,)) if written else ():
+        if line:
+            print(line[0].upper() + line[1:], file=out)

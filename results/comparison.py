@@ -7,6 +7,11 @@ the section with the plan (:func:`from_plan`, exit 2 naming the key) and logs th
 comparison on the parent run (``plan/comparison.json``), which is what tables, verdict,
 plots, the parent's summary and the terminal read: nothing in ``results`` decides what to
 compare from a plan's name or from a strategy's.
+
+``compare.trend`` declares the dose-response question of a numeric axis (results/trend.py):
+which axis, a line or a quadratic, and the smallest slope of interest per unit of the axis.
+Left out, the first numeric axis with three or more values is the trend axis, fitted as a
+line with the registry's δ per unit; ``trend: false`` switches it off.
 """
 
 from __future__ import annotations
@@ -19,11 +24,44 @@ from typing import Any
 from distill import metrics as registry
 
 ARTIFACT = "plan/comparison.json"
-KEYS = ("arms", "reference", "metrics", "delta", "paired")
+KEYS = ("arms", "reference", "metrics", "delta", "paired", "trend")
+TREND_KEYS = ("axis", "model", "delta")
+TREND_MODELS = ("line", "quadratic")
+TREND_LEAST_VALUES = 3  # a slope from two values has no lack-of-fit test and no check
 
 
 class ComparisonError(ValueError):
     """A ``compare:`` section that does not fit its plan; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Trend:
+    """The trend question of a plan: ``metric ~ axis`` fitted as a ``model`` ('line' or
+    'quadratic') over every finished trial; ``delta`` maps each metric to its smallest slope
+    of interest per unit of the axis (a ratio per unit for log-scale metrics), the margin of
+    "flat"."""
+
+    axis: str
+    model: str = "line"
+    delta: tuple[tuple[str, float], ...] = ()
+    declared: bool = True  # False: the default rule chose the axis
+
+    def delta_of(self, metric: str) -> float:
+        given = dict(self.delta)
+        if metric in given:
+            return given[metric]
+        default = registry.by_name(metric)
+        return float(default.delta) if default is not None and default.delta else math.nan
+
+    def to_dict(self) -> dict:
+        return {"axis": self.axis, "model": self.model, "delta": dict(self.delta),
+                "declared": self.declared}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Trend:
+        return cls(str(data["axis"]), str(data.get("model", "line")),
+                   tuple((k, float(v)) for k, v in (data.get("delta") or {}).items()),
+                   bool(data.get("declared", True)))
 
 
 @dataclass(frozen=True)
@@ -38,6 +76,10 @@ class Comparison:
     delta: tuple[tuple[str, float], ...]
     paired: bool = False
     declared: bool = True  # False: the default rule (first value of the first axis)
+    # The trend axis (results/trend.py); None with trend_off False: the default rule, applied
+    # to the runs (comparisons logged before trends existed carry neither).
+    trend: Trend | None = None
+    trend_off: bool = False
 
     def delta_of(self, metric: str) -> float:
         return dict(self.delta)[metric]
@@ -48,14 +90,19 @@ class Comparison:
     def to_json(self) -> str:
         return json.dumps({"arms": list(self.arms), "reference": list(self.reference),
                            "metrics": list(self.metrics), "delta": dict(self.delta),
-                           "paired": self.paired, "declared": self.declared}, indent=1)
+                           "paired": self.paired, "declared": self.declared,
+                           "trend": False if self.trend_off else
+                           (self.trend.to_dict() if self.trend else None)}, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Comparison:
         data = json.loads(text)
+        trend = data.get("trend")
         return cls(tuple(data["arms"]), tuple(data["reference"]), tuple(data["metrics"]),
                    tuple((k, float(v)) for k, v in data["delta"].items()),
-                   bool(data.get("paired", False)), bool(data.get("declared", True)))
+                   bool(data.get("paired", False)), bool(data.get("declared", True)),
+                   Trend.from_dict(trend) if isinstance(trend, dict) else None,
+                   trend is False)
 
 
 def _text(value: Any) -> str:
@@ -100,7 +147,8 @@ def default(axes: list[tuple[str, tuple]]) -> Comparison | None:
         return None
     key, values = axes[0]
     names = registry.names("verdict")
-    return Comparison((key,), (values[0],), names, default_delta(names), declared=False)
+    return Comparison((key,), (values[0],), names, default_delta(names), declared=False,
+                      trend=default_trend(axes))
 
 
 def parse(raw: Any, axes: list[tuple[str, tuple]], where: str = "compare") -> Comparison:
@@ -124,7 +172,75 @@ def parse(raw: Any, axes: list[tuple[str, tuple]], where: str = "compare") -> Co
     paired = raw.get("paired", False)
     if not isinstance(paired, bool):
         raise ComparisonError(f"{where}.paired: must be true or false, got {paired!r}")
-    return Comparison(tuple(arms), reference, tuple(names), delta, paired)
+    trend = raw.get("trend")
+    if trend is True:  # the default rule, said out loud
+        trend = None
+    if trend is False:
+        return Comparison(tuple(arms), reference, tuple(names), delta, paired, trend_off=True)
+    return Comparison(tuple(arms), reference, tuple(names), delta, paired,
+                      trend=default_trend(axes) if trend is None else
+                      _parse_trend(trend, axes, names, f"{where}.trend"))
+
+
+def numeric_values(values: tuple) -> bool:
+    """An axis the trend can be fitted over: every value a number (not a bool)."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def default_trend(axes: list[tuple[str, tuple]]) -> Trend | None:
+    """The first numeric axis with three or more distinct values, as a line; None if none."""
+    for key, values in axes:
+        if numeric_values(values) and len({float(v) for v in values}) >= TREND_LEAST_VALUES:
+            return Trend(key, declared=False)
+    return None
+
+
+def _parse_trend(raw: Any, axes: list[tuple[str, tuple]], names: list[str], where: str) -> Trend:
+    """``trend: kappa`` or ``trend: {axis: kappa, model: quadratic, delta: {clip: 0.01}}``."""
+    if isinstance(raw, str):
+        raw = {"axis": raw}
+    if not isinstance(raw, dict):
+        raise ComparisonError(f"{where}: an axis name, false, or a mapping with keys "
+                              f"{', '.join(TREND_KEYS)}; got {raw!r}")
+    unknown = sorted(str(k) for k in raw if k not in TREND_KEYS)
+    if unknown:
+        raise ComparisonError(f"{where}.{unknown[0]}: unknown key; known keys: "
+                              f"{', '.join(TREND_KEYS)}")
+    axis = _parse_trend_axis(raw.get("axis"), dict(axes), f"{where}.axis")
+    model = raw.get("model", "line")
+    if model not in TREND_MODELS:
+        raise ComparisonError(f"{where}.model: must be one of {', '.join(TREND_MODELS)}, got "
+                              f"{model!r}")
+    given = raw.get("delta", {})
+    if not isinstance(given, dict):
+        raise ComparisonError(f"{where}.delta: must map metric names to numbers > 0 (per unit "
+                              f"of {axis}), e.g. {{clip: 0.01}}")
+    for name, value in given.items():
+        if name not in names:
+            raise ComparisonError(f"{where}.delta.{name}: not one of the compared metrics "
+                                  f"({', '.join(map(str, names))})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value <= 0:
+            raise ComparisonError(f"{where}.delta.{name}: must be a finite number > 0 (per "
+                                  f"unit of {axis}), got {value!r}")
+    missing = [n for n in names if n not in given]
+    return Trend(axis, model, tuple((n, float(given[n])) for n in given)
+                 + default_delta(tuple(missing)))
+
+
+def _parse_trend_axis(axis: Any, values: dict, where: str) -> str:
+    """A numeric axis of the plan with three or more distinct values."""
+    if axis not in values:
+        raise ComparisonError(f"{where}: {axis!r} is not an axis of the plan; known: "
+                              f"{', '.join(values)}")
+    if not numeric_values(values[axis]):
+        raise ComparisonError(f"{where}: {axis!r} is not numeric (values "
+                              f"{', '.join(map(_text, values[axis]))}); a trend needs numbers")
+    distinct = len({float(v) for v in values[axis]})
+    if distinct < TREND_LEAST_VALUES:
+        raise ComparisonError(f"{where}: {axis!r} has {distinct} distinct values; a trend "
+                              f"needs at least {TREND_LEAST_VALUES}")
+    return str(axis)
 
 
 def _parse_names(raw: Any, known: list[str], where: str, what: str, unknown: str) -> list[str]:

@@ -426,3 +426,67 @@ def save_figure(fig: Figure, stem: Path) -> list[Path]:
     fig.savefig(pdf, metadata={"CreationDate": None})
     return [png, pdf]
 
+
+def trend_figure(runs: pd.DataFrame, result) -> tuple[str, Figure] | None:
+    """(``metrics_vs_<axis>``, figure): each seed's value of each compared metric against
+    the trend axis, with the fitted line (a parabola where the plan declares one) and its 95%
+    confidence band, per block; log-scale metrics fitted on the log scale and drawn back on
+    their own, so the band stays above zero. ``result``: a :class:`results.trend.TrendResult`."""
+    from results.trend import ols
+
+    axis = result.trend.axis
+    trials = runs[(runs["role"] == "trial") & (runs["status"] == "finished")]
+    keys = list(dict.fromkeys(f.key for f in result.findings))
+    if not keys or axis not in trials:
+        return None
+    degree = 2 if result.trend.model == "quadratic" else 1
+    blocks = result.blocks
+    fig = Figure(figsize=(4.0 * len(keys), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    teacher = _teacher_agg(runs, keys)
+    combos_ = combos(trials, blocks)
+    spacing = np.ptp(trials[axis].to_numpy(float)) / 120 if len(combos_) > 1 else 0.0
+    for ax, key in zip(axes, keys):
+        metric = metric_of(key)
+        for index, block in enumerate(combos_):
+            rows = trials
+            for param, value in zip(blocks, block):
+                rows = rows[rows[param].map(str) == str(value)]
+            rows = rows.dropna(subset=[key, axis])
+            x, y = rows[axis].to_numpy(float), rows[key].to_numpy(float)
+            colour = _colour(blocks, block, index)
+            label = ", ".join(short_text(k, v) for k, v in zip(blocks, block)) or "seeds"
+            # Blocks sit side by side at each value, so their seeds do not hide each other.
+            offset = (index - (len(combos_) - 1) / 2) * spacing
+            ax.scatter(x + offset, y * metric.scale, s=14, color=colour, alpha=0.75,
+                       label=label, zorder=3)
+            finding = next((f for f in result.findings if f.key == key
+                            and tuple(v for _, v in f.block) == tuple(block)), None)
+            positive = not metric.log_scale or (y > 0).all()
+            if finding is None or not finding.slope.testable or not positive:
+                continue
+            on_scale = np.log(y) if metric.log_scale else y
+            fit = ols(x, on_scale, degree)
+            grid = np.linspace(x.min(), x.max(), 60)
+            design = np.column_stack([(grid - x.mean()) ** d for d in range(degree + 1)])
+            band = fit.get_prediction(design).summary_frame(alpha=0.05)
+            centre, low, high = (band[c].to_numpy(float)
+                                 for c in ("mean", "mean_ci_lower", "mean_ci_upper"))
+            if metric.log_scale:
+                centre, low, high = np.exp(centre), np.exp(low), np.exp(high)
+            ax.plot(grid, centre * metric.scale, color=colour, linewidth=1.5)
+            ax.fill_between(grid, low * metric.scale, high * metric.scale, color=colour,
+                            alpha=0.15, linewidth=0)
+        for _, row in teacher.iterrows():
+            if math.isfinite(row.get(f"{key}_mean", math.nan)):
+                ax.axhline(row[f"{key}_mean"] * metric.scale, color="0.4", linestyle="--",
+                           linewidth=1, label=teacher_label(row))
+        said = [f for f in result.findings if f.key == key and f.slope.testable]
+        if len(said) == 1:
+            ax.set_title(f"{said[0].word}: {said[0].effect(said[0].slope.estimate)} per unit",
+                         fontsize=9)
+        ax.set_xlabel("guidance scale κ" if axis == "kappa" else PARAM_HEADERS.get(axis, axis))
+        ax.set_ylabel(metric.header(key, result.protocol))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return f"metrics_vs_{axis}", fig

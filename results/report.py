@@ -1,5 +1,7 @@
 """One report per plan: tables (LaTeX, Markdown, CSV), figures (PNG, PDF), logged back
-to the plan's parent MLflow run under ``report/``."""
+to the plan's parent MLflow run under ``report/``. What the verdict's families say
+(results/families.py) is read through their one registration: their lines close table.md,
+their sections make power.md, their tables and figures sit beside the comparison table."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from results import schema
+from results import families, schema
 from results.comparison import Comparison
 from results.convergence import curve_metrics, has_curve, load_history, ordering_table
 from results.errors import ResultsError
@@ -21,14 +23,13 @@ from results.plots import (
 )
 from results.summary import summary_metrics
 from results.tables import LATEX_VARIANTS, build_table, to_latex, to_markdown
-from results.tradeoff import matched
-from results.verdict import power_table
 
 REPORT_ARTIFACT_DIR = "report"
 # Every file a report may write; all are removed first so a figure that no longer
 # applies (κ stopped varying, say) cannot linger from an older report.
 _FILES = (*(f"{stem}.tex" for stem in LATEX_VARIANTS), "table.md", "table.csv", "runs.csv",
           "convergence.md", "power.md",
+          *(f"{name}.{ext}" for name in ("trend", "interaction") for ext in ("md", "tex", "csv")),
           *(f"{stem}.{ext}" for stem in ("fid_clip_tradeoff", "samples", "metrics_vs_iteration")
             for ext in ("png", "pdf")))
 # metrics_vs_<param>.png/.pdf, one name per swept param: removed by pattern.
@@ -49,8 +50,8 @@ class ReportPaths:
     latex_wide: Path  # table-wide.tex: table* across both columns of a two-column paper
     latex_narrow: Path  # table-narrow.tex: one column of a two-column paper
     table_markdown: str  # the Markdown table alone (caption, rows, notes)
-    summary: dict[str, float]  # per-arm summary metrics (results.summary.summary_metrics)
-    tradeoff: str = ""  # FID at matched CLIP (results/tradeoff.py), for plans sweeping κ
+    summary: dict[str, float]  # per-arm summary metrics and the families' numbers
+    lines: tuple[str, ...] = ()  # every family's verdict lines, ``verdict`` first
 
 
 def fetch_grid(client, run_id: str, dst_dir: Path) -> Path | None:
@@ -66,17 +67,22 @@ def fetch_grid(client, run_id: str, dst_dir: Path) -> Path | None:
         return Path(client.download_artifacts(run_id, schema.GRID_FINAL, str(dst_dir)))
 
 
-def _figures(runs, table, out_dir: Path, client) -> tuple[list[Path], list[Path]]:
-    """(figures, other files): the sweep, trade-off and sample figures, and for plans that
-    evaluate during training (eval_every > 0) the curve and the iteration from which the
-    arms' order has settled (convergence.md)."""
+def _figures(runs, table, out_dir: Path, client, answered: list[families.Answered]
+             ) -> tuple[list[Path], list[Path]]:
+    """(figures, other files): the families' figures (the trend's metrics_vs_<param>), else
+    the sweep figure; the trade-off and sample figures; and for plans that evaluate during
+    training (eval_every > 0) the curve and the iteration from which the arms' order has
+    settled (convergence.md)."""
     figures: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="ablate-grids-") as tmp:
         def fetch(run_id: str) -> Path | None:
             return fetch_grid(client, run_id, Path(tmp) / run_id)
 
+        drawn = [figure for item in answered if (figure := item.figure(runs)) is not None]
+        for stem, fig in drawn:
+            figures += save_figure(fig, out_dir / stem)
         swept = sweep_figure(runs, table.verdict)
-        if swept is not None:
+        if swept is not None and f"metrics_vs_{swept[0]}" not in {stem for stem, _ in drawn}:
             figures += save_figure(swept[1], out_dir / f"metrics_vs_{swept[0]}")
         for stem, build in (("fid_clip_tradeoff", tradeoff_figure),
                             ("samples", lambda r: sample_grid_figure(r, fetch))):
@@ -96,6 +102,23 @@ def _figures(runs, table, out_dir: Path, client) -> tuple[list[Path], list[Path]
         (out_dir / "convergence.md").write_text(ordering_table(history, metrics, protocol))
         extra.append(out_dir / "convergence.md")
     return figures, extra
+
+
+def _family_tables(answered: list[families.Answered], plan: str, out_dir: Path
+                   ) -> tuple[str, list[Path]]:
+    """Each family's own table as <family>.md, .tex and .csv; (their Markdown, the files)."""
+    text, files = "", []
+    for item in answered:
+        own = item.table(plan)
+        if own is None:
+            continue
+        name = item.family.name
+        (out_dir / f"{name}.md").write_text(to_markdown(own))
+        (out_dir / f"{name}.tex").write_text(to_latex(own))
+        own.csv.to_csv(out_dir / f"{name}.csv", index=False)
+        files += [out_dir / f"{name}.{ext}" for ext in ("md", "tex", "csv")]
+        text += "\n" + to_markdown(own)
+    return text, files
 
 
 def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
@@ -131,30 +154,33 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
 
     client = MlflowClient(tracking_uri=runs.attrs["tracking_uri"])
     parent = runs.attrs["parent_run_id"]
-    figures, extra = _figures(runs, table, out_dir, client)
-    table_markdown = to_markdown(table)
-    text = table_markdown
-    if figures:
-        text += ("\nFigures (PNG and PDF; bars and bands are 95% t-intervals over seeds): "
-                 + ", ".join(p.name for p in figures if p.suffix == ".png") + "\n")
     verdict = table.verdict
     if verdict is None:  # build_table always judges; a table without is a bug upstream
         raise ResultsError("the comparison table carries no verdict")
-    power = power_table(verdict)
-    if power is not None:
-        (out_dir / "power.md").write_text(power)
+    answered = families.answers(runs, verdict.layout.comparison)
+    figures, extra = _figures(runs, table, out_dir, client, answered)
+    table_markdown = to_markdown(table)
+    own_tables, written = _family_tables(answered, plan, out_dir)
+    text = table_markdown + own_tables
+    extra += written
+    if figures:
+        text += ("\nFigures (PNG and PDF; bars and bands are 95% t-intervals over seeds): "
+                 + ", ".join(p.name for p in figures if p.suffix == ".png") + "\n")
+    sections = [power for item in answered if (power := item.answer.power()) is not None]
+    if sections:
+        (out_dir / "power.md").write_text("\n\n".join(sections))
         extra.append(out_dir / "power.md")
     line = verdict.line()
-    text += f"\n{line}\n"
-    at_matched_clip = matched(runs, runs.attrs.get("comparison"))
-    tradeoff = at_matched_clip.line(verdict.protocol) if at_matched_clip else ""
-    if tradeoff:
-        text += f"\n{tradeoff}\n"
+    lines = tuple(said for item in answered for said in item.answer.lines())
+    text += "".join(f"\n{said}\n" for said in lines)
     markdown.write_text(text)
+    summary = summary_metrics(table)
+    for item in answered:
+        summary.update(item.answer.metrics())
     for path in (*latex.values(), markdown, csv, runs_csv, *extra, *figures):
         schema.retry_locked(client.log_artifact, parent, str(path), REPORT_ARTIFACT_DIR)
     return ReportPaths(out_dir=out_dir, latex=latex["table"], markdown=markdown, csv=csv,
                        runs_csv=runs_csv, figures=tuple(figures), markdown_text=text,
                        parent_run_id=parent, verdict=line, latex_wide=latex["table-wide"],
                        latex_narrow=latex["table-narrow"], table_markdown=table_markdown,
-                       summary=summary_metrics(table), tradeoff=tradeoff)
+                       summary=summary, lines=lines)
