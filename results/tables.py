@@ -137,7 +137,7 @@ _LATEX_SPECIAL = {
     # Symbols the tables use; pdflatex's default input encoding has no glyph for them.
     "κ": r"$\kappa$", "α": r"$\alpha$", "Δ": r"$\Delta$", "±": r"$\pm$", "↑": r"$\uparrow$",
     "↓": r"$\downarrow$", "†": r"$^{\dagger}$", "≥": r"$\geq$", "≤": r"$\leq$",
-    "×": r"$\times$", "—": "---", "–": "--",
+    "×": r"$\times$", "—": "---", "–": "--", "−": r"$-$", "δ": r"$\delta$", "τ": r"$\tau$",
 }
 
 
@@ -575,11 +575,18 @@ def _caption(trials: pd.DataFrame, spec: _Spec, result: Verdict, has_paper: bool
                        "better or worse)")
         deltas = ", ".join(f.metric.short_for(result.protocol) + " " + f.delta_text()
                            for f in {f.metric.name: f for f in result.findings}.values())
+        dunnett = result.test == "dunnett"
         notes.append(
             f"Δ: the arm minus {reference} (ratio of geometric means for metrics on the log "
-            f"scale), with its 95% interval. Verdict ({result.head()[9:-1]}): better/worse "
-            f"when the test of no difference rejects at {ALPHA:g} after Holm's correction over "
-            "the table's tests; equivalent when the two one-sided tests place the difference "
+            "scale), with its 95% interval"
+            + (" (Dunnett's, simultaneous over the arms of its block and metric)" if dunnett
+               else "")
+            + f". Verdict ({result.head()[9:-1]}): better/worse when "
+            + (f"Dunnett's many-to-one test rejects at {ALPHA:g} after Bonferroni's correction "
+               f"over the table's {result.groups} groups" if dunnett else
+               f"the test of no difference rejects at {ALPHA:g} after Holm's correction over "
+               "the table's tests")
+            + "; equivalent when the two one-sided tests place the difference "
             f"inside ±δ ({deltas or 'none declared'}); unresolved otherwise; untestable with "
             "fewer than 2 finished seeds or no spread.")
     reading.append("bold: best, none if tied")
