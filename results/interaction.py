@@ -64,6 +64,11 @@ class Contrast:
         return not self.why
 
 
+def untestable(why: str) -> Contrast:
+    nan = math.nan
+    return Contrast(nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, 0, why=why)
+
+
 @dataclass(frozen=True)
 class InteractionFinding:
     level: tuple  # the group's values
@@ -215,8 +220,7 @@ def contrasts(x: np.ndarray, y: np.ndarray, group: np.ndarray, levels: list[str]
         columns += [indicator, indicator * xc]
     design = np.column_stack(columns)
     df = len(y) - design.shape[1]
-    nan_result = {lv: Contrast(*([math.nan] * 11), 0, why="too few trials for the model")
-                  for lv in others}
+    nan_result = {lv: untestable("too few trials for the model") for lv in others}
     if df < 1 or any(len(np.unique(x[group == lv])) < 2 for lv in levels):
         return nan_result, None
     with warnings.catch_warnings():
@@ -226,8 +230,7 @@ def contrasts(x: np.ndarray, y: np.ndarray, group: np.ndarray, levels: list[str]
         table = anova_lm(smf.ols(f"y ~ C(g, Treatment(reference={reference!r})) * x",
                                  data=data).fit(), typ=2)
     if not fit.ssr > 0:
-        return {lv: Contrast(*([math.nan] * 11), 0, why="no residual spread")
-                for lv in others}, table
+        return {lv: untestable("no residual spread") for lv in others}, table
     t = float(stats.t.ppf(1 - ALPHA / 2, df))
     out = {}
     for i, level in enumerate(others):
@@ -297,7 +300,7 @@ def _metric(finished: pd.DataFrame, metric: registry.Metric, key: str, trend: Tr
     margin = delta
     if metric.log_scale:
         if (y <= 0).any():
-            why = Contrast(*([math.nan] * 11), 0, why="a value ≤ 0 on a log-scale metric")
+            why = untestable("a value ≤ 0 on a log-scale metric")
             return [(level, key, metric, delta, why) for level in others], None
         y, margin = np.log(y), math.log1p(delta)
     result, table = contrasts(x, y, group, [labels[lv] for lv in levels], labels[reference],

@@ -78,9 +78,9 @@ def _figures(runs, table, out_dir: Path, client, answered: list[families.Answere
         def fetch(run_id: str) -> Path | None:
             return fetch_grid(client, run_id, Path(tmp) / run_id)
 
-        drawn = [figure for item in answered if (figure := item.figure(runs)) is not None]
-        for stem, fig in drawn:
-            figures += save_figure(fig, out_dir / stem)
+        drawn = [each for item in answered if (each := item.figure(runs)) is not None]
+        for stem, drawing in drawn:
+            figures += save_figure(drawing, out_dir / stem)
         swept = sweep_figure(runs, table.verdict)
         if swept is not None and f"metrics_vs_{swept[0]}" not in {stem for stem, _ in drawn}:
             figures += save_figure(swept[1], out_dir / f"metrics_vs_{swept[0]}")

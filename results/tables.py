@@ -6,6 +6,9 @@ vary, the teacher baseline below. Beside each metric a Δ column gives the arm's
 from the reference arm of its block, its 95% interval and the verdict's word
 (:mod:`results.verdict`: better, worse, equivalent within ±δ, unresolved, untestable);
 "†" marks better and worse. With no comparison (nothing varies), rows are what varies.
+A metric cell is the mean ± the half-width of its 95% t-interval over seeds; a metric
+tested on the log scale (FID) shows, on the scale it is tested on, its geometric mean with
+its 95% interval "[low, high]", asymmetric and above zero.
 
 Beside quality, a "Cost ×" column (when the trials logged their cost) divides each row's
 mean device-hours by the reference arm's at the same settings, or, when any trial lacks
@@ -44,7 +47,15 @@ from results.arms import (
 )
 from results.comparison import Comparison
 from results.load import ResultsError
-from results.stats import ALPHA, aggregate, finished_values, metric_columns, metric_of
+from results.stats import (
+    ALPHA,
+    GEOMETRIC_STATS,
+    aggregate,
+    finished_values,
+    metric_columns,
+    metric_of,
+    shown_interval,
+)
 from results.verdict import Verdict, compare
 
 SIGNIFICANCE_MARK = "†"
@@ -72,7 +83,7 @@ class Cell:
     mark: bool = False  # significance mark
     numeric: bool = False
     ci: str = ""  # half-width of the 95% interval, printed after (LaTeX: under) the value
-    interval: str = ""  # a difference's 95% interval, "[-0.5, +2.7]", after (under) it
+    interval: str = ""  # a Δ's or a geometric mean's 95% interval, "[-0.5, +2.7]", after (under) it
     note: str = ""  # the verdict's word, printed after (LaTeX: under) the value
 
     def markdown(self) -> str:
@@ -102,7 +113,7 @@ EMPTY = Cell("—")
 class Row:
     label: list[Cell]
     cells: list[Cell]
-    means: dict[str, float]  # unrounded, for picking the best value of a column
+    means: dict[str, float]  # unrounded shown values (log scale: geometric), to pick the best
     is_reference: bool = False  # teacher or published: shown, never a contender for bold
     short: list[Cell] | None = None  # the label in the narrow LaTeX variant (None: label)
 
@@ -189,7 +200,15 @@ def header(key: str, protocol: str | None) -> str:
 
 
 def _metric_cell(agg_row: pd.Series, key: str) -> Cell:
+    """Mean ± the 95% half-width; a log-scale metric's geometric mean with its interval,
+    "9.43 [5.12, 17.40]", which is asymmetric, so a ± would misstate it. One seed: the value."""
     metric = metric_of(key)
+    if metric.log_scale:
+        centre, low, high = shown_interval(agg_row, key)
+        if not math.isfinite(centre):
+            return EMPTY
+        interval = f"[{metric.number(low)}, {metric.number(high)}]" if math.isfinite(low) else ""
+        return Cell(metric.number(centre), numeric=True, interval=interval)
     mean, ci = agg_row[f"{key}_mean"], agg_row[f"{key}_ci95"]
     if not math.isfinite(mean):
         return EMPTY
@@ -281,7 +300,8 @@ def _make_row(spec: _Spec, label: list[Cell], agg_row: pd.Series, runs: pd.DataF
     for outcome in ("finished", "diverged", "failed", "incomplete"):
         csv[f"n_{outcome}"] = int(agg_row[f"n_{outcome}"])
     for key in spec.metrics:
-        for stat in ("mean", "std", "n", "ci95"):
+        geometric = GEOMETRIC_STATS if metric_of(key).log_scale else ()
+        for stat in ("mean", "std", "n", "ci95", *geometric):
             csv[f"{key}_{stat}"] = agg_row[f"{key}_{stat}"]
         finding = (findings or {}).get(key)
         if finding is not None:
@@ -303,7 +323,7 @@ def _make_row(spec: _Spec, label: list[Cell], agg_row: pd.Series, runs: pd.DataF
         cells.append(_cost_cell(spec, runs, reference, csv))
     cells.append(Cell(runs_text(agg_row)))
     csv_rows.append(csv)
-    return Row(label, cells, {k: float(agg_row[f"{k}_mean"]) for k in spec.shown})
+    return Row(label, cells, {k: float(shown_interval(agg_row, k)[0]) for k in spec.shown})
 
 
 def _check_reportable(plan: str, runs: pd.DataFrame, trials: pd.DataFrame,
@@ -562,14 +582,20 @@ def _caption(trials: pd.DataFrame, spec: _Spec, result: Verdict, has_paper: bool
     reading, notes = [], [_caption_metrics(spec.shown, result.protocol)]
     seeds = trials.get("seed")
     if (seeds.nunique() if seeds is not None else 1) > 1:
-        reading.append("mean ± 95% CI over seeds")
-        notes.append("Mean ± half-width of the 95% t-interval over seeds (Seeds: runs per "
-                     "row); a row with one finished seed has no interval.")
+        logged = ", ".join(metric_of(k).short_for(result.protocol) for k in spec.shown
+                           if metric_of(k).log_scale)
+        reading.append("mean ± 95% CI over seeds"
+                       + (f" ({logged}: geometric mean [95% CI])" if logged else ""))
+        notes.append("Mean ± half-width of the 95% t-interval over seeds (Seeds: runs per row)"
+                     + (f"; {logged}, on the log scale: the geometric mean with its 95% interval "
+                        "[low, high], asymmetric: the t-interval of the mean of the logs, "
+                        "exponentiated" if logged else "")
+                     + "; a row with one finished seed has no interval.")
     else:
         reading.append("one seed per row, no intervals")
     if spec.with_delta:
         reference = arm_text(result.layout.arms, result.layout.reference)
-        reading.append(f"{SIGNIFICANCE_MARK}: better or worse than {reference} (Holm-corrected)"
+        reading.append(f"{SIGNIFICANCE_MARK}: better or worse than {reference} (corrected)"
                        if narrow else
                        f"Δ vs {reference} with its 95% CI and verdict ({SIGNIFICANCE_MARK}: "
                        "better or worse)")

@@ -4,8 +4,8 @@ comparison names, in words that cannot mislead.
 For every (block, arm, metric) the verdict gives the difference from the reference with its
 95% interval and exactly one word:
 
-- **better** / **worse**: the test of no difference rejects after Holm's correction over
-  every test of the verdict (one family), and equivalence is not shown;
+- **better** / **worse**: the test of no difference rejects after its correction (below),
+  and equivalence is not shown;
 - **equivalent** (within ±δ): both one-sided tests against the declared smallest effect of
   interest δ reject, Holm-corrected over the verdict's equivalence tests (a difference
   inside ±δ is equivalent even when it is not zero);
@@ -13,24 +13,40 @@ For every (block, arm, metric) the verdict gives the difference from the referen
   could detect with 80% power and the seeds per arm that would detect δ;
 - **untestable**: fewer than two finished seeds on a side, or no spread.
 
-Tests are Welch's (or paired t-tests when the plan declares ``paired``); metrics flagged
-``log_scale`` in the registry (FID, right-skewed across seeds) are compared as the ratio of
-geometric means, so their δ is a ratio too. :func:`compare` computes the findings once;
-the table's Δ cells, the verdict line, ``power.md`` and the parent run's summary read them.
+The test of no difference follows from the plan's design, never from the scores. A
+**many-to-one sweep** (one arm param, its values numbers in the trials, at least two arms
+besides the reference in a block, seeds not paired: ablations/kappa.yaml) gets Dunnett's
+test (scipy): within each (block, metric) group, every arm against the reference on the
+variance pooled over the group's arms (N − k degrees of freedom, where Welch's at three seeds
+has two to four) with simultaneous 95% intervals, and its p-values times the number of groups
+(Bonferroni, at most 1). Holm over a sweep's every Welch test (15 for six κ on three metrics)
+would leave nothing resolved. Any other comparison (strategies lsg/cfg/none:
+ablations/lsg.yaml) gets Welch's t-tests, or paired t-tests when the plan declares
+``paired``, Holm-corrected over every test of the verdict (one family). Equivalence, the
+detectable effect and the seeds needed are Welch's (or paired) under either.
+
+Under Dunnett a finding's ``diff`` carries Dunnett's interval and p (adjusted over its
+group's arms, not over the groups) and ``p_holm`` that p times the groups; under Welch,
+``diff`` is Welch's and ``p_holm`` Holm's. Metrics flagged ``log_scale`` in the registry
+(FID, right-skewed across seeds) are compared as the ratio of geometric means, so their δ is
+a ratio too. :func:`compare` computes the findings once; the table's Δ cells, the verdict
+line, ``power.md`` and the parent run's summary read them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from distill import metrics as registry
 from results.arms import Layout, arm_text, combos, layout, select_rows, short_text
-from results.comparison import Comparison, same_value
+from results.comparison import Comparison, numeric_values, same_value
 from results.stats import (
     ALPHA,
     MOST_SEEDS,
@@ -41,6 +57,10 @@ from results.stats import (
     metric_key,
 )
 
+# Dunnett's p and interval are integrals of a multivariate t, computed by randomised
+# quasi-Monte Carlo: a fixed seed makes the same runs give the same verdict every time.
+DUNNETT_SEED = 0
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -50,7 +70,7 @@ class Finding:
     metric: registry.Metric
     delta: float  # the declared smallest effect of interest (a ratio for log-scale metrics)
     diff: Difference
-    p_holm: float
+    p_holm: float  # the p that decides better/worse: Holm's, or Dunnett's times the groups
     p_equivalence_holm: float
     word: str
 
@@ -91,10 +111,12 @@ class Finding:
 class Verdict:
     layout: Layout
     findings: list[Finding]
-    family: int  # tests in the family Holm corrects over
+    family: int  # tests of the verdict (Holm corrects over them under Welch)
     most_seeds: int  # finished seeds of the best-covered arm
     protocol: str | None
     reason: str = ""  # why there are no findings
+    test: str = "welch"  # the test of no difference: 'welch', 'paired' or 'dunnett'
+    groups: int = 0  # Dunnett's (block, metric) groups, Bonferroni's factor
 
     def find(self, block: dict, arm: tuple, key: str) -> Finding | None:
         for f in self.findings:
@@ -104,15 +126,21 @@ class Verdict:
         return None
 
     def head(self) -> str:
-        comparison = self.layout.comparison
-        paired = comparison is not None and comparison.paired
         logs = sorted({f.metric.short_for(self.protocol) for f in self.findings
                        if f.diff.log_scale})
-        parts = ["paired t-tests" if paired else "Welch t-tests",
-                 f"Holm over {self.family} tests, α = {ALPHA:g}"]
+        if self.test == "dunnett":
+            within, groups = ("each block and metric", f"{self.groups} block × metric groups") \
+                if self.layout.blocks else \
+                ("each metric", f"{self.groups} metric{'s' if self.groups != 1 else ''}")
+            parts = [f"Dunnett many-to-one within {within}, Bonferroni over {groups}, "
+                     f"α = {ALPHA:g}"]
+        else:
+            parts = ["paired t-tests" if self.test == "paired" else "Welch t-tests",
+                     f"Holm over {self.family} tests, α = {ALPHA:g}"]
         if logs:
             parts.append(f"{', '.join(logs)} as a ratio (log scale)")
-        parts.append("equivalent: inside ±δ by two one-sided tests")
+        parts.append("equivalent: inside ±δ by two one-sided "
+                     + ("Welch tests" if self.test == "dunnett" else "tests"))
         parts.append(f"up to {self.most_seeds} seeds per arm")
         return f"verdict ({'; '.join(parts)})"
 
@@ -195,6 +223,26 @@ def _jobs(trials: pd.DataFrame, lay: Layout, comparison: Comparison,
     return jobs
 
 
+def _test(trials: pd.DataFrame, lay: Layout, comparison: Comparison) -> str:
+    """The test of no difference the design calls for (the module docstring's rule), from the
+    arms the plan launched, whatever they finished or scored: a rule chosen after seeing the
+    data would inflate false claims."""
+    if comparison.paired:
+        return "paired"
+    if len(lay.arms) != 1 or lay.reference is None:
+        return "welch"
+    values = tuple(trials[lay.arms[0]].tolist())
+    # An unset value (NaN) is no dose on the axis.
+    if not numeric_values(values) or not all(math.isfinite(v) for v in values):
+        return "welch"
+    for block in combos(trials, lay.blocks):
+        scope = select_rows(trials, lay.blocks, block)
+        if not select_rows(scope, lay.arms, lay.reference).empty \
+                and len(combos(scope, lay.arms)) >= 3:
+            return "dunnett"
+    return "welch"
+
+
 def compare(runs: pd.DataFrame, comparison: Comparison | None) -> Verdict:
     """Every arm against its block's reference on every metric of ``comparison``."""
     trials = runs[runs["role"] == "trial"]
@@ -202,9 +250,10 @@ def compare(runs: pd.DataFrame, comparison: Comparison | None) -> Verdict:
     lay = layout(comparison, trials, params)
     finished = trials[trials["status"] == "finished"]
     protocol = eval_protocol(finished)
+    test = "welch" if comparison is None else _test(trials, lay, comparison)
 
     def empty(reason: str, most: int = 0) -> Verdict:
-        return Verdict(lay, [], 0, most, protocol, reason)
+        return Verdict(lay, [], 0, most, protocol, reason, test)
 
     if finished.empty:
         return empty("no finished trials")
@@ -222,28 +271,77 @@ def compare(runs: pd.DataFrame, comparison: Comparison | None) -> Verdict:
     jobs = _jobs(trials, lay, comparison, finished)
     if not jobs:
         return empty("no arm besides the reference to compare", most)
+    groups = [(block, metric.name) for block, _, metric, *_ in jobs] \
+        if test == "dunnett" else None
     judged = judge([(metric, mine.to_numpy(), ref.to_numpy())
-                    for _, _, metric, _, mine, ref in jobs], comparison)
+                    for _, _, metric, _, mine, ref in jobs], comparison, groups=groups)
     findings = [Finding(block, arm, key, metric, comparison.delta_of(metric.name), *result)
                 for (block, arm, metric, key, _, _), result in zip(jobs, judged)]
-    return Verdict(lay, findings, len(jobs), most, protocol)
+    return Verdict(lay, findings, len(jobs), most, protocol, test=test,
+                   groups=len(set(groups)) if groups else 0)
 
 
 def judge(tests: list[tuple[registry.Metric, np.ndarray, np.ndarray]],
-          comparison: Comparison, power: bool = True
+          comparison: Comparison, power: bool = True, groups: Sequence[Hashable] | None = None
           ) -> list[tuple[Difference, float, float, str]]:
     """The verdict's decision, on arrays: each (metric, arm values, reference values) of one
-    family tested, Holm-corrected over the family, and given its word. Returns
-    (difference, Holm p, Holm equivalence p, word) per test. ``power`` False skips the
-    detectable effect and seeds needed (the words do not depend on them)."""
+    family tested, corrected and given its word. Returns (difference, p that decides,
+    Holm equivalence p, word) per test.
+
+    ``groups`` None: Welch's (or paired) tests, Holm over the family. Otherwise each test's
+    (block, metric) group for Dunnett's many-to-one test, Bonferroni over the groups; the
+    tests of a group share one metric and one reference's values. ``power`` False gives the
+    words alone: no detectable effect, seeds needed or (Dunnett) simultaneous interval,
+    which cost more than the test (the interval is a root search over Dunnett's integral)
+    and which the words do not depend on; the interval is then NaN."""
+    if groups is not None and comparison.paired:
+        raise ValueError("Dunnett's test compares independent arms; paired seeds get paired "
+                         "t-tests")
     family = len(tests)
     diffs = [difference(mine, ref, comparison.delta_of(metric.name), comparison.paired,
                         metric.log_scale, power_alpha=ALPHA / family, power=power)
              for metric, mine, ref in tests]
-    p_holm = holm([d.p for d in diffs])
+    if groups is None:
+        p_decide = holm([d.p for d in diffs])
+    else:
+        diffs, p_decide = _dunnett(tests, diffs, groups, interval=power)
     p_equivalence_holm = holm([d.p_equivalence for d in diffs])
-    return [(diff, ph, pe, _word(diff, ph, pe, bool(metric.lower_is_better)))
-            for (metric, _, _), diff, ph, pe in zip(tests, diffs, p_holm, p_equivalence_holm)]
+    return [(diff, p, pe, _word(diff, p, pe, bool(metric.lower_is_better)))
+            for (metric, _, _), diff, p, pe in zip(tests, diffs, p_decide, p_equivalence_holm)]
+
+
+def _dunnett(tests: list[tuple[registry.Metric, np.ndarray, np.ndarray]],
+             diffs: list[Difference], groups: Sequence[Hashable], interval: bool
+             ) -> tuple[list[Difference], list[float]]:
+    """Dunnett's many-to-one test within each group, on the metric's test scale: ``diffs``
+    with Dunnett's p (adjusted over the group's arms) and simultaneous 95% interval (NaN
+    without ``interval``), and the p that decides, that p times the number of groups
+    (Bonferroni, at most 1). An arm Welch's rules call untestable (< 2 seeds, no spread on
+    either side, a value ≤ 0 on the log scale) stays out of its group's test, untestable."""
+    members: dict[Hashable, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    out, decide = list(diffs), [math.nan] * len(tests)
+    for indices in members.values():
+        testable = [i for i in indices if diffs[i].testable]
+        if not testable:
+            continue
+        metric, _, reference = tests[testable[0]]
+        samples = [np.asarray(tests[i][1], dtype=float) for i in testable]
+        control = np.asarray(reference, dtype=float)
+        if metric.log_scale:
+            samples, control = [np.log(s) for s in samples], np.log(control)
+        result = stats.dunnett(*samples, control=control, alternative="two-sided",
+                               rng=np.random.default_rng(DUNNETT_SEED))
+        low = high = np.full(len(testable), math.nan)
+        if interval:
+            bounds = result.confidence_interval(1 - ALPHA)
+            low, high = bounds.low, bounds.high
+        for j, i in enumerate(testable):
+            p = float(result.pvalue[j])
+            out[i] = replace(diffs[i], low=float(low[j]), high=float(high[j]), p=p)
+            decide[i] = min(1.0, len(members) * p)
+    return out, decide
 
 
 def verdict(runs: pd.DataFrame, comparison: Comparison | None) -> str:
@@ -264,13 +362,16 @@ def _sd(f: Finding, value: float) -> str:
 
 
 def power_table(result: Verdict) -> str | None:
-    """Markdown: every finding with its interval, spreads, raw and Holm-corrected p-values,
-    the word, the smallest difference the seeds could detect with 80% power and the seeds
-    per arm that would detect δ. None without findings."""
+    """Markdown: every finding with its interval, spreads, the test's p-value and the one
+    that decides (Holm's, or Dunnett's times the groups), the word, the smallest difference
+    the seeds could detect with 80% power and the seeds per arm that would detect δ. None
+    without findings."""
     if not result.findings:
         return None
     reference = arm_text(result.layout.arms, result.layout.reference)
-    lines = ["| block | arm | metric | difference [95% CI] | sd arm | sd ref | p | p Holm "
+    dunnett = result.test == "dunnett"
+    p_heads = "p Dunnett | p Bonferroni" if dunnett else "p | p Holm"
+    lines = [f"| block | arm | metric | difference [95% CI] | sd arm | sd ref | {p_heads} "
              "| equivalence p Holm | δ | verdict | detectable (80%) | seeds per arm for δ |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in result.findings:
@@ -282,6 +383,16 @@ def power_table(result: Verdict) -> str | None:
             f"| {_sd(f, f.diff.sd_reference)} | {_p(f.diff.p)} | {_p(f.p_holm)} "
             f"| {_p(f.p_equivalence_holm)} | {f.delta_text()} | {f.word} "
             f"| {f.detectable_text()} | {f.seeds_text()} |")
+    if dunnett:
+        return "\n".join(lines) + (
+            f"\n\n{result.head()}. Difference: Dunnett's simultaneous 95% interval over the "
+            "arms of its block and metric; p Dunnett: adjusted over those arms; p Bonferroni: "
+            f"times the {result.groups} groups. Detectable and seeds per arm for δ are "
+            "Welch-based (the arm's and the reference's seeds alone, not Dunnett's pooled "
+            "spread): the smallest true difference Welch's t-test on these seeds detects with "
+            f"80% power at α/{result.family} (Bonferroni over every comparison), from the "
+            "seed-to-seed spread, not from the observed difference, and how many seeds per arm "
+            "would detect a true difference of δ at that level.\n")
     return "\n".join(lines) + (
         f"\n\n{result.head()}. Detectable: the smallest true difference these seeds detect "
         f"with 80% power at α/{result.family} (Holm's strictest step), from the seed-to-seed "

@@ -19,7 +19,7 @@ from scipy import stats as scipy_stats
 from distill import metrics as registry
 from results.comparison import Comparison
 from results.stats import detectable_effect, difference, holm, seeds_needed
-from results.verdict import compare, judge
+from results.verdict import compare, judge, power_table
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOCOL = "embedded-16px-clip"
@@ -146,6 +146,7 @@ def test_words_better_worse_equivalent_unresolved_untestable():
         adherence={"lsg": [0.7, 0.7, 0.7], "cfg": [0.5, 0.9, 0.7], "none": [0.7, 0.7, 0.7]},
         comparison=LSG)
     result = compare(runs, LSG)
+    assert result.test == "welch"  # strategies are no sweep: Welch, Holm over every test
     words = {(f.arm[0], f.metric.name): f.word for f in result.findings}
     assert words == {("cfg", "fid"): "worse", ("cfg", "clip"): "unresolved",
                      ("cfg", "adherence"): "unresolved", ("none", "fid"): "equivalent",
@@ -196,6 +197,99 @@ def test_paired_comparison_uses_the_seeds_both_arms_finished():
     assert finding.diff.estimate == pytest.approx(0.07 / 3)
     assert finding.word == "better"
     assert result.line().startswith("verdict (paired t-tests;")
+
+
+# --------------------------------------------------------------------------- sweeps
+
+KAPPA = Comparison(("kappa",), (2.0,), ("fid", "clip"), (("fid", 0.1), ("clip", 0.01)))
+# Four κ, three seeds each; κ = 4 raises CLIP by 0.04 and FD-CLIP by about 30%.
+SWEEP_CLIP = {1.0: [0.600, 0.612, 0.618], 2.0: [0.610, 0.620, 0.630],
+              3.0: [0.615, 0.621, 0.633], 4.0: [0.650, 0.658, 0.672]}
+SWEEP_FID = {1.0: [3.6, 4.0, 4.5], 2.0: [3.9, 4.2, 4.8], 3.0: [4.4, 4.6, 5.3],
+             4.0: [5.0, 5.9, 6.4]}
+
+
+def _sweep_runs(comparison=KAPPA, strategies=("lsg",)) -> pd.DataFrame:
+    return _frame([{"strategy": s, "kappa": k, "seed": i, "fid2k": SWEEP_FID[k][i],
+                    "clip_score": SWEEP_CLIP[k][i]}
+                   for s in strategies for k in SWEEP_CLIP for i in range(3)],
+                  comparison=comparison)
+
+
+def test_a_numeric_sweep_is_judged_by_dunnett_with_bonferroni_over_metrics():
+    result = compare(_sweep_runs(), KAPPA)
+    assert (result.test, result.groups, result.family) == ("dunnett", 2, 6)
+    for metric, values, log in (("clip", SWEEP_CLIP, False), ("fid", SWEEP_FID, True)):
+        scale = np.log if log else np.asarray
+        direct = scipy_stats.dunnett(*(scale(values[k]) for k in (1.0, 3.0, 4.0)),
+                                     control=scale(values[2.0]), alternative="two-sided",
+                                     rng=np.random.default_rng(0))
+        interval = direct.confidence_interval(0.95)
+        mine = [f for f in result.findings if f.metric.name == metric]
+        assert [f.arm for f in mine] == [(1.0,), (3.0,), (4.0,)]
+        for j, f in enumerate(mine):
+            assert f.diff.p == pytest.approx(direct.pvalue[j], rel=1e-12)
+            assert f.p_holm == pytest.approx(min(1.0, 2 * direct.pvalue[j]), rel=1e-12)
+            assert (f.diff.low, f.diff.high) == pytest.approx(
+                (interval.low[j], interval.high[j]), rel=1e-12)
+            assert f.diff.estimate == pytest.approx(
+                np.mean(scale(values[f.arm[0]])) - np.mean(scale(values[2.0])))
+    clip4 = result.find({}, (4.0,), "clip_score")
+    # CLIP at κ = 4: +0.040; the sd pooled over the four arms is 0.00990 on 12 - 4 = 8 df,
+    # so the interval is 0.040 ± c x 0.00990 x sqrt(2/3) with c = 2.88, Dunnett's two-sided
+    # 95% critical value for three arms on 8 df (his 1964 table).
+    half = (clip4.diff.high - clip4.diff.low) / 2
+    assert clip4.diff.estimate == pytest.approx(0.04)
+    assert half / (0.0098995 * math.sqrt(2 / 3)) == pytest.approx(2.88, abs=0.01)
+    # p = 0.0031, x 2 metrics = 0.0061: better. Welch on these two arms alone gives p = 0.010,
+    # which Holm over the six tests takes to 0.060: the same data, unresolved.
+    assert clip4.p_holm == pytest.approx(0.0061, abs=2e-4) and clip4.word == "better"
+    welch = judge([(f.metric, np.array(SWEEP_CLIP[f.arm[0]] if f.metric.name == "clip"
+                                       else SWEEP_FID[f.arm[0]]),
+                    np.array(SWEEP_CLIP[2.0] if f.metric.name == "clip" else SWEEP_FID[2.0]))
+                   for f in result.findings], KAPPA)
+    assert welch[result.findings.index(clip4)][3] == "unresolved"
+    # FD-CLIP at κ = 4: +33.9%, Dunnett p = 0.030, x 2 = 0.059: unresolved, though the
+    # interval (95% over the metric's three arms, not over both metrics) leaves out zero.
+    assert result.find({}, (4.0,), "fid2k").word == "unresolved"
+    assert result.line().startswith(
+        "verdict (Dunnett many-to-one within each metric, Bonferroni over 2 metrics, "
+        "α = 0.05; FD-CLIP as a ratio (log scale); equivalent: inside ±δ by two one-sided "
+        "Welch tests; up to 3 seeds per arm) vs κ=2: ")
+    assert "κ=4: FD-CLIP +33.9% [+3.3%, +73.6%] unresolved" in result.line()
+    assert "CLIP +0.040 [+0.017, +0.063] better" in result.line()
+    table = power_table(result)
+    assert "| p Dunnett | p Bonferroni |" in table and "Welch-based" in table
+
+
+def test_dunnett_only_for_a_many_to_one_sweep_of_numbers_fixed_before_the_scores():
+    # κ crossed with strategy: one Dunnett test per block and metric.
+    crossed = compare(_sweep_runs(strategies=("lsg", "cfg")), KAPPA)
+    assert (crossed.test, crossed.groups) == ("dunnett", 4)
+    assert "within each block and metric, Bonferroni over 4 block × metric groups" \
+        in crossed.head()
+    # An arm that finished nothing still counts (the rule reads the launched trials) and
+    # stays out of its group's test, untestable; the others match Dunnett's over two arms.
+    runs = _sweep_runs()
+    runs.loc[runs["kappa"] == 3.0, "status"] = "failed"
+    failed = compare(runs, KAPPA)
+    assert failed.test == "dunnett"
+    assert failed.find({}, (3.0,), "clip_score").word == "untestable"
+    direct = scipy_stats.dunnett(SWEEP_CLIP[1.0], SWEEP_CLIP[4.0], control=SWEEP_CLIP[2.0],
+                                 rng=np.random.default_rng(0))
+    assert failed.find({}, (4.0,), "clip_score").diff.p == pytest.approx(direct.pvalue[1])
+    # One arm besides the reference: no sweep, Welch as before.
+    two = _sweep_runs()
+    two = two[two["kappa"].isin([2.0, 4.0])]
+    assert compare(two, KAPPA).test == "welch"
+    # Paired seeds: paired t-tests, whatever the arms are.
+    paired = Comparison(KAPPA.arms, KAPPA.reference, KAPPA.metrics, KAPPA.delta, paired=True)
+    assert compare(_sweep_runs(paired), paired).test == "paired"
+    # Two arm params: no many-to-one sweep of one axis.
+    both = Comparison(("strategy", "kappa"), ("lsg", 2.0), ("clip",), (("clip", 0.01),))
+    assert compare(_sweep_runs(both, ("lsg", "cfg")), both).test == "welch"
+    with pytest.raises(ValueError, match="paired"):
+        judge([(registry.CLIP_SCORE, np.ones(3), np.ones(3))], paired, groups=[0])
 
 
 # --------------------------------------------------------------------------- equal arms
@@ -250,6 +344,43 @@ def test_three_equal_arms_three_metrics_are_called_different_at_most_5_percent(f
     assert _false_claims(DRAWS, 3, [FD, CLIP, ADHERENCE], seed=2) <= MOST
 
 
+def _sweep_words(draws: int, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Six κ of three seeds on CLIP, the fourth raised by ``shift`` seed-sds, each κ against
+    the first: per draw, the five arms' words under Dunnett's test and under Holm on
+    Welch's (the verdict's two decisions, on the same draws)."""
+    comparison = Comparison(("kappa",), (0,), ("clip",), (("clip", CLIP[0].delta),))
+    rng = np.random.default_rng(seed)
+    dunnett, welch = [], []
+    for _ in range(draws):
+        reference, *arms = (CLIP[1](rng) for _ in range(6))
+        arms[2] = arms[2] + shift * 0.02
+        tests = [(CLIP[0], arm, reference) for arm in arms]
+        dunnett.append([w for *_, w in judge(tests, comparison, power=False, groups=[0] * 5)])
+        if shift:
+            welch.append([w for *_, w in judge(tests, comparison, power=False)])
+    return np.array(dunnett), np.array(welch)
+
+
+SWEEP_DRAWS = 300
+
+
+@pytest.mark.slow
+def test_a_sweep_of_six_equal_arms_is_called_different_at_most_5_percent_by_dunnett(
+        frozen_gc):
+    dunnett, _ = _sweep_words(SWEEP_DRAWS, 0.0, seed=3)
+    claims = np.isin(dunnett, ("better", "worse")).any(axis=1).mean()
+    assert claims <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / SWEEP_DRAWS)
+
+
+@pytest.mark.slow
+def test_dunnett_finds_a_sweeps_true_difference_more_often_than_holm_on_welch(frozen_gc):
+    # One κ 1.5 seed-sds above the rest: Dunnett's pooled variance (12 df) against Welch's
+    # two to four df, Holm over five tests.
+    dunnett, welch = _sweep_words(SWEEP_DRAWS // 2, 1.5, seed=4)
+    found_dunnett, found_welch = [(words[:, 2] == "better").mean() for words in (dunnett, welch)]
+    assert found_dunnett > found_welch
+
+
 # --------------------------------------------------------------------------- any plan
 
 
@@ -289,7 +420,12 @@ def test_a_plan_named_anything_gets_its_declared_comparison(tmp_path):
     assert table.headers == ["FD-CLIP (2k) ↓", "Δ FD-CLIP (%)", "CLIP ↑", "Δ CLIP", "Seeds"]
     rows = {r.label[0].text: r.cells for r in table.blocks[0].rows}
     assert list(rows) == ["0.5", "1 (ref.)", "1.2"]
-    # α = 0.5: CLIP 0.1 below the reference with sd 0.01: Welch p = 2.6e-4, x 4 tests.
+    # Three numeric α against one: a sweep, so Dunnett's test within each metric,
+    # Bonferroni over the two metrics.
+    assert table.verdict.test == "dunnett" and table.verdict.groups == 2
+    # α = 0.5: CLIP 0.1 below the reference, sd 0.01 pooled over the three arms on 6 df:
+    # t = -0.1 / 0.008165 = -12.2, Dunnett p = 4.9e-6, x 2 metrics; the simultaneous
+    # interval is 0.1 ± 2.86 x 0.008165 (Dunnett's critical value, two arms, 6 df).
     assert rows["0.5"][3].markdown() == "-0.100† [-0.123, -0.077] worse"
     # α = 1.2: CLIP 0.001 above, sd 0.01 each: TOST at ±0.02 gives t2 = -0.019 / 0.008165
     # = -2.327 on 4 df, p = 0.040; Holm over the four equivalence tests ranks it third of
