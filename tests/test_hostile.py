@@ -211,6 +211,26 @@ RUN = [
     Case("compare: paired not a boolean", ["run", "{tmp}/plan.yaml"],
          ["compare.paired", "true or false"],
          files=_plan("axes: {strategy: [lsg, cfg]}\ncompare: {paired: maybe}\n")),
+    # compare.trend: the sweep's dose-response question (issue 32), checked with the plan.
+    Case("compare.trend: an axis that is not numeric", ["run", "{tmp}/plan.yaml"],
+         ["compare.trend.axis", "'strategy' is not numeric"],
+         files=_plan("axes: {strategy: [lsg, cfg], kappa: [1.0, 2.0, 3.0]}\n"
+                     "compare: {trend: strategy}\n")),
+    Case("compare.trend: an axis of two values", ["run", "{tmp}/plan.yaml"],
+         ["compare.trend.axis", "'kappa' has 2 distinct values", "at least 3"],
+         files=_plan("axes: {kappa: [1.0, 2.0]}\ncompare: {trend: {axis: kappa}}\n")),
+    Case("compare.trend: delta zero", ["run", "{tmp}/plan.yaml"],
+         ["compare.trend.delta.clip", "finite number > 0", "got 0"],
+         files=_plan("axes: {kappa: [1.0, 2.0, 3.0]}\n"
+                     "compare: {trend: {axis: kappa, delta: {clip: 0}}}\n")),
+    Case("compare.trend: delta negative", ["run", "{tmp}/plan.yaml"],
+         ["compare.trend.delta.fid", "got -0.1"],
+         files=_plan("axes: {kappa: [1.0, 2.0, 3.0]}\n"
+                     "compare: {trend: {axis: kappa, delta: {fid: -0.1}}}\n")),
+    Case("compare.trend: an unknown model", ["run", "{tmp}/plan.yaml"],
+         ["compare.trend.model", "line, quadratic"],
+         files=_plan("axes: {kappa: [1.0, 2.0, 3.0]}\n"
+                     "compare: {trend: {axis: kappa, model: cubic}}\n")),
     Case("plan: prompts file is a folder", ["run", "{tmp}/plan.yaml"],
          ["prompts = '{tmp}'", "is a folder"],
          files=_plan("base: {prompts: '{tmp}'}\nseeds: [0]\n")),
