@@ -42,6 +42,7 @@ from results.stats import (
     metric_columns,
     metric_key,
     metric_of,
+    shown_interval,
 )
 from results.tables import runs_text, teacher_label
 from results.verdict import Verdict
@@ -111,11 +112,28 @@ def _err(values: pd.Series) -> np.ndarray:
     return np.nan_to_num(values.to_numpy(dtype=float), nan=0.0)
 
 
+def _centre_and_err(agg: pd.DataFrame | pd.Series, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(centres, 2×N distances down and up to the interval's ends) of metric ``key`` over
+    the rows of ``agg`` (or its one row), as tables show them (:func:`shown_interval`): a
+    log-scale metric's geometric mean and asymmetric interval, so its bar stays above zero.
+    A single seed has no interval, so no bar (0)."""
+    centre, low, high = (np.atleast_1d(np.asarray(v, dtype=float))
+                         for v in shown_interval(agg, key))
+    return centre, np.nan_to_num(np.vstack([centre - low, high - centre]), nan=0.0)
+
+
+def _value_label(key: str, protocol: str | None) -> str:
+    """An axis label: the metric's header, naming the geometric mean where it is shown."""
+    metric = metric_of(key)
+    return metric.header(key, protocol) + (", geometric mean" if metric.log_scale else "")
+
+
 def sweep_figure(runs: pd.DataFrame, verdict: Verdict | None
                  ) -> tuple[str, Figure] | None:
     """(param, figure): the table's metrics against the swept param (:func:`swept_param`),
-    one line per series with its 95% t-interval over seeds as a band; teacher baselines as
-    dashed lines. None when no numeric param of the comparison varies."""
+    one line per series with its 95% t-interval over seeds as a band (a log-scale metric's
+    geometric mean and its interval, as the table shows it); teacher baselines as dashed
+    lines. None when no numeric param of the comparison varies."""
     trials = runs[runs["role"] == "trial"]
     x = swept_param(trials, verdict)
     if x is None:
@@ -131,19 +149,20 @@ def sweep_figure(runs: pd.DataFrame, verdict: Verdict | None
     for ax, key in zip(axes, metrics):
         metric = metric_of(key)
         for label, colour, rows in _series_groups(agg, keys, x):
-            mean = rows[f"{key}_mean"].to_numpy(dtype=float) * metric.scale
-            half = _err(rows[f"{key}_ci95"]) * metric.scale
-            ax.plot(rows[x], mean, marker="o", color=colour, label=label)
+            centre, err = _centre_and_err(rows, key)
+            centre, err = centre * metric.scale, err * metric.scale
+            ax.plot(rows[x], centre, marker="o", color=colour, label=label)
             # The 95% t-interval as a band: where bands overlap, the values are not told
             # apart by this many seeds (the verdict gives the corrected tests).
-            ax.fill_between(rows[x].to_numpy(dtype=float), mean - half, mean + half,
+            ax.fill_between(rows[x].to_numpy(dtype=float), centre - err[0], centre + err[1],
                             color=colour, alpha=0.2, linewidth=0)
         for _, row in teacher.iterrows():
-            if math.isfinite(row[f"{key}_mean"]):
-                ax.axhline(row[f"{key}_mean"] * metric.scale, color="0.4", linestyle="--",
-                           linewidth=1, label=teacher_label(row))
+            value = shown_interval(row, key)[0]
+            if math.isfinite(value):
+                ax.axhline(value * metric.scale, color="0.4", linestyle="--", linewidth=1,
+                           label=teacher_label(row))
         ax.set_xlabel("guidance scale κ" if x == "kappa" else PARAM_HEADERS.get(x, x))
-        ax.set_ylabel(metric.header(key, protocol))
+        ax.set_ylabel(_value_label(key, protocol))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     return x, fig
@@ -187,8 +206,9 @@ def _teacher_agg(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 def tradeoff_figure(runs: pd.DataFrame) -> Figure | None:
     """FID (y, lower is better) against CLIP (x, higher is better): one curve per
-    strategy through its κ values (annotated), CI bars both ways; the teacher as a star.
-    None without both an FID and a CLIP metric."""
+    strategy through its κ values (annotated), 95% CI bars both ways (FID: its geometric
+    mean and asymmetric interval, as the table shows it); the teacher as a star. None
+    without both an FID and a CLIP metric."""
     trials = runs[runs["role"] == "trial"]
     params = [p for p in runs.attrs.get("param_columns", trials.columns) if p in trials]
     keys, agg = _series(trials, params, "kappa")
@@ -202,14 +222,14 @@ def tradeoff_figure(runs: pd.DataFrame) -> Figure | None:
     kappa_varies = "kappa" in agg and agg["kappa"].nunique() > 1
 
     def annotate(text: str, row: pd.Series, below: bool = False) -> None:
-        if math.isfinite(row[f"{fid}_mean"]) and math.isfinite(row[f"{clip}_mean"]):
-            ax.annotate(text, (row[f"{clip}_mean"], row[f"{fid}_mean"]), color=colour,
-                        textcoords="offset points", xytext=(4, -10 if below else 4),
-                        fontsize=7)
+        point = (shown_interval(row, clip)[0], shown_interval(row, fid)[0])
+        if all(math.isfinite(v) for v in point):
+            ax.annotate(text, point, color=colour, textcoords="offset points",
+                        xytext=(4, -10 if below else 4), fontsize=7)
 
     for index, (label, colour, rows) in enumerate(_series_groups(agg, keys, "kappa")):
-        ax.errorbar(rows[f"{clip}_mean"], rows[f"{fid}_mean"], xerr=_err(rows[f"{clip}_ci95"]),
-                    yerr=_err(rows[f"{fid}_ci95"]), marker="o", capsize=3, color=colour,
+        (x, xerr), (y, yerr) = _centre_and_err(rows, clip), _centre_and_err(rows, fid)
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", capsize=3, color=colour,
                     label=label)
         for _, row in rows.iterrows():
             # A curve's points name only its κ (the curve is named in the legend and the
@@ -220,13 +240,12 @@ def tradeoff_figure(runs: pd.DataFrame) -> Figure | None:
             annotate(", ".join(parts) or "distilled", row, below=index % 2 == 1)
     colour = "0.3"
     for _, row in _teacher_agg(runs, agg.attrs["metrics"]).iterrows():
-        ax.errorbar([row[f"{clip}_mean"]], [row[f"{fid}_mean"]],
-                    xerr=_err(pd.Series([row[f"{clip}_ci95"]])),
-                    yerr=_err(pd.Series([row[f"{fid}_ci95"]])), marker="*", markersize=12,
-                    color=colour, linestyle="none", capsize=3, label=teacher_label(row))
+        (x, xerr), (y, yerr) = _centre_and_err(row, clip), _centre_and_err(row, fid)
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="*", markersize=12, color=colour,
+                    linestyle="none", capsize=3, label=teacher_label(row))
         annotate("teacher", row)
-    ax.set_xlabel(metric_of(clip).header(clip, protocol))
-    ax.set_ylabel(metric_of(fid).header(fid, protocol))
+    ax.set_xlabel(_value_label(clip, protocol))
+    ax.set_ylabel(_value_label(fid, protocol))
     ax.set_title(f"{metric_of(fid).label_for(None, protocol)}–CLIP trade-off")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -474,7 +493,9 @@ def trend_figure(runs: pd.DataFrame, result) -> tuple[str, Figure] | None:
                                  for c in ("mean", "mean_ci_lower", "mean_ci_upper"))
             if metric.log_scale:
                 centre, low, high = np.exp(centre), np.exp(low), np.exp(high)
-            ax.plot(grid, centre * metric.scale, color=colour, linewidth=1.5)
+            ax.plot(grid, centre * metric.scale, color=colour, linewidth=1.5,
+                    label=f"{'parabola' if degree == 2 else 'line'}, 95% band"
+                    if index == 0 else None)
             ax.fill_between(grid, low * metric.scale, high * metric.scale, color=colour,
                             alpha=0.15, linewidth=0)
         for _, row in teacher.iterrows():

@@ -1,5 +1,6 @@
-"""Seed statistics: per-arm means and 95% t-intervals, and the difference between two arms
-with its interval, its test, its equivalence test and the effect the seeds could detect.
+"""Seed statistics: per-arm means and 95% t-intervals (for log-scale metrics also the
+geometric mean and its interval), and the difference between two arms with its interval,
+its test, its equivalence test and the effect the seeds could detect.
 
 Only finished runs enter the statistics; a diverged run's last FID (often NaN or
 huge) would otherwise drag a mean without anyone noticing.
@@ -28,6 +29,8 @@ OUTCOMES = ("finished", "diverged", "failed", INCOMPLETE)
 ALPHA = 0.05  # every test's level: two-sided, and each one-sided test of equivalence
 POWER = 0.8  # the power behind "detectable" and "seeds needed"
 MOST_SEEDS = 10_000  # "seeds needed" above this is reported as more than it
+# aggregate's columns of a log-scale metric: geometric mean, 95% interval low and high.
+GEOMETRIC_STATS = ("gmean", "glow", "ghigh")
 
 
 def fid_column(df: pd.DataFrame) -> str | None:
@@ -84,6 +87,33 @@ def ci95_half_width(std: float, n: int) -> float:
     return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
 
 
+def geometric_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """(geometric mean, low, high) of positive ``values``: exp of the mean of their logs and
+    of that mean's 95% t-interval. The scale a log-scale metric is tested on, drawn back on
+    the metric's own: the interval is asymmetric and never reaches zero, where mean ± t·sd of
+    a right-skewed FID can. Bounds NaN for fewer than 2 values; all three NaN without values
+    or when one is ≤ 0 (no log), as :func:`difference` then tests nothing."""
+    if not len(values) or (values <= 0).any():
+        return math.nan, math.nan, math.nan
+    if len(values) == 1:  # the value itself: exp(log x) can miss x in the last digit
+        return float(values[0]), math.nan, math.nan
+    logs = np.log(values)
+    centre = float(logs.mean())
+    half = ci95_half_width(float(np.std(logs, ddof=1)), len(logs))
+    return math.exp(centre), math.exp(centre - half), math.exp(centre + half)
+
+
+def shown_interval(agg: pd.Series | pd.DataFrame, key: str) -> tuple:
+    """(centre, low, high) of metric ``key`` in an :func:`aggregate` row (floats) or frame
+    (columns), as tables, figures and the parent run show it: a log-scale metric's geometric
+    mean and its interval, any other metric's mean ∓ the 95% half-width (bounds NaN for one
+    seed)."""
+    if metric_of(key).log_scale:
+        return agg[f"{key}_gmean"], agg[f"{key}_glow"], agg[f"{key}_ghigh"]
+    mean, half = agg[f"{key}_mean"], agg[f"{key}_ci95"]
+    return mean, mean - half, mean + half
+
+
 def finished_values(df: pd.DataFrame, metric: str) -> np.ndarray:
     values = df.loc[df["status"] == "finished", metric]
     return values.dropna().to_numpy(dtype=float)
@@ -96,7 +126,9 @@ def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str] | None = None)
     Columns: the group keys; ``n_runs`` and ``n_<outcome>`` for each outcome in
     :data:`OUTCOMES`; then per metric ``<m>_mean``, ``<m>_std`` (sample std, ddof 1),
     ``<m>_n`` (finished runs with a value) and ``<m>_ci95`` (half-width of the 95%
-    t-interval), all over finished runs only.
+    t-interval), all over finished runs only. A metric on the log scale (``log_scale`` in
+    the registry: FID) also gets ``<m>_gmean``, ``<m>_glow`` and ``<m>_ghigh``, its geometric
+    mean and 95% interval (:func:`geometric_interval`), which tables and figures show.
     """
     missing = [k for k in by if k not in df.columns]
     if missing:
@@ -121,6 +153,9 @@ def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str] | None = None)
             row[f"{metric}_std"] = std
             row[f"{metric}_n"] = n
             row[f"{metric}_ci95"] = ci95_half_width(std, n)
+            if metric_of(metric).log_scale:
+                for stat, value in zip(GEOMETRIC_STATS, geometric_interval(values)):
+                    row[f"{metric}_{stat}"] = value
         rows.append(row)
     out = pd.DataFrame(rows)
     out.attrs.update(df.attrs, group_keys=keys, metrics=metrics)

@@ -1,8 +1,10 @@
 """What the plan's parent run shows of its result: per-arm summary metrics and the verdict.
 
 The orchestrator logs :func:`summary_metrics` on the parent run so the runs table's parent
-row carries each arm's mean and 95% interval (``lsg.fid2k.mean``, ``lsg.fid2k.ci_low``, ...),
-and puts :func:`verdict_line` with the Markdown table into the run's description.
+row carries each arm's mean and 95% interval as the table shows them (``lsg.clip_score.mean``,
+``lsg.clip_score.ci_low``, ...; FID, on the log scale, as its geometric mean:
+``lsg.fid2k.gmean``, ``lsg.fid2k.ci_low``, ...), and puts :func:`verdict_line` with the
+Markdown table into the run's description.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pandas as pd
 
 from results.arms import param_text
 from results.load import load_runs
+from results.stats import metric_of, shown_interval
 from results.tables import Table
 from results.verdict import verdict
 
@@ -41,10 +44,12 @@ def _arm(row: pd.Series, keys: list[str], teachers: int) -> str:
 def summary_metrics(table: Table) -> dict[str, float]:
     """Per arm of the plan's comparison table (:func:`results.tables.build_table`, the one
     the report writes): ``<arm>.<metric>.mean``, ``.ci_low`` and ``.ci_high`` (the 95%
-    t-interval over finished seeds; no bounds with one seed) for every final metric, and
-    ``<arm>.cost_vs_reference`` where the table has a cost column. Arms are named by the
-    table's row params: a strategy by its name, another param as ``kappa1.5``, joined by
-    '_'. NaN values are left out."""
+    t-interval over finished seeds; no bounds with one seed) for every final metric; for a
+    log-scale metric (FID) ``<arm>.<metric>.gmean`` instead of ``.mean``, with its
+    geometric interval's bounds (:func:`results.stats.geometric_interval`), as the table
+    shows it. And ``<arm>.cost_vs_reference`` where the table has a cost column. Arms are
+    named by the table's row params: a strategy by its name, another param as
+    ``kappa1.5``, joined by '_'. NaN values are left out."""
     rows = table.csv[table.csv["role"].isin(["trial", "teacher"])]
     metrics = [c[:-len(STAT_SUFFIX)] for c in rows.columns
                if c.endswith(STAT_SUFFIX) and f"{c[:-len(STAT_SUFFIX)]}_ci95" in rows]
@@ -53,13 +58,14 @@ def summary_metrics(table: Table) -> dict[str, float]:
     for _, row in rows.iterrows():
         arm = _arm(row, table.keys, teachers)
         for metric in metrics:
-            mean, ci = row[f"{metric}_mean"], row[f"{metric}_ci95"]
-            if not math.isfinite(mean):
+            centre, low, high = shown_interval(row, metric)
+            if not math.isfinite(centre):
                 continue
-            out[metric_key(arm, metric, "mean")] = float(mean)
-            if math.isfinite(ci):
-                out[metric_key(arm, metric, "ci_low")] = float(mean - ci)
-                out[metric_key(arm, metric, "ci_high")] = float(mean + ci)
+            name = "gmean" if metric_of(metric).log_scale else "mean"
+            out[metric_key(arm, metric, name)] = float(centre)
+            if math.isfinite(low):
+                out[metric_key(arm, metric, "ci_low")] = float(low)
+                out[metric_key(arm, metric, "ci_high")] = float(high)
         if math.isfinite(row.get("cost_vs_reference", math.nan)):
             out[metric_key(arm, "cost_vs_reference")] = float(row["cost_vs_reference"])
     return out

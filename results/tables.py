@@ -84,6 +84,9 @@ class Cell:
     numeric: bool = False
     ci: str = ""  # half-width of the 95% interval, printed after (LaTeX: under) the value
     interval: str = ""  # a Δ's or a geometric mean's 95% interval, "[-0.5, +2.7]", after (under) it
+    # LaTeX: the interval's bounds on two lines, so that a geometric mean's interval, wider
+    # than its value, does not widen its column (the tables would be scaled down to fit).
+    wrap_interval: bool = False
     note: str = ""  # the verdict's word, printed after (LaTeX: under) the value
 
     def markdown(self) -> str:
@@ -101,9 +104,17 @@ class Cell:
         # Interval and note go under the value in a smaller size: side by side they made
         # the LSG table twice as wide as its numbers, and pdflatex shrank it to ~6 pt.
         below = ([f"{{\\scriptsize$\\pm${self.ci}}}"] if self.ci else []) + (
-            [f"{{\\scriptsize {_latex_number(self.interval)}}}"] if self.interval else []) + (
+            [f"{{\\scriptsize {_latex_number(part)}}}" for part in self._interval_lines()]) + (
             [f"{{\\scriptsize {latex_escape(self.note)}}}"] if self.note else [])
         return _stack([text, *below], "r" if self.numeric else "l")
+
+    def _interval_lines(self) -> list[str]:
+        if not self.interval:
+            return []
+        if not self.wrap_interval:
+            return [self.interval]
+        low, high = self.interval.split(", ")
+        return [low + ",", high]
 
 
 EMPTY = Cell("—")
@@ -208,7 +219,7 @@ def _metric_cell(agg_row: pd.Series, key: str) -> Cell:
         if not math.isfinite(centre):
             return EMPTY
         interval = f"[{metric.number(low)}, {metric.number(high)}]" if math.isfinite(low) else ""
-        return Cell(metric.number(centre), numeric=True, interval=interval)
+        return Cell(metric.number(centre), numeric=True, interval=interval, wrap_interval=True)
     mean, ci = agg_row[f"{key}_mean"], agg_row[f"{key}_ci95"]
     if not math.isfinite(mean):
         return EMPTY
@@ -584,8 +595,8 @@ def _caption(trials: pd.DataFrame, spec: _Spec, result: Verdict, has_paper: bool
     if (seeds.nunique() if seeds is not None else 1) > 1:
         logged = ", ".join(metric_of(k).short_for(result.protocol) for k in spec.shown
                            if metric_of(k).log_scale)
-        reading.append("mean ± 95% CI over seeds"
-                       + (f" ({logged}: geometric mean [95% CI])" if logged else ""))
+        # Three caption lines leave room for no more than this; the note says the rest.
+        reading.append("mean ± 95% CI over seeds" + (f" ({logged} geometric)" if logged else ""))
         notes.append("Mean ± half-width of the 95% t-interval over seeds (Seeds: runs per row)"
                      + (f"; {logged}, on the log scale: the geometric mean with its 95% interval "
                         "[low, high], asymmetric: the t-interval of the mean of the logs, "

@@ -300,10 +300,11 @@ def test_the_dashboard_shows_the_answer(e2e):
     parent = runs[runs[f"tags.{schema.ROLE}"] == "parent"].iloc[0]
     description = parent[f"tags.{schema.DESCRIPTION}"]
     assert description.startswith("**verdict") and "| Teacher" in description
-    # One finished arm (the other diverged): its mean FID is a metric of the parent row.
+    # One finished arm (the other diverged): its FID, a geometric mean over its one seed,
+    # is a metric of the parent row.
     crashed_fid = json.loads((e2e["storage"] / "trials" / "e2e" / e2e["trials"][0].trial_id
                               / "result.json").read_text())["final_metrics"]["fid48"]
-    assert any(k.endswith(".fid48.mean") and parent[k] == pytest.approx(crashed_fid)
+    assert any(k.endswith(".fid48.gmean") and parent[k] == pytest.approx(crashed_fid)
                for k in parent.index if k.startswith("metrics.")), parent.filter(like="metrics.")
     assert {a.path for a in client.list_artifacts(parent["run_id"], "plan")} == {
         "plan/e2e.yaml", "plan/trials.json", "plan/comparison.json"}

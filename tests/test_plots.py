@@ -6,11 +6,22 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.container import ErrorbarContainer
 from PIL import Image
-from test_results import GRID_PROMPTS, T975_DF1, TILE, shared_store
+from test_results import (
+    GRID_PROMPTS,
+    SKEWED_GMEAN,
+    SKEWED_HIGH,
+    SKEWED_LOW,
+    T975_DF1,
+    T975_DF2,
+    TILE,
+    shared_store,
+    skewed_runs,
+)
 
 from results.load import load_runs
 from results.plots import (
@@ -77,7 +88,8 @@ def _kappa_figure(runs):
 def test_metrics_vs_kappa_one_series_per_strategy_with_ci_bands(kappa_runs, tmp_path):
     fig = _kappa_figure(kappa_runs)
     axes = fig.axes
-    assert [ax.get_ylabel() for ax in axes] == ["FD-CLIP (2k) ↓", "CLIP ↑", "Adherence (%) ↑"]
+    assert [ax.get_ylabel() for ax in axes] == ["FD-CLIP (2k) ↓, geometric mean", "CLIP ↑",
+                                                "Adherence (%) ↑"]
     for ax in axes:
         # lsg and cfg, each with its band
         assert len(_series_lines(ax)) == 2 and len(_bands(ax)) == 2
@@ -88,18 +100,20 @@ def test_metrics_vs_kappa_one_series_per_strategy_with_ci_bands(kappa_runs, tmp_
     lsg, cfg = _series_lines(fid_ax)
     assert lsg.get_label() == "lsg (diverged 1/6)" and cfg.get_label() == "cfg"
     x, y = lsg.get_data()
-    # lsg FID: κ=1 -> 14, 15; κ=2 -> 18, 19; κ=3 -> 22 (seed 1 diverged).
+    # lsg FID: κ=1 -> 14, 15; κ=2 -> 18, 19; κ=3 -> 22 (seed 1 diverged); drawn as the
+    # table shows it, by geometric mean.
     assert list(x) == [1.0, 2.0, 3.0]
-    assert list(y) == pytest.approx([14.5, 18.5, 22.0])
-    # The band at κ=1 spans mean ± t_{0.975,1} * 0.7071 / sqrt(2) = ± 6.353; at κ=3 one
-    # finished seed has no interval, so the band closes to the mean.
+    assert list(y) == pytest.approx([math.sqrt(14 * 15), math.sqrt(18 * 19), 22.0])
+    # The band at κ=1 spans √210 · (15/14)^(∓t/2), t = t_{0.975,1} (the t-interval of the
+    # logs: their sd is log(15/14)/√2); at κ=3 one finished seed has no interval, so the
+    # band closes to the value.
     band = _bands(fid_ax)[0].get_paths()[0].vertices
     at = {round(float(vx), 6): [] for vx in (1.0, 3.0)}
     for vx, vy in band:
         if round(float(vx), 6) in at:
             at[round(float(vx), 6)].append(float(vy))
-    assert min(at[1.0]) == pytest.approx(14.5 - T975_DF1 * 0.5)
-    assert max(at[1.0]) == pytest.approx(14.5 + T975_DF1 * 0.5)
+    assert min(at[1.0]) == pytest.approx(math.sqrt(210) * (15 / 14) ** (-T975_DF1 / 2))
+    assert max(at[1.0]) == pytest.approx(math.sqrt(210) * (15 / 14) ** (T975_DF1 / 2))
     assert min(at[3.0]) == pytest.approx(22.0) and max(at[3.0]) == pytest.approx(22.0)
     _check_files(save_figure(fig, tmp_path / "kappa"))
 
@@ -112,7 +126,8 @@ def test_tradeoff_curve_per_strategy_and_teacher_point(kappa_runs, tmp_path):
                                              "Teacher (ddim, 25 steps, κ = 2)"]
     x, y = bars[1].lines[0].get_data()  # cfg, sorted by κ: CLIP up, FID up
     assert list(x) == pytest.approx([0.2705, 0.2905, 0.3105])
-    assert list(y) == pytest.approx([19.5, 23.5, 27.5])
+    # FID 19, 20 / 23, 24 / 27, 28: geometric means, as the table shows them.
+    assert list(y) == pytest.approx([math.sqrt(19 * 20), math.sqrt(23 * 24), math.sqrt(27 * 28)])
     tx, ty = bars[2].lines[0].get_data()
     assert (list(tx), list(ty)) == ([0.31], [6.0])
     # Every point names its κ in its curve's colour (the curve is in the legend), the
@@ -122,6 +137,57 @@ def test_tradeoff_curve_per_strategy_and_teacher_point(kappa_runs, tmp_path):
     assert texts == {*((f"κ={k}", lsg_colour, 4) for k in (1, 2, 3)),
                      *((f"κ={k}", cfg_colour, -10) for k in (1, 2, 3)), ("teacher", "0.3", 4)}
     _check_files(save_figure(fig, tmp_path / "tradeoff"))
+
+
+def _bar_ends(bar: ErrorbarContainer, vertical: bool) -> list[tuple[float, float]]:
+    """(low, high) of each of an errorbar's bars along y (``vertical``) or x, as drawn
+    (matplotlib draws a point's x bars first, then its y bars)."""
+    assert bar.has_xerr and bar.has_yerr
+    axis = 1 if vertical else 0
+    return [(float(seg[:, axis].min()), float(seg[:, axis].max()))
+            for seg in map(np.asarray, bar.lines[2][axis].get_segments())]
+
+
+def _skewed_with_teacher():
+    """test_results.skewed_runs (FID 2, 4, 16 for lsg at κ = 1) and two teacher runs
+    scoring FID 2 and 8."""
+    runs = skewed_runs()
+    teacher = [{"run_id": f"t{i}", "run_name": "", "role": "teacher", "status": "finished",
+                "trial_id": "", "sampler": "ddim", "kappa": 2.0, "seed": i, "fid2k": fid,
+                "clip_score": 0.33} for i, fid in enumerate((2.0, 8.0))]
+    both = pd.concat([runs, pd.DataFrame(teacher)], ignore_index=True)
+    both.attrs.update(runs.attrs)
+    return both
+
+
+def test_log_scale_bars_and_bands_are_geometric_and_stay_above_zero():
+    runs = _skewed_with_teacher()
+    # The premise: lsg's FID at κ = 1 has an arithmetic 95% interval reaching below zero.
+    fids = np.array([2.0, 4.0, 16.0])
+    assert fids.mean() - T975_DF2 * fids.std(ddof=1) / math.sqrt(3) < 0
+    (ax,) = tradeoff_figure(runs).axes
+    assert ax.get_ylabel() == "FID (2k) ↓, geometric mean" and ax.get_xlabel() == "CLIP ↑"
+    lsg, cfg, teacher = _errorbars(ax)
+    _, y = lsg.lines[0].get_data()
+    assert list(y) == pytest.approx([SKEWED_GMEAN, (6 * 6.5 * 7) ** (1 / 3)])
+    # The FID bar at κ = 1 is the geometric interval (test_results: 2^(7/3 ∓ t·√7/3)).
+    assert _bar_ends(lsg, vertical=True)[0] == pytest.approx((SKEWED_LOW, SKEWED_HIGH))
+    # CLIP 0.30, 0.31, 0.32 is not on the log scale: mean ± half-width, symmetric.
+    half = T975_DF2 * 0.01 / math.sqrt(3)
+    assert _bar_ends(lsg, vertical=False)[0] == pytest.approx((0.31 - half, 0.31 + half))
+    # The teacher's star: FID 2 and 8, geometric mean 4, interval 4 · 2^(∓t), t = t_{0.975,1}.
+    assert list(teacher.lines[0].get_data()[1]) == pytest.approx([4.0])
+    (teacher_ends,) = _bar_ends(teacher, vertical=True)
+    assert teacher_ends == pytest.approx((4.0 / 2 ** T975_DF1, 4.0 * 2 ** T975_DF1))
+    assert all(low > 0 for bar in (lsg, cfg, teacher)
+               for low, _ in _bar_ends(bar, vertical=True))
+    # The sweep figure's FID band: the same interval, above zero everywhere.
+    fid_ax = _kappa_figure(runs).axes[0]
+    assert fid_ax.get_ylabel() == "FID (2k) ↓, geometric mean"
+    band = _bands(fid_ax)[0].get_paths()[0].vertices  # lsg
+    at_one = [float(vy) for vx, vy in band if vx == 1.0]
+    assert (min(at_one), max(at_one)) == pytest.approx((SKEWED_LOW, SKEWED_HIGH))
+    assert all(b.get_paths()[0].vertices[:, 1].min() > 0 for b in _bands(fid_ax))
 
 
 def test_kappa_figure_absent_when_kappa_fixed(store):
@@ -219,7 +285,8 @@ def test_sample_grid_panel_explains_a_group_without_finished_runs(store, kappa_r
     cfg = _series_lines(_kappa_figure(runs).axes[0])[1]
     assert cfg.get_label() == "cfg (failed 2/6)"
     fid = cfg.get_data()[1]
-    assert fid[0] == pytest.approx(19.5) and math.isnan(fid[1]) and fid[2] == pytest.approx(27.5)
+    assert fid[0] == pytest.approx(math.sqrt(19 * 20)) and math.isnan(fid[1])
+    assert fid[2] == pytest.approx(math.sqrt(27 * 28))
 
 
 def test_same_runs_give_the_same_bytes(kappa_runs, tmp_path):

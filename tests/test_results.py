@@ -334,6 +334,36 @@ def test_aggregate_keeps_teacher_apart_and_single_seed_has_no_interval(store):
         aggregate(df, ["alpha"])
 
 
+def test_aggregate_adds_the_geometric_mean_and_its_interval_for_log_scale_metrics():
+    from results import aggregate
+
+    seeds = [("a", 2.0, "finished"), ("a", 8.0, "finished"), ("b", 5.0, "finished"),
+             ("b", 500.0, "diverged"), ("c", 0.0, "finished"), ("c", 3.0, "finished")]
+    runs = _frame([{"strategy": s, "seed": i % 2, "fid2k": fid, "clip_score": 0.3,
+                    "status": status} for i, (s, fid, status) in enumerate(seeds)])
+    agg = aggregate(runs, ["strategy"]).set_index("strategy")
+    # a: FID 2 and 8. Logs log 2 and 3 log 2: mean log 4 (geometric mean 4), sd log(4)/√2,
+    # so the interval is exp(log 4 ∓ t·log(4)/2) = 4 / 2^t .. 4 · 2^t, t = t_{0.975,1}.
+    a = agg.loc["a"]
+    assert a["fid2k_gmean"] == pytest.approx(4.0)
+    assert a["fid2k_glow"] == pytest.approx(4.0 / 2 ** T975_DF1)
+    assert a["fid2k_ghigh"] == pytest.approx(4.0 * 2 ** T975_DF1)
+    # The arithmetic columns stay (the CSV keeps them): 5 ± 3t, which reaches below zero.
+    assert a["fid2k_mean"] == pytest.approx(5.0)
+    assert a["fid2k_ci95"] == pytest.approx(3 * T975_DF1)
+    assert a["fid2k_mean"] - a["fid2k_ci95"] < 0 < a["fid2k_glow"]
+    # b: one finished seed (the diverged 500 left out): the value, and no interval.
+    b = agg.loc["b"]
+    assert b["fid2k_gmean"] == pytest.approx(5.0)
+    assert math.isnan(b["fid2k_glow"]) and math.isnan(b["fid2k_ghigh"])
+    # c: a value of 0 has no log: nothing geometric, as the test of the difference refuses it.
+    c = agg.loc["c"]
+    assert all(math.isnan(c[f"fid2k_{stat}"]) for stat in ("gmean", "glow", "ghigh"))
+    assert c["fid2k_mean"] == pytest.approx(1.5)
+    # CLIP is not on the log scale: no geometric columns.
+    assert not any(col.startswith("clip_score_g") for col in agg.columns)
+
+
 def test_mixed_fid_keys_are_refused(store):
     from results import ResultsError, aggregate, load_runs
 
@@ -366,7 +396,14 @@ def test_lsg_table_rows_deltas_and_diverged_shown(store):
                              "Adherence (%) ↑", "Δ Adherence (pts)", "Cost ×", "Seeds"]
     lsg, cfg, none = rows["lsg"].cells, rows["cfg"].cells, rows["none"].cells
     assert rows["lsg"].label[0].text.endswith("(ref.)")
-    assert lsg[0].markdown() == f"**12.00** ± {T975_DF2 * 2 / math.sqrt(3):.2f}"
+    # FD-CLIP is shown on the log scale it is tested on: 10, 12, 14 have the geometric mean
+    # 1680^(1/3) = 11.888 and the interval exp(mean log ∓ t_{0.975,2}·sd log/√3).
+    logs = np.log([10, 12, 14])
+    half = T975_DF2 * np.std(logs, ddof=1) / math.sqrt(3)
+    assert lsg[0].markdown() == (f"**{1680 ** (1 / 3):.2f}** [{np.exp(logs.mean() - half):.2f}, "
+                                 f"{np.exp(logs.mean() + half):.2f}]") == "**11.89** [7.82, 18.06]"
+    # CLIP is not on the log scale: mean ± half-width (0.30, 0.31, 0.32).
+    assert lsg[2].markdown() == f"**0.310** ± {T975_DF2 * 0.01 / math.sqrt(3):.3f}"
     assert lsg[1].text == "—"  # the reference row has no Δ
     # cfg vs lsg, FD-CLIP on the log scale: geometric means 1680^(1/3) = 11.887 and
     # 9240^(1/3) = 20.984, ratio 1.765: +76.5%. Welch on the logs gives p = 0.021, but six
@@ -405,8 +442,11 @@ def test_kappa_table_blocks_per_strategy_and_generic_fallback(store):
     assert "Δ Adherence (pts)" not in table.headers  # not among compare.metrics
     lsg_rows = table.blocks[0].rows
     assert [r.label[0].text for r in lsg_rows] == ["1", "2 (ref.)", "3"]
-    # lsg κ=1: fid 14, 15 -> mean 14.5, std 0.7071, ci = 12.706 * 0.5 = 6.35
-    assert lsg_rows[0].cells[0].markdown() == "**14.50** ± 6.35"
+    # lsg κ=1: fid 14, 15 -> geometric mean √210 = 14.49; sd of the logs log(15/14)/√2, so
+    # the interval is √210 · (15/14)^(∓t/2), t = 12.706: [9.35, 22.46].
+    assert lsg_rows[0].cells[0].markdown() == (
+        f"**{math.sqrt(210):.2f}** [{math.sqrt(210) * (15 / 14) ** (-T975_DF1 / 2):.2f}, "
+        f"{math.sqrt(210) * (15 / 14) ** (T975_DF1 / 2):.2f}]") == "**14.49** [9.35, 22.46]"
     assert lsg_rows[2].cells[0].markdown() == "22.00" and lsg_rows[2].cells[-1].text == (
         "diverged 1/2")
     assert lsg_rows[2].cells[1].note == "untestable"  # one finished seed
@@ -482,18 +522,21 @@ def test_unset_param_is_its_own_configuration_not_dropped():
 
     rows = [{"run_id": f"r{i}", "run_name": "", "role": "trial", "status": "finished",
              "trial_id": "", "fault_inject_at_iteration": fault, "seed": 0, "fid48": fid}
-            for i, (fault, fid) in enumerate([(None, 10.0), (6, 12.0), (None, 10.0)])]
-    rows[2]["seed"], rows[2]["fid48"] = 1, 14.0
+            for i, (fault, fid) in enumerate([(None, 9.0), (6, 12.0), (None, 9.0)])]
+    rows[2]["seed"], rows[2]["fid48"] = 1, 16.0
     runs = pd.DataFrame(rows)
     runs.attrs.update(parent_run_id="p", param_columns=["fault_inject_at_iteration", "seed"])
     table = build_table("e2e", runs)
     got = [(r.label[0].text, r.cells[0].markdown(), r.cells[-1].text)
            for r in table.blocks[0].rows]
-    # Unset: fid 10 and 14 over seeds 0, 1 -> mean 12, CI = t(0.975, 1) * sqrt(8) / sqrt(2).
-    # Equal means as printed: a tie for best, so neither is bold.
+    # Unset: fid 9 and 16 over seeds 0, 1 -> geometric mean 12; sd of the logs
+    # log(16/9)/√2, so the interval is 12 · (4/3)^(∓t), t = t(0.975, 1): [0.31, 464.17].
+    # Equal values as printed: a tie for best, so neither is bold.
     # The first value in order (6, then unset) is the reference the other is compared with.
-    assert got == [("6 (ref.)", "12.00", "1"), ("None", f"12.00 ± {T975_DF1 * 2:.2f}", "2")]
-    assert "| None | 12.00 ± 25.41 | — untestable | 2 |" in to_markdown(table)
+    interval = f"[{12 * (4 / 3) ** -T975_DF1:.2f}, {12 * (4 / 3) ** T975_DF1:.2f}]"
+    assert interval == "[0.31, 464.17]"
+    assert got == [("6 (ref.)", "12.00", "1"), ("None", f"12.00 {interval}", "2")]
+    assert f"| None | 12.00 {interval} | — untestable | 2 |" in to_markdown(table)
 
 
 def test_mixed_evaluation_protocols_are_refused():
@@ -585,6 +628,55 @@ def _frame(rows: list[dict], plan_params=("strategy", "kappa", "seed"), **attrs)
     return frame
 
 
+# FID 2, 4, 16 (logs log 2 · (1, 2, 4)): geometric mean 2^(7/3) = 5.04 against a mean of
+# 7.33 ± 18.8 (t_{0.975,2} · 7.57 / √3) that reaches below zero; the sd of the logs is
+# log 2 · √(7/3), so the interval is 2^(7/3 ∓ t_{0.975,2} · √7 / 3) = [0.36, 69.93].
+SKEWED_FID = (2.0, 4.0, 16.0)
+SKEWED_GMEAN = 2 ** (7 / 3)
+SKEWED_LOW = 2 ** (7 / 3 - T975_DF2 * math.sqrt(7) / 3)
+SKEWED_HIGH = 2 ** (7 / 3 + T975_DF2 * math.sqrt(7) / 3)
+
+
+def skewed_runs():
+    """lsg: the skewed FIDs above; cfg: 6, 6.5, 7 (mean 6.5, geometric mean 6.49). lsg is
+    the better by geometric mean, cfg by arithmetic mean. test_plots draws them too."""
+    return _frame([{"strategy": s, "kappa": k, "seed": i, "fid2k": fid,
+                    "clip_score": 0.30 + 0.01 * i}
+                   for s, k, fids in (("lsg", 1.0, SKEWED_FID), ("lsg", 2.0, (6.0, 6.5, 7.0)),
+                                      ("cfg", 1.0, (6.0, 6.5, 7.0)), ("cfg", 2.0, SKEWED_FID))
+                   for i, fid in enumerate(fids)])
+
+
+def test_a_log_scale_metric_shows_its_geometric_mean_and_interval_never_below_zero():
+    from results.tables import build_table, to_latex, to_markdown
+
+    runs = skewed_runs()
+    table = build_table("lsg", runs[runs["kappa"] == 1.0])
+    cells = {row.label[0].text.split(":")[0]: row.cells[0] for row in table.blocks[0].rows}
+    lsg, cfg = cells["lsg"], cells["cfg"]
+    assert (lsg.text, lsg.interval, lsg.ci) == (
+        f"{SKEWED_GMEAN:.2f}", f"[{SKEWED_LOW:.2f}, {SKEWED_HIGH:.2f}]", "")
+    assert (lsg.text, lsg.interval) == ("5.04", "[0.36, 69.93]")
+    assert "-" not in lsg.interval
+    # Bold goes by the value shown: lsg's geometric 5.04 beats cfg's 6.49, though cfg's
+    # arithmetic mean (6.5 against 7.33) is the lower.
+    assert lsg.bold and not cfg.bold and cfg.text == f"{(6 * 6.5 * 7) ** (1 / 3):.2f}"
+    assert "| **5.04** [0.36, 69.93] |" in to_markdown(table)
+    # LaTeX: the bounds on two lines under the value (one line would widen the column).
+    assert (r"\textbf{5.04}\\{\scriptsize [0.36,}\\{\scriptsize 69.93]}"
+            in to_latex(table))
+    csv = table.csv.set_index("strategy")
+    assert csv.loc["lsg", "fid2k_mean"] - csv.loc["lsg", "fid2k_ci95"] < 0  # arithmetic
+    assert (csv.loc["lsg", "fid2k_gmean"], csv.loc["lsg", "fid2k_glow"],
+            csv.loc["lsg", "fid2k_ghigh"]) == pytest.approx(
+        (SKEWED_GMEAN, SKEWED_LOW, SKEWED_HIGH))
+    assert "clip_score_gmean" not in csv
+    assert "Mean ± 95% CI over seeds (FID geometric);" in table.caption
+    assert any("FID, on the log scale: the geometric mean with its 95% interval [low, high], "
+               "asymmetric: the t-interval of the mean of the logs, exponentiated" in note
+               for note in table.notes)
+
+
 def test_cost_column_is_device_hours_relative_to_the_reference(store):
     from results.load import load_runs
     from results.tables import build_table, to_markdown
@@ -600,7 +692,7 @@ def test_cost_column_is_device_hours_relative_to_the_reference(store):
     assert csv.loc["cfg", "cost_vs_reference"] == pytest.approx(0.8 / 1.1)
     assert csv.loc["lsg", "device_hours_mean"] == pytest.approx(1.1)
     assert csv.loc["none", "unet_passes_per_image_mean"] == 9
-    assert "| **12.00** ± 4.97 | — |" in to_markdown(table)  # lsg: no Δ against itself
+    assert "| **11.89** [7.82, 18.06] | — |" in to_markdown(table)  # lsg: no Δ against itself
 
 
 def test_cost_falls_back_to_unet_passes_and_is_absent_without_cost_metrics():
@@ -684,18 +776,25 @@ def test_summary_metrics_per_arm_with_interval_bounds(store):
     from results.tables import build_table
 
     summary = summary_metrics(build_table("lsg", load_runs("lsg", store["uri"])))
-    half = T975_DF2 * 2 / math.sqrt(3)  # lsg FID 10, 12, 14
-    assert summary["lsg.fid2k.mean"] == pytest.approx(12.0)
-    assert summary["lsg.fid2k.ci_low"] == pytest.approx(12.0 - half)
-    assert summary["lsg.fid2k.ci_high"] == pytest.approx(12.0 + half)
-    assert summary["none.fid2k.mean"] == pytest.approx(32.0)  # the diverged seed left out
+    # FID, on the log scale: the geometric mean and its interval, as the table shows it.
+    logs = np.log([10, 12, 14])  # lsg
+    half = T975_DF2 * np.std(logs, ddof=1) / math.sqrt(3)
+    assert summary["lsg.fid2k.gmean"] == pytest.approx(1680 ** (1 / 3))
+    assert summary["lsg.fid2k.ci_low"] == pytest.approx(np.exp(logs.mean() - half))
+    assert summary["lsg.fid2k.ci_high"] == pytest.approx(np.exp(logs.mean() + half))
+    assert not any(key.endswith("fid2k.mean") for key in summary)
+    assert summary["none.fid2k.gmean"] == pytest.approx(math.sqrt(30 * 34))  # 500 diverged
+    # Other metrics: the mean and the symmetric t-interval (adherence 0.8, 0.9, 1.0).
+    assert summary["lsg.colour_shape_size_acc.mean"] == pytest.approx(0.9)
+    assert summary["lsg.colour_shape_size_acc.ci_low"] == pytest.approx(
+        0.9 - T975_DF2 * 0.1 / math.sqrt(3))
     assert summary["cfg.clip_score.mean"] == pytest.approx(0.28)
     assert summary["cfg.cost_vs_reference"] == pytest.approx(0.8 / 1.1)
-    assert summary["teacher.fid2k.mean"] == 5.0 and "teacher.fid2k.ci_low" not in summary
+    assert summary["teacher.fid2k.gmean"] == 5.0 and "teacher.fid2k.ci_low" not in summary
     assert all(re.fullmatch(r"[A-Za-z0-9_\-. /]+", key) for key in summary)
     kappa = summary_metrics(build_table("kappa", load_runs("kappa", store["uri"])))
-    assert kappa["lsg_kappa1.fid2k.mean"] == pytest.approx(14.5)
-    assert kappa["cfg_kappa3.fid2k.mean"] == pytest.approx(27.5)
+    assert kappa["lsg_kappa1.fid2k.gmean"] == pytest.approx(math.sqrt(14 * 15))
+    assert kappa["cfg_kappa3.fid2k.gmean"] == pytest.approx(math.sqrt(27 * 28))
 
 
 def test_report_returns_table_verdict_and_summary_for_the_parent_run(store, tmp_path):
