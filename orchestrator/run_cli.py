@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default=None, metavar="0,1,2",
                    help="comma-separated seeds that replace the plan's `seeds:` for this "
                         "run (plans default to 0,1,2); each seed is one more trial per "
-                        "configuration, and tables show mean ± 95%% t-interval over them. "
+                        "configuration, and tables show mean ± 95%% t-interval over them "
+                        "(FID: geometric mean [95%% interval]). "
                         "A different seed set is a different set of trials: finished "
                         "trials with the same config and seed are reused")
     p.add_argument("--max-trials", type=int, default=None, metavar="N",

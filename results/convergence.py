@@ -16,7 +16,13 @@ import pandas as pd
 
 from results.arms import arm_text
 from results.load import _client
-from results.stats import ci95_half_width, lower_is_better, metric_columns, metric_of
+from results.stats import (
+    ci95_half_width,
+    geometric_interval,
+    lower_is_better,
+    metric_columns,
+    metric_of,
+)
 
 ARM = "arm"  # the history's column naming a run's arm ('lsg', 'κ=2', 'strategy=lsg, κ=2')
 
@@ -48,15 +54,20 @@ def load_history(runs: pd.DataFrame, metrics: list[str], arms: list[str]) -> pd.
 
 
 def curve(history: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per (arm, step): mean, 95% t-interval half-width and seed count of ``metric``."""
+    """Per (arm, step): mean, 95% t-interval half-width and seed count of ``metric``, and
+    what a figure shows (``centre``, ``low``, ``high``): the mean and its interval, or for a
+    log-scale metric (FID) its geometric mean and interval, which never reach below zero."""
     key = ARM
+    log_scale = metric_of(metric).log_scale
     rows = []
     for (arm, step), group in history.groupby([key, "step"], sort=True):
         values = group[metric].dropna().to_numpy(dtype=float)
         std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
-        rows.append({key: arm, "step": int(step), "mean": float(values.mean()) if len(values)
-                     else float("nan"), "ci95": ci95_half_width(std, len(values)),
-                     "n": len(values)})
+        mean = float(values.mean()) if len(values) else float("nan")
+        half = ci95_half_width(std, len(values))
+        shown = geometric_interval(values) if log_scale else (mean, mean - half, mean + half)
+        rows.append({key: arm, "step": int(step), "mean": mean, "ci95": half,
+                     "n": len(values), **dict(zip(("centre", "low", "high"), shown))})
     return pd.DataFrame(rows)
 
 

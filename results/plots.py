@@ -183,12 +183,14 @@ def curve_figure(history: pd.DataFrame, metrics: list[str],
         points = curve(history, key)
         for index, arm in enumerate(ordered_values(points[ARM])):
             rows = points[points[ARM] == arm].sort_values("step")
-            mean = rows["mean"].to_numpy(dtype=float) * metric.scale
-            half = _err(rows["ci95"]) * metric.scale
+            centre = rows["centre"].to_numpy(dtype=float) * metric.scale
+            # One seed has no interval: the band shrinks to the line there.
+            low = rows["low"].fillna(rows["centre"]).to_numpy(dtype=float) * metric.scale
+            high = rows["high"].fillna(rows["centre"]).to_numpy(dtype=float) * metric.scale
             colour = (f"C{STRATEGIES.index(arm)}" if arm_keys == ["strategy"]
                       and arm in STRATEGIES else f"C{index}")
-            ax.plot(rows["step"], mean, marker="o", color=colour, label=str(arm))
-            ax.fill_between(rows["step"].to_numpy(dtype=float), mean - half, mean + half,
+            ax.plot(rows["step"], centre, marker="o", color=colour, label=str(arm))
+            ax.fill_between(rows["step"].to_numpy(dtype=float), low, high,
                             color=colour, alpha=0.2, linewidth=0)
         ax.set_xlabel("training iteration")
         ax.set_ylabel(metric.header(key, protocol))
@@ -499,8 +501,9 @@ def trend_figure(runs: pd.DataFrame, result) -> tuple[str, Figure] | None:
             ax.fill_between(grid, low * metric.scale, high * metric.scale, color=colour,
                             alpha=0.15, linewidth=0)
         for _, row in teacher.iterrows():
-            if math.isfinite(row.get(f"{key}_mean", math.nan)):
-                ax.axhline(row[f"{key}_mean"] * metric.scale, color="0.4", linestyle="--",
+            shown = shown_interval(row, key)[0] if f"{key}_mean" in row else math.nan
+            if math.isfinite(shown):
+                ax.axhline(shown * metric.scale, color="0.4", linestyle="--",
                            linewidth=1, label=teacher_label(row))
         said = [f for f in result.findings if f.key == key and f.slope.testable]
         if len(said) == 1:

@@ -3,6 +3,7 @@ where it settles, and the curve figure's series and bands. Frames are built by h
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -62,6 +63,17 @@ def test_curve_means_and_intervals_and_table_text():
     assert lsg_150["mean"] == pytest.approx(25 / 6)
     assert lsg_150["ci95"] == pytest.approx(4.302652729749464 * 1.607275126 / 3 ** 0.5)
     assert lsg_150["n"] == 3
+    # What the figure draws for FID (log scale): the geometric mean of 3, 3.5, 6 and the
+    # exp of the t-interval of the logs, above zero where mean - ci95 (0.17) nearly is not.
+    logs = np.log([3.0, 3.5, 6.0])
+    half = 4.302652729749464 * logs.std(ddof=1) / 3 ** 0.5
+    assert lsg_150["centre"] == pytest.approx(np.exp(logs.mean()))
+    assert (lsg_150["low"], lsg_150["high"]) == pytest.approx(
+        (np.exp(logs.mean() - half), np.exp(logs.mean() + half)))
+    clip = curve(_history().rename(columns={"fid2k": "clip_score"}), "clip_score")
+    row = clip[(clip[ARM] == "lsg") & (clip["step"] == 150)].iloc[0]
+    assert (row["low"], row["high"]) == pytest.approx((row["mean"] - row["ci95"],
+                                                       row["mean"] + row["ci95"]))
     text = ordering_table(_history(), ["fid2k"])
     assert "| 50 | cfg < lsg < none (3/3) |" in text
     assert "| 150 | lsg < cfg < none (2/3) |" in text
