@@ -9,6 +9,7 @@ import gc
 import itertools
 import math
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -354,3 +355,44 @@ def test_the_families_reach_the_tables_and_latex(tmp_path):
     assert len(bands) == 2
     for band in bands:
         assert (band.get_paths()[0].vertices[:, 1] > 0).all()
+
+
+def test_ablate_tables_prints_each_metrics_trend_for_a_plan_without_compare(tmp_path, capsys):
+    """A real SQLite store, a plan with no compare: section and no plan file logged (so the
+    default rule applies to its runs), κ over six values × three seeds: `ablate tables`
+    prints the trend line of every metric in the issue's form, and writes the trend table,
+    power.md's trend section and the figure."""
+    from mlflow import MlflowClient
+    from test_results import _log_run
+
+    from orchestrator import cli
+    from results import schema
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment(schema.EXPERIMENT_PREFIX + "dose",
+                                          artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment, run_name="dose-parent", tags={
+        schema.ROLE: "parent", schema.PLAN: "dose", schema.PROFILE: "embedded"}).info.run_id
+    client.set_terminated(parent)
+    for row in _sweep_runs(None).to_dict("records"):
+        _log_run(client, experiment, parent, "trial", f"k{row['kappa']}s{row['seed']}",
+                 {"strategy": "lsg", "kappa": row["kappa"], "seed": row["seed"]}, "finished",
+                 {k: row[k] for k in ("fid2k", "clip_score", "colour_shape_size_acc")},
+                 tmp_path / "staging")
+    capsys.readouterr()
+    assert cli.main(["tables", "--plan", "dose", "--tracking-uri", uri,
+                     "--out", str(tmp_path / "tables")]) == 0
+    out = capsys.readouterr().out
+    line = next(text for text in out.splitlines() if text.startswith("trend over κ"))
+    assert "CLIP rises with κ: +0.050 per unit [+0.0" in line
+    assert re.search(r"FD-CLIP (rises|falls|flat|unresolved) with κ: [-+]\d+\.\d% per unit "
+                     r"\[[-+]\d+\.\d%, [-+]\d+\.\d%\]", line)
+    assert re.search(r"adherence (rises|falls|flat|unresolved) with κ: [-+]\d+\.\d pts per "
+                     r"unit \[[-+]\d+\.\d, [-+]\d+\.\d\]", line)
+    folder = tmp_path / "tables" / "dose"
+    assert {"trend.md", "trend.tex", "trend.csv", "metrics_vs_kappa.png"} <= {
+        p.name for p in folder.iterdir()}
+    power = (folder / "power.md").read_text()
+    assert "## Trend over κ" in power and "| — | CLIP | +0.050 [" in power
+    assert "**Table (tab:ablate-dose-trend).**" in out
