@@ -164,7 +164,11 @@ def write_report(plan: str, out_dir: Path, tracking_uri: str | None = None,
     text = table_markdown + own_tables
     extra += written
     if figures:
-        text += ("\nFigures (PNG and PDF; bars and bands are 95% t-intervals over seeds): "
+        trend = any(item.family.figure for item in answered)
+        fitted = (" (metrics_vs_<param> with a trend: each seed's point, the fitted line or "
+                  "parabola and its 95% confidence band)") if trend else ""
+        text += ("\nFigures (PNG and PDF; bars and bands are 95% intervals over seeds"
+                 + fitted + "): "
                  + ", ".join(p.name for p in figures if p.suffix == ".png") + "\n")
     sections = [power for item in answered if (power := item.answer.power()) is not None]
     if sections:
