@@ -126,7 +126,6 @@ class InteractionResult:
         if not f.contrast.testable:
             return f"{name} untestable ({f.contrast.why})"
         c = f.contrast
-        unit = "" if f.log_scale else f.metric.unit
         low, high = (f.effect(v, unit=False) for v in (c.low, c.high))
         extra = ""
         if f.word == "parallel":
@@ -134,7 +133,7 @@ class InteractionResult:
                      else f"±{f.metric.number(f.delta)}{f.metric.unit}")
             extra = f" within {delta} per unit"
         return (f"{name} slope over {param} of {self.names(f.level)} minus {ref}'s: "
-                f"{f.effect(c.slope_difference)} per unit [{low}, {high}]{unit} {f.word}{extra}")
+                f"{f.effect(c.slope_difference)} per unit [{low}, {high}] {f.word}{extra}")
 
     def lines(self) -> list[str]:
         return [f"{self.head()}: " + "; ".join(self.text(f) for f in self.findings)]
