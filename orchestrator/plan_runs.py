@@ -85,12 +85,17 @@ class PlanRuns:
                              "trials": [{"trial_id": t.trial_id, "name": t.name,
                                          "config": dataclasses.asdict(t.config)}
                                         for t in trials]}, "plan/trials.json")
+        self.log_comparison()
+
+    def log_comparison(self) -> None:
+        """The plan's comparison on the parent run, at every invocation (a reopened or an
+        already finished parent too): what to compare is analysis, so a plan whose
+        compare: section changed (a trend: declared later, say) is reported the new way."""
         if self.plan.comparison is not None:
-            # Every invocation (a reopened parent too): what to compare is analysis, so a
-            # plan whose compare: section changed is reported the new way on resume.
             from results.comparison import ARTIFACT
 
-            logger.log_dict(json.loads(self.plan.comparison.to_json()), ARTIFACT)
+            tracking.RunLogger(self.uri, self.parent()).log_dict(
+                json.loads(self.plan.comparison.to_json()), ARTIFACT)
 
     def open_children(self, trials: list[Trial], results: dict[str, dict | None],
                       shared) -> None:

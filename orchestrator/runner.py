@@ -166,6 +166,7 @@ class PlanRun:
                       f"already finished; delete {self.storage / 'trials' / self.plan.name} "
                       "to rerun them", file=self.out)
                 self.runs.parent_id = finished
+                self.runs.log_comparison()
                 return self.report(0, {})
             self.runs.open_parent(self.trials)
             with self._runs_closed_on_exit():

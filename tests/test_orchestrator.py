@@ -259,6 +259,30 @@ def test_rerun_of_a_finished_plan_runs_nothing(e2e):
     assert len(_runs(e2e["client"])) == len(before)
 
 
+def test_a_finished_plan_rerun_with_a_new_compare_section_is_reported_the_new_way(e2e):
+    """What to compare is analysis: a compare: section declared after the trials finished
+    (a trend: line, say) reaches the finished parent run's comparison on the rerun."""
+    client, parent = e2e["client"], e2e["outcome"].parent_run_id
+
+    def compared(plan_path: Path) -> dict:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("ABLATE_HOME", str(e2e["storage"]))
+            mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+            assert runner.run_plan(plan_path, size="smoke", out=io.StringIO()).exit_code == 0
+        folder = plan_path.parent / f"compared-{plan_path.stem}"
+        folder.mkdir(exist_ok=True)
+        return json.loads(Path(client.download_artifacts(
+            parent, "plan/comparison.json", str(folder))).read_text())
+
+    changed = e2e["plan_path"].parent / "changed" / "e2e.yaml"
+    changed.parent.mkdir(exist_ok=True)
+    changed.write_text(e2e["plan_path"].read_text() + "compare: {delta: {clip: 0.02}}\n")
+    try:
+        assert compared(changed)["delta"]["clip"] == 0.02
+    finally:
+        assert compared(e2e["plan_path"])["declared"] is False  # as the other tests read it
+
+
 def test_rerun_after_the_teacher_changed_is_refused_not_reused(e2e):
     """A finished trial distilled from another teacher (e.g. before `make teacher`) would
     come back as a current result; the driver refuses, naming the folder and the fix."""
