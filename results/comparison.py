@@ -211,21 +211,9 @@ def _parse_trend(raw: Any, axes: list[tuple[str, tuple]], names: list[str], wher
     if model not in TREND_MODELS:
         raise ComparisonError(f"{where}.model: must be one of {', '.join(TREND_MODELS)}, got "
                               f"{model!r}")
-    given = raw.get("delta", {})
-    if not isinstance(given, dict):
-        raise ComparisonError(f"{where}.delta: must map metric names to numbers > 0 (per unit "
-                              f"of {axis}), e.g. {{clip: 0.01}}")
-    for name, value in given.items():
-        if name not in names:
-            raise ComparisonError(f"{where}.delta.{name}: not one of the compared metrics "
-                                  f"({', '.join(map(str, names))})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value <= 0:
-            raise ComparisonError(f"{where}.delta.{name}: must be a finite number > 0 (per "
-                                  f"unit of {axis}), got {value!r}")
-    missing = [n for n in names if n not in given]
-    return Trend(axis, model, tuple((n, float(given[n])) for n in given)
-                 + default_delta(tuple(missing)))
+    delta = _parse_delta(raw.get("delta", {}), names, where, among="the compared metrics",
+                         per=f" per unit of {axis}")
+    return Trend(axis, model, delta)
 
 
 def _parse_trend_axis(axis: Any, values: dict, where: str) -> str:
@@ -259,19 +247,22 @@ def _parse_names(raw: Any, known: list[str], where: str, what: str, unknown: str
     return names
 
 
-def _parse_delta(given: Any, names: list[str], where: str) -> tuple[tuple[str, float], ...]:
-    """Each metric's δ: the plan's where given (a finite number > 0), else the registry's."""
+def _parse_delta(given: Any, names: list[str], where: str, among: str = "",
+                 per: str = "") -> tuple[tuple[str, float], ...]:
+    """Each metric's δ: the plan's where given (a finite number > 0), else the registry's.
+    ``among`` names the metrics a δ may be given for (default: ``<where>.metrics``);
+    ``per`` says what the δ is per (the trend's " per unit of kappa")."""
     if not isinstance(given, dict):
-        raise ComparisonError(f"{where}.delta: must map metric names to numbers > 0, e.g. "
-                              "{fid: 0.1, clip: 0.01}")
+        raise ComparisonError(f"{where}.delta: must map metric names to numbers > 0{per}, "
+                              "e.g. {fid: 0.1, clip: 0.01}")
     for name, value in given.items():
         if name not in names:
-            raise ComparisonError(f"{where}.delta.{name}: not one of {where}.metrics "
+            raise ComparisonError(f"{where}.delta.{name}: not one of {among or where + '.metrics'} "
                                   f"({', '.join(map(str, names))})")
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not math.isfinite(value) or value <= 0:
-            raise ComparisonError(f"{where}.delta.{name}: must be a finite number > 0, got "
-                                  f"{value!r}")
+            raise ComparisonError(f"{where}.delta.{name}: must be a finite number > 0{per}, "
+                                  f"got {value!r}")
     defaults = dict(default_delta(tuple(n for n in names if n not in given)))
     return tuple((n, float(given[n]) if n in given else defaults[n]) for n in names)
 

@@ -36,7 +36,7 @@ from distill import metrics as registry
 from results.arms import PARAM_HEADERS, arm_text, combos
 from results.comparison import Comparison, Trend, same_value
 from results.stats import ALPHA, eval_protocol, holm, metric_key
-from results.trend import other_params, p_text, per_unit, trend_of
+from results.trend import p_text, per_unit, scope
 
 WORDS = ("differs", "parallel", "unresolved", "untestable")
 
@@ -249,15 +249,10 @@ def contrasts(x: np.ndarray, y: np.ndarray, group: np.ndarray, levels: list[str]
 def analyse(runs: pd.DataFrame, comparison: Comparison | None) -> InteractionResult | None:
     """The interaction family of a crossed plan (a trend axis and another varying param);
     None for any other plan."""
-    trials = runs[runs["role"] == "trial"]
-    params = [p for p in runs.attrs.get("param_columns", trials.columns) if p in trials]
-    trend = trend_of(comparison, trials, params)
-    finished = trials[trials["status"] == "finished"]
-    if trend is None or comparison is None or finished.empty:
+    found = scope(runs, comparison)
+    if found is None or comparison is None or not found[2]:
         return None
-    groups = other_params(trials, params, trend.axis)
-    if not groups:
-        return None
+    trend, finished, groups = found
     levels = combos(finished, groups)
     if len(levels) < 2:
         return None
@@ -266,12 +261,14 @@ def analyse(runs: pd.DataFrame, comparison: Comparison | None) -> InteractionRes
         for level in levels:
             if all(same_value(a, b) for a, b in zip(level, comparison.reference)):
                 reference = level
-    findings_in, models = [], []
+    findings_in: list[tuple] = []
+    models: list[MetricModel] = []
     for metric in (registry.by_name(n) for n in comparison.metrics):
         key = metric_key(finished, metric) if metric is not None else None
         if metric is not None and key is not None:
-            found, model = _metric(finished, metric, key, trend, groups, levels, reference)
-            findings_in += found
+            contrasts_of, model = _metric(finished, metric, key, trend, groups, levels,
+                                          reference)
+            findings_in += contrasts_of
             models += [model] if model is not None else []
     if not findings_in:
         return None

@@ -503,27 +503,33 @@ def trend_of(comparison: Comparison | None, trials: pd.DataFrame, params: list[s
     return None
 
 
-def other_params(trials: pd.DataFrame, params: list[str], axis: str) -> list[str]:
-    """The params besides ``axis`` that vary over the trials (the trend's blocks)."""
-    return [p for p in varying_params(trials, params) if p != axis]
-
-
-def analyse(runs: pd.DataFrame, comparison: Comparison | None) -> TrendResult | None:
-    """The trend family of a plan's runs; None when the plan has no trend axis."""
+def scope(runs: pd.DataFrame, comparison: Comparison | None
+          ) -> tuple[Trend, pd.DataFrame, list[str]] | None:
+    """What the trend and interaction families fit: the trend, the finished trials and the
+    params besides the trend axis that vary over the trials (the trend's blocks, the
+    interaction's groups); None when the plan has no trend axis or nothing finished."""
     trials = runs[runs["role"] == "trial"]
     params = [p for p in runs.attrs.get("param_columns", trials.columns) if p in trials]
     trend = trend_of(comparison, trials, params)
     finished = trials[trials["status"] == "finished"]
     if trend is None or comparison is None or finished.empty:
         return None
-    blocks = other_params(trials, params, trend.axis)
+    return trend, finished, [p for p in varying_params(trials, params) if p != trend.axis]
+
+
+def analyse(runs: pd.DataFrame, comparison: Comparison | None) -> TrendResult | None:
+    """The trend family of a plan's runs; None when the plan has no trend axis."""
+    found = scope(runs, comparison)
+    if found is None or comparison is None:
+        return None
+    trend, finished, blocks = found
     metrics = [(m, k) for m in (registry.by_name(n) for n in comparison.metrics)
                if m is not None and (k := metric_key(finished, m)) is not None]
     jobs = []
     for block in combos(finished, blocks):
-        scope = select_rows(finished, blocks, block)
+        in_block = select_rows(finished, blocks, block)
         for metric, key in metrics:
-            rows = scope.dropna(subset=[key, trend.axis])
+            rows = in_block.dropna(subset=[key, trend.axis])
             jobs.append((tuple(zip(blocks, block)), metric, key,
                          rows[trend.axis].to_numpy(float), rows[key].to_numpy(float)))
     if not jobs:

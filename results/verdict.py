@@ -37,16 +37,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from distill import metrics as registry
 from results.arms import Layout, arm_text, combos, layout, select_rows, short_text
-from results.comparison import Comparison, numeric_values, same_value
+from results.comparison import Comparison, same_value
+from results.dunnett import design_test, many_to_one
 from results.stats import (
     ALPHA,
     MOST_SEEDS,
@@ -56,10 +56,6 @@ from results.stats import (
     holm,
     metric_key,
 )
-
-# Dunnett's p and interval are integrals of a multivariate t, computed by randomised
-# quasi-Monte Carlo: a fixed seed makes the same runs give the same verdict every time.
-DUNNETT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -223,26 +219,6 @@ def _jobs(trials: pd.DataFrame, lay: Layout, comparison: Comparison,
     return jobs
 
 
-def _test(trials: pd.DataFrame, lay: Layout, comparison: Comparison) -> str:
-    """The test of no difference the design calls for (the module docstring's rule), from the
-    arms the plan launched, whatever they finished or scored: a rule chosen after seeing the
-    data would inflate false claims."""
-    if comparison.paired:
-        return "paired"
-    if len(lay.arms) != 1 or lay.reference is None:
-        return "welch"
-    values = tuple(trials[lay.arms[0]].tolist())
-    # An unset value (NaN) is no dose on the axis.
-    if not numeric_values(values) or not all(math.isfinite(v) for v in values):
-        return "welch"
-    for block in combos(trials, lay.blocks):
-        scope = select_rows(trials, lay.blocks, block)
-        if not select_rows(scope, lay.arms, lay.reference).empty \
-                and len(combos(scope, lay.arms)) >= 3:
-            return "dunnett"
-    return "welch"
-
-
 def compare(runs: pd.DataFrame, comparison: Comparison | None) -> Verdict:
     """Every arm against its block's reference on every metric of ``comparison``."""
     trials = runs[runs["role"] == "trial"]
@@ -250,7 +226,7 @@ def compare(runs: pd.DataFrame, comparison: Comparison | None) -> Verdict:
     lay = layout(comparison, trials, params)
     finished = trials[trials["status"] == "finished"]
     protocol = eval_protocol(finished)
-    test = "welch" if comparison is None else _test(trials, lay, comparison)
+    test = "welch" if comparison is None else design_test(trials, lay, comparison)
 
     def empty(reason: str, most: int = 0) -> Verdict:
         return Verdict(lay, [], 0, most, protocol, reason, test)
@@ -304,44 +280,10 @@ def judge(tests: list[tuple[registry.Metric, np.ndarray, np.ndarray]],
     if groups is None:
         p_decide = holm([d.p for d in diffs])
     else:
-        diffs, p_decide = _dunnett(tests, diffs, groups, interval=power)
+        diffs, p_decide = many_to_one(tests, diffs, groups, interval=power)
     p_equivalence_holm = holm([d.p_equivalence for d in diffs])
     return [(diff, p, pe, _word(diff, p, pe, bool(metric.lower_is_better)))
             for (metric, _, _), diff, p, pe in zip(tests, diffs, p_decide, p_equivalence_holm)]
-
-
-def _dunnett(tests: list[tuple[registry.Metric, np.ndarray, np.ndarray]],
-             diffs: list[Difference], groups: Sequence[Hashable], interval: bool
-             ) -> tuple[list[Difference], list[float]]:
-    """Dunnett's many-to-one test within each group, on the metric's test scale: ``diffs``
-    with Dunnett's p (adjusted over the group's arms) and simultaneous 95% interval (NaN
-    without ``interval``), and the p that decides, that p times the number of groups
-    (Bonferroni, at most 1). An arm Welch's rules call untestable (< 2 seeds, no spread on
-    either side, a value ≤ 0 on the log scale) stays out of its group's test, untestable."""
-    members: dict[Hashable, list[int]] = {}
-    for i, group in enumerate(groups):
-        members.setdefault(group, []).append(i)
-    out, decide = list(diffs), [math.nan] * len(tests)
-    for indices in members.values():
-        testable = [i for i in indices if diffs[i].testable]
-        if not testable:
-            continue
-        metric, _, reference = tests[testable[0]]
-        samples = [np.asarray(tests[i][1], dtype=float) for i in testable]
-        control = np.asarray(reference, dtype=float)
-        if metric.log_scale:
-            samples, control = [np.log(s) for s in samples], np.log(control)
-        result = stats.dunnett(*samples, control=control, alternative="two-sided",
-                               rng=np.random.default_rng(DUNNETT_SEED))
-        low = high = np.full(len(testable), math.nan)
-        if interval:
-            bounds = result.confidence_interval(1 - ALPHA)
-            low, high = bounds.low, bounds.high
-        for j, i in enumerate(testable):
-            p = float(result.pvalue[j])
-            out[i] = replace(diffs[i], low=float(low[j]), high=float(high[j]), p=p)
-            decide[i] = min(1.0, len(members) * p)
-    return out, decide
 
 
 def verdict(runs: pd.DataFrame, comparison: Comparison | None) -> str:
